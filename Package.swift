@@ -1,0 +1,104 @@
+// swift-tools-version: 6.2
+// SPDX-License-Identifier: Apache-2.0
+
+import PackageDescription
+
+/// Settings shared by every library target.
+let strictMemory: [SwiftSetting] = []
+
+let package = Package(
+    name: "swift-virtiofsd",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "swift-virtiofsd", targets: ["swift-virtiofsd"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    ],
+    targets: [
+        // Kernel UAPI headers, vhost-user wire structs and the calls Swift cannot import.
+        .target(name: "CVirtioFS"),
+        // The only Swift code that calls libc.
+        .target(
+            name: "VFSSystem",
+            dependencies: ["CVirtioFS"],
+            swiftSettings: strictMemory
+        ),
+        // Guest memory regions and checked address translation.
+        .target(
+            name: "GuestMemory",
+            dependencies: ["CVirtioFS", "VFSSystem"],
+            swiftSettings: strictMemory
+        ),
+        // Split virtqueues: descriptor chains, used-ring publication, EVENT_IDX.
+        .target(
+            name: "Virtqueue",
+            dependencies: ["CVirtioFS", "GuestMemory"],
+            swiftSettings: strictMemory
+        ),
+        // The vhost-user back-end: socket, messages, state machine, vring workers.
+        .target(
+            name: "VhostUser",
+            dependencies: [
+                "CVirtioFS", "VFSSystem", "GuestMemory", "Virtqueue",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictMemory
+        ),
+        // FUSE protocol: opcodes, decoding, reply encoding, the FileSystem protocol. No libc, no virtio.
+        .target(
+            name: "FUSE",
+            dependencies: [
+                "CVirtioFS", "VFSSystem",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictMemory
+        ),
+        // The passthrough file system over --shared-dir.
+        .target(
+            name: "Passthrough",
+            dependencies: [
+                "CVirtioFS", "VFSSystem", "FUSE",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictMemory
+        ),
+        // Joins vhost-user to the FUSE server.
+        .target(
+            name: "VirtioFSDevice",
+            dependencies: [
+                "CVirtioFS", "VFSSystem", "GuestMemory", "Virtqueue", "VhostUser", "FUSE",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictMemory
+        ),
+        .executableTarget(
+            name: "swift-virtiofsd",
+            dependencies: [
+                "VFSSystem", "VhostUser", "FUSE", "Passthrough", "VirtioFSDevice",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // Builds real split rings in test memory (the driver's side), for tests and the load generator.
+        .target(
+            name: "VirtqueueDriver",
+            dependencies: ["CVirtioFS", "VFSSystem", "GuestMemory"],
+            swiftSettings: strictMemory
+        ),
+
+        .testTarget(name: "VFSSystemTests", dependencies: ["VFSSystem", "CVirtioFS"]),
+        .testTarget(
+            name: "VirtqueueTests",
+            dependencies: ["Virtqueue", "VirtqueueDriver", "GuestMemory", "VFSSystem", "CVirtioFS"]
+        ),
+        .testTarget(
+            name: "VhostUserTests",
+            dependencies: ["VhostUser", "VirtqueueDriver", "GuestMemory", "VFSSystem", "CVirtioFS"]
+        ),
+        .testTarget(name: "FUSETests", dependencies: ["FUSE", "VFSSystem", "CVirtioFS"]),
+        .testTarget(name: "PassthroughTests", dependencies: ["Passthrough", "FUSE", "VFSSystem", "CVirtioFS"]),
+        .testTarget(name: "IntegrationTests", dependencies: []),
+    ]
+)

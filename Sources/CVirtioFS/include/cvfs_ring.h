@@ -1,0 +1,34 @@
+// SPDX-License-Identifier: Apache-2.0
+// Ordered loads and stores on memory shared with the guest (virtio 1.2 §2.7.13 "Memory barriers").
+#ifndef CVFS_RING_H
+#define CVFS_RING_H
+
+#include <stdint.h>
+
+/// Loads a 16-bit ring index with acquire ordering: reads of the entries it covers happen after it.
+static inline uint16_t cvfs_load_acquire_u16(const void *p) {
+    return __atomic_load_n((const uint16_t *)p, __ATOMIC_ACQUIRE);
+}
+
+/// Stores a 16-bit ring index with release ordering: the entries it publishes are visible before it.
+static inline void cvfs_store_release_u16(void *p, uint16_t v) {
+    __atomic_store_n((uint16_t *)p, v, __ATOMIC_RELEASE);
+}
+
+/// A plain (relaxed) 16-bit load from shared memory that the compiler may not cache or tear.
+static inline uint16_t cvfs_load_relaxed_u16(const void *p) {
+    return __atomic_load_n((const uint16_t *)p, __ATOMIC_RELAXED);
+}
+
+/// A plain (relaxed) 16-bit store to shared memory.
+static inline void cvfs_store_relaxed_u16(void *p, uint16_t v) {
+    __atomic_store_n((uint16_t *)p, v, __ATOMIC_RELAXED);
+}
+
+/// A full barrier: orders an earlier store (avail_event) before a later load (avail->idx), and the
+/// used->idx store before the used_event load (virtio 1.2 §2.7.10, §2.7.14).
+static inline void cvfs_fence_seq_cst(void) {
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
+
+#endif

@@ -1,0 +1,76 @@
+// SPDX-License-Identifier: Apache-2.0
+// Calls and macros that Swift cannot import directly.
+#ifndef CVFS_SYSCALLS_H
+#define CVFS_SYSCALLS_H
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <dirent.h>
+#include <linux/stat.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+/// Reads `errno` of the calling thread.
+int cvfs_errno(void);
+/// Sets `errno` of the calling thread (used by tests of the retry logic).
+void cvfs_set_errno(int value);
+
+/// getdents64(2) with no libc wrapper assumptions.
+ssize_t cvfs_getdents64(int fd, void *buffer, size_t count);
+
+/// renameat2(2).
+int cvfs_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags);
+
+/// setresuid(2) and setresgid(2) for the calling thread only: the raw syscalls, not glibc's wrappers,
+/// which change every thread of the process.
+int cvfs_setresuid_thread(uid_t ruid, uid_t euid, uid_t suid);
+int cvfs_setresgid_thread(gid_t rgid, gid_t egid, gid_t sgid);
+
+/// statx(2) returning the mount id as well (STATX_MNT_ID).
+int cvfs_statx(int dirfd, const char *path, int flags, unsigned int mask, struct statx *out);
+
+/// sendmsg(2) with `fd_count` descriptors attached as SCM_RIGHTS.
+ssize_t cvfs_send_with_fds(int socket, const void *data, size_t length, const int *fds, size_t fd_count);
+
+/// recvmsg(2) with MSG_CMSG_CLOEXEC, accepting up to `max_fds` descriptors passed with SCM_RIGHTS.
+/// On return `*fd_count` holds how many arrived, and `*truncated` is non-zero when the kernel cut the
+/// data or the control message short (every fd that did arrive is still returned so it can be closed).
+ssize_t cvfs_recv_with_fds(int socket, void *data, size_t length, int *fds, size_t max_fds, size_t *fd_count,
+                           int *truncated);
+
+/// GNU extensions that Swift's Glibc module does not export (it is built without _GNU_SOURCE).
+uint64_t cvfs_makedev(unsigned int major, unsigned int minor);
+int cvfs_memfd_create(const char *name, unsigned int flags);
+int cvfs_accept4(int socket, int flags);
+int cvfs_set_thread_name(const char *name);
+extern const unsigned int CVFS_MFD_CLOEXEC;
+
+/// Thread id of the caller (gettid(2)).
+pid_t cvfs_gettid(void);
+
+/// Constants that Swift imports poorly or not at all.
+extern const int CVFS_AT_EMPTY_PATH;
+extern const int CVFS_AT_SYMLINK_NOFOLLOW;
+extern const int CVFS_AT_FDCWD;
+extern const int CVFS_O_PATH;
+extern const int CVFS_O_NOFOLLOW;
+extern const int CVFS_O_CLOEXEC;
+extern const int CVFS_O_DIRECTORY;
+extern const unsigned int CVFS_STATX_BASIC_STATS;
+extern const unsigned int CVFS_STATX_MNT_ID;
+
+#endif

@@ -1,0 +1,43 @@
+// SPDX-License-Identifier: Apache-2.0
+
+import CVirtioFS
+import Glibc
+
+/// An eventfd counter: virtqueue kicks and calls, and the stop signal of worker threads.
+public struct EventFD: ~Copyable, Sendable {
+    public let fd: OwnedFD
+
+    /// A new counter, non-blocking and close-on-exec. The corresponding C function is `eventfd`.
+    public init(nonBlocking: Bool = true) throws(Errno) {
+        let flags = EFD_CLOEXEC | (nonBlocking ? EFD_NONBLOCK : 0)
+        fd = OwnedFD(taking: try valueOrErrno { eventfd(0, CInt(flags)) })
+    }
+
+    /// Adopts a descriptor received from the front-end.
+    public init(taking fd: consuming OwnedFD) { self.fd = fd }
+
+    /// Adds one to the counter.
+    public func signal() { EventFD.signal(fd.borrowed) }
+
+    /// Reads and resets the counter; 0 when it was already zero (non-blocking).
+    @discardableResult
+    public func drain() -> UInt64 { EventFD.drain(fd.borrowed) }
+
+    /// Adds one to the counter of the eventfd `fd`.
+    public static func signal(_ fd: FileDescriptor) {
+        var one: UInt64 = 1
+        while Glibc.write(fd.rawValue, &one, 8) < 0 && errno == EINTR {}
+    }
+
+    /// Reads and resets the counter of the eventfd `fd`.
+    @discardableResult
+    public static func drain(_ fd: FileDescriptor) -> UInt64 {
+        var value: UInt64 = 0
+        while true {
+            let n = Glibc.read(fd.rawValue, &value, 8)
+            if n == 8 { return value }
+            if n < 0 && errno == EINTR { continue }
+            return 0
+        }
+    }
+}

@@ -1,0 +1,68 @@
+// SPDX-License-Identifier: Apache-2.0
+
+import CVirtioFS
+import Glibc
+
+/// A plain pthread. Queue workers use these rather than Swift's cooperative pool: per-thread credentials
+/// and blocking system calls must stay on one thread.
+public final class SystemThread: @unchecked Sendable {
+    private var handle: pthread_t
+
+    private final class Start {
+        let name: String
+        let body: () -> Void
+        init(name: String, body: @escaping () -> Void) {
+            self.name = name
+            self.body = body
+        }
+    }
+
+    /// Starts `body` on a new thread named `name` (at most 15 bytes are kept).
+    public init(name: String, body: @escaping @Sendable () -> Void) throws(Errno) {
+        let start = Unmanaged.passRetained(Start(name: name, body: body)).toOpaque()
+        var thread = pthread_t()
+        let result = pthread_create(&thread, nil, { argument in
+            let start = Unmanaged<Start>.fromOpaque(argument!).takeRetainedValue()
+            _ = cvfs_set_thread_name(String(start.name.utf8.prefix(15))!)
+            start.body()
+            return nil
+        }, start)
+        if result != 0 {
+            Unmanaged<Start>.fromOpaque(start).release()
+            throw Errno(rawValue: result)
+        }
+        handle = thread
+    }
+
+    /// Waits for the thread to end.
+    public func join() {
+        pthread_join(handle, nil)
+    }
+
+    /// The kernel's id of the calling thread.
+    public static var currentID: pid_t { cvfs_gettid() }
+}
+
+/// Process-wide settings the daemon makes once.
+public enum ProcessSettings {
+    /// Ignores SIGPIPE, so a front-end that goes away makes a write fail with EPIPE instead of killing us.
+    public static func ignoreBrokenPipe() {
+        signal(SIGPIPE, SIG_IGN)
+    }
+
+    /// Raises the soft limit on open descriptors to `limit` (or the hard limit, if lower); returns the new limit.
+    @discardableResult
+    public static func raiseOpenFileLimit(to limit: UInt64) -> UInt64 {
+        var current = rlimit()
+        guard getrlimit(CInt(RLIMIT_NOFILE.rawValue), &current) == 0 else { return 0 }
+        var wanted = current
+        wanted.rlim_cur = rlim_t(min(UInt64(current.rlim_max), limit))
+        if wanted.rlim_cur > current.rlim_cur, setrlimit(CInt(RLIMIT_NOFILE.rawValue), &wanted) == 0 {
+            return UInt64(wanted.rlim_cur)
+        }
+        return UInt64(current.rlim_cur)
+    }
+
+    /// Exits the process at once with `status`.
+    public static func exit(_ status: CInt) -> Never { Glibc.exit(status) }
+}

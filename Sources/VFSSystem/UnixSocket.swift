@@ -1,0 +1,122 @@
+// SPDX-License-Identifier: Apache-2.0
+
+import CVirtioFS
+import Glibc
+
+/// Unix stream sockets with descriptor passing (SCM_RIGHTS), as vhost-user uses them.
+public enum UnixSocket {
+    /// The most descriptors one message may carry.
+    public static let maxDescriptors = 16
+
+    /// Creates, binds and listens on `path`, replacing a stale socket file left there.
+    public static func listen(path: String, backlog: CInt = 1) throws(Errno) -> OwnedFD {
+        let fd = OwnedFD(taking: try valueOrErrno { socket(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0) })
+        var address = try socketAddress(path)
+        if let existing = try? FileDescriptor.currentWorkingDirectory.statx(path), existing.fileType == .socket {
+            unlink(path)
+        }
+        try nothingOrErrno {
+            withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    bind(fd.rawValue, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+                }
+            }
+        }
+        try nothingOrErrno { Glibc.listen(fd.rawValue, backlog) }
+        return fd
+    }
+
+    /// Connects to the socket at `path`.
+    public static func connect(path: String) throws(Errno) -> OwnedFD {
+        let fd = OwnedFD(taking: try valueOrErrno { socket(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0) })
+        var address = try socketAddress(path)
+        try nothingOrErrno {
+            withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    Glibc.connect(fd.rawValue, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+                }
+            }
+        }
+        return fd
+    }
+
+    /// Accepts one connection on a listening socket. The corresponding C function is `accept4`.
+    public static func accept(_ listener: FileDescriptor) throws(Errno) -> OwnedFD {
+        OwnedFD(taking: try valueOrErrno { cvfs_accept4(listener.rawValue, CInt(SOCK_CLOEXEC.rawValue)) })
+    }
+
+    /// Two connected ends.
+    public struct Pair: ~Copyable {
+        public let first: OwnedFD
+        public let second: OwnedFD
+    }
+
+    /// A connected pair (tests). The corresponding C function is `socketpair`.
+    public static func pair() throws(Errno) -> Pair {
+        var fds: [CInt] = [-1, -1]
+        try nothingOrErrno { socketpair(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0, &fds) }
+        return Pair(first: OwnedFD(taking: fds[0]), second: OwnedFD(taking: fds[1]))
+    }
+
+    /// Sends `data` with `fds` attached. The whole of `data` goes in one message or the call fails.
+    public static func send(_ socket: FileDescriptor, _ data: UnsafeRawBufferPointer, fds: [CInt] = []) throws(Errno) {
+        var sent = try valueOrErrno {
+            fds.withUnsafeBufferPointer { cvfs_send_with_fds(socket.rawValue, data.baseAddress, data.count, $0.baseAddress, fds.count) }
+        }
+        while sent < data.count {
+            let rest = UnsafeRawBufferPointer(rebasing: data[sent...])
+            sent += try valueOrErrno { cvfs_send_with_fds(socket.rawValue, rest.baseAddress, rest.count, nil, 0) }
+        }
+    }
+
+    /// Receives up to `buffer.count` bytes and the descriptors that came with them.
+    /// Returns 0 bytes at end of stream. `truncated` is true when descriptors or control data were cut off.
+    public static func receive(
+        _ socket: FileDescriptor, into buffer: UnsafeMutableRawBufferPointer
+    ) throws(Errno) -> (count: Int, fds: ReceivedFDs, truncated: Bool) {
+        var fds = [CInt](repeating: -1, count: maxDescriptors)
+        var fdCount = 0
+        var truncated: CInt = 0
+        let n = try valueOrErrno {
+            fds.withUnsafeMutableBufferPointer {
+                cvfs_recv_with_fds(socket.rawValue, buffer.baseAddress, buffer.count, $0.baseAddress, maxDescriptors, &fdCount, &truncated)
+            }
+        }
+        return (n, ReceivedFDs(Array(fds.prefix(fdCount))), truncated != 0)
+    }
+
+    /// Receives exactly `buffer.count` bytes with no descriptors; false at end of stream before any byte.
+    /// Descriptors that arrive anyway are closed and reported as a protocol error.
+    public static func receiveExactly(_ socket: FileDescriptor, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Bool {
+        var done = 0
+        while done < buffer.count {
+            let rest = UnsafeMutableRawBufferPointer(rebasing: buffer[done...])
+            let (n, fds, _) = try receive(socket, into: rest)
+            if n == 0 {
+                if done == 0 { return false }
+                throw .protocolError
+            }
+            if !fds.isEmpty { throw .protocolError }
+            done += n
+        }
+        return true
+    }
+
+    /// Shuts both directions of a socket down, waking a thread blocked on it.
+    public static func shutdown(_ socket: FileDescriptor) {
+        _ = Glibc.shutdown(socket.rawValue, CInt(SHUT_RDWR))
+    }
+
+    private static func socketAddress(_ path: String) throws(Errno) -> sockaddr_un {
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        let capacity = MemoryLayout.size(ofValue: address.sun_path)
+        guard !bytes.isEmpty, bytes.count < capacity else { throw .nameTooLong }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: bytes)
+            raw[bytes.count] = 0
+        }
+        return address
+    }
+}

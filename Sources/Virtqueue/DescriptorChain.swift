@@ -1,0 +1,68 @@
+// SPDX-License-Identifier: Apache-2.0
+
+import CVirtioFS
+
+/// The buffers of one descriptor chain, split into the device-readable and device-writable parts, as host
+/// `iovec`s into guest memory. One instance is allocated per queue worker and reused for every request.
+public final class DescriptorChain {
+    /// Device-readable buffers, in chain order.
+    public let readable: UnsafeMutableBufferPointer<iovec>
+    /// Device-writable buffers, in chain order.
+    public let writable: UnsafeMutableBufferPointer<iovec>
+    /// How many of `readable` are in use.
+    public internal(set) var readableCount = 0
+    /// How many of `writable` are in use.
+    public internal(set) var writableCount = 0
+    /// Total bytes of the readable buffers.
+    public internal(set) var readableLength: UInt64 = 0
+    /// Total bytes of the writable buffers.
+    public internal(set) var writableLength: UInt64 = 0
+    /// The head descriptor index, which goes back into the used ring.
+    public internal(set) var head: UInt16 = 0
+
+    /// Room for `capacity` buffers on each side.
+    public init(capacity: Int) {
+        readable = .allocate(capacity: capacity)
+        writable = .allocate(capacity: capacity)
+    }
+
+    deinit {
+        readable.deallocate()
+        writable.deallocate()
+    }
+
+    /// The readable buffers in use.
+    public var readableBuffers: UnsafeBufferPointer<iovec> {
+        UnsafeBufferPointer(rebasing: readable[0..<readableCount])
+    }
+
+    /// The writable buffers in use.
+    public var writableBuffers: UnsafeMutableBufferPointer<iovec> {
+        UnsafeMutableBufferPointer(rebasing: writable[0..<writableCount])
+    }
+
+    func reset(head: UInt16) {
+        self.head = head
+        readableCount = 0
+        writableCount = 0
+        readableLength = 0
+        writableLength = 0
+    }
+
+    /// Appends one buffer; `false` when there is no room left.
+    func append(_ base: UnsafeMutableRawPointer, length: UInt32, writable isWritable: Bool) -> Bool {
+        let entry = iovec(iov_base: base, iov_len: Int(length))
+        if isWritable {
+            guard writableCount < writable.count else { return false }
+            writable[writableCount] = entry
+            writableCount += 1
+            writableLength += UInt64(length)
+        } else {
+            guard readableCount < readable.count else { return false }
+            readable[readableCount] = entry
+            readableCount += 1
+            readableLength += UInt64(length)
+        }
+        return true
+    }
+}

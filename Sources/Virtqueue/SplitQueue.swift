@@ -1,0 +1,229 @@
+// SPDX-License-Identifier: Apache-2.0
+
+import CVirtioFS
+import GuestMemory
+
+/// A split virtqueue (virtio 1.2 §2.7), served from the device side.
+///
+/// The ring memory belongs to the guest and can change under us at any time: every descriptor is copied out
+/// once, every address is translated with bounds checks, and chains are cut at the queue size, so a hostile
+/// guest can make a request fail but cannot make us read outside its memory or loop for ever.
+/// One worker thread owns a `SplitQueue`; it is not shared.
+public struct SplitQueue {
+    /// Flags of a descriptor (virtio 1.2 §2.7.5).
+    static let descriptorNext: UInt16 = 1
+    static let descriptorWrite: UInt16 = 2
+    static let descriptorIndirect: UInt16 = 4
+    /// `avail.flags`: the driver does not want interrupts (when EVENT_IDX is off).
+    static let availableNoInterrupt: UInt16 = 1
+
+    /// Size of one descriptor in bytes.
+    static let descriptorSize = 16
+
+    /// Number of descriptors; a power of two up to 32768.
+    public let size: UInt16
+    /// Whether VIRTIO_F_RING_EVENT_IDX was negotiated.
+    public let eventIndex: Bool
+    /// The guest memory the ring and the buffers live in.
+    public private(set) var memory: GuestMemoryMap
+
+    let descriptors: UnsafeMutableRawPointer
+    let available: UnsafeMutableRawPointer
+    let used: UnsafeMutableRawPointer
+
+    /// The next available-ring slot to consume (`last_avail_idx`).
+    public private(set) var nextAvailable: UInt16
+    /// The next used-ring slot to fill.
+    public private(set) var nextUsed: UInt16
+    /// `used.idx` at the last time we decided whether to signal (EVENT_IDX), nil before the first time.
+    var signalledUsed: UInt16?
+
+    /// Byte sizes of the three parts of a split ring of `size` entries.
+    public static func ringSizes(size: UInt16) -> (descriptors: UInt64, available: UInt64, used: UInt64) {
+        let n = UInt64(size)
+        return (n * 16, 4 + 2 * n + 2, 4 + 8 * n + 2)
+    }
+
+    /// A queue over rings at the given front-end virtual addresses (SET_VRING_ADDR).
+    /// - Throws: `VirtqueueError.ringNotInMemory` when any part of the rings is outside guest memory.
+    public init(
+        size: UInt16, descriptorsAt: UInt64, availableAt: UInt64, usedAt: UInt64, memory: GuestMemoryMap,
+        eventIndex: Bool, nextAvailable: UInt16, userAddresses: Bool = true
+    ) throws(VirtqueueError) {
+        guard size > 0, size & (size &- 1) == 0 else { throw .ringNotInMemory }
+        let sizes = Self.ringSizes(size: size)
+        func translate(_ address: UInt64, _ length: UInt64) -> UnsafeMutableRawPointer? {
+            userAddresses
+                ? memory.translate(userAddress: address, length: length)
+                : memory.translate(GuestAddress(address), length: length)
+        }
+        guard let descriptors = translate(descriptorsAt, sizes.descriptors),
+              let available = translate(availableAt, sizes.available),
+              let used = translate(usedAt, sizes.used)
+        else { throw .ringNotInMemory }
+        self.size = size
+        self.eventIndex = eventIndex
+        self.memory = memory
+        self.descriptors = descriptors
+        self.available = available
+        self.used = used
+        self.nextAvailable = nextAvailable
+        // The used index continues from wherever the guest left it (a ring restarted after GET_VRING_BASE).
+        self.nextUsed = cvfs_load_acquire_u16(used + 2)
+    }
+
+    // MARK: Ring fields
+
+    @inline(__always) var availableIndex: UInt16 { cvfs_load_acquire_u16(available + 2) }
+    @inline(__always) var availableFlags: UInt16 { cvfs_load_relaxed_u16(available) }
+    @inline(__always) var usedEvent: UInt16 { cvfs_load_relaxed_u16(available + 4 + 2 * Int(size)) }
+
+    @inline(__always) func setAvailableEvent(_ value: UInt16) {
+        cvfs_store_relaxed_u16(used + 4 + 8 * Int(size), value)
+    }
+
+    /// Whether the guest has made buffers available that we have not consumed.
+    public var hasAvailable: Bool { availableIndex != nextAvailable }
+
+    // MARK: Consuming chains
+
+    /// Takes the next available chain into `chain`.
+    ///
+    /// - Returns: false when the ring is empty.
+    /// - Throws: `.invalidChain` for a malformed chain, which the caller must still return to the guest with
+    ///   `complete(head:length: 0)`; `.availableIndexOutOfRange` or `.headOutOfRange` when the ring itself is
+    ///   broken, after which the queue must not be used again.
+    public mutating func pop(into chain: DescriptorChain) throws(VirtqueueError) -> Bool {
+        let availableIndex = self.availableIndex
+        if availableIndex == nextAvailable { return false }
+        if availableIndex &- nextAvailable > size {
+            throw .availableIndexOutOfRange(available: availableIndex, next: nextAvailable)
+        }
+        let slot = Int(nextAvailable & (size &- 1))
+        let head = UInt16(littleEndian: cvfs_load_relaxed_u16(available + 4 + 2 * slot))
+        nextAvailable &+= 1
+        guard head < size else { throw .headOutOfRange(head) }
+        chain.reset(head: head)
+        if let fault = walk(head: head, into: chain) {
+            throw .invalidChain(head: head, reason: fault)
+        }
+        return true
+    }
+
+    /// A descriptor copied out of guest memory.
+    struct Descriptor {
+        var address: UInt64
+        var length: UInt32
+        var flags: UInt16
+        var next: UInt16
+
+        @inline(__always)
+        init(table: UnsafeRawPointer, index: Int) {
+            let p = table + index * SplitQueue.descriptorSize
+            address = UInt64(littleEndian: p.loadUnaligned(as: UInt64.self))
+            length = UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt32.self))
+            flags = UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 12, as: UInt16.self))
+            next = UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 14, as: UInt16.self))
+        }
+    }
+
+    /// Follows the chain from `head` (virtio 1.2 §2.7.5.3) and records its buffers; returns a fault or nil.
+    func walk(head: UInt16, into chain: DescriptorChain) -> ChainFault? {
+        var table = UnsafeRawPointer(descriptors)
+        var tableSize = Int(size)
+        var index = Int(head)
+        var ttl = Int(size)
+        var inIndirect = false
+        var seenWritable = false
+        while true {
+            guard ttl > 0 else { return .tooLong }
+            ttl -= 1
+            let descriptor = Descriptor(table: table, index: index)
+            if descriptor.flags & Self.descriptorIndirect != 0 {
+                if inIndirect { return .nestedIndirect }
+                if descriptor.flags & Self.descriptorNext != 0 { return .indirectWithNext }
+                let length = UInt64(descriptor.length)
+                guard length > 0, length % UInt64(Self.descriptorSize) == 0,
+                      length / UInt64(Self.descriptorSize) <= 32768
+                else { return .badIndirectLength }
+                guard let indirect = memory.translate(GuestAddress(descriptor.address), length: length) else {
+                    return .bufferNotInMemory
+                }
+                table = UnsafeRawPointer(indirect)
+                tableSize = Int(length) / Self.descriptorSize
+                ttl = tableSize
+                index = 0
+                inIndirect = true
+                continue
+            }
+            let isWritable = descriptor.flags & Self.descriptorWrite != 0
+            if isWritable {
+                seenWritable = true
+            } else if seenWritable {
+                return .readableAfterWritable
+            }
+            if descriptor.length > 0 {
+                guard let host = memory.translate(GuestAddress(descriptor.address), length: UInt64(descriptor.length))
+                else { return .bufferNotInMemory }
+                guard chain.append(host, length: descriptor.length, writable: isWritable) else { return .tooManySegments }
+                if chain.readableLength > UInt64(UInt32.max) || chain.writableLength > UInt64(UInt32.max) {
+                    return .lengthOverflow
+                }
+            }
+            guard descriptor.flags & Self.descriptorNext != 0 else { return nil }
+            guard Int(descriptor.next) < tableSize else { return .nextOutOfRange }
+            index = Int(descriptor.next)
+        }
+    }
+
+    // MARK: Returning chains
+
+    /// Puts `head` into the used ring with `length` bytes written and publishes it (release ordering).
+    public mutating func complete(head: UInt16, length: UInt32) {
+        let slot = Int(nextUsed & (size &- 1))
+        let element = used + 4 + 8 * slot
+        element.storeBytes(of: UInt32(head).littleEndian, as: UInt32.self)
+        (element + 4).storeBytes(of: length.littleEndian, as: UInt32.self)
+        nextUsed &+= 1
+        cvfs_store_release_u16(used + 2, nextUsed.littleEndian)
+    }
+
+    /// Whether the guest wants an interrupt for the chains completed since the last call (virtio 1.2 §2.7.10).
+    public mutating func needsNotification() -> Bool {
+        // Our used.idx store must be visible before we read the guest's used_event or flags.
+        cvfs_fence_seq_cst()
+        guard eventIndex else {
+            return availableFlags & Self.availableNoInterrupt == 0
+        }
+        let new = nextUsed
+        let old = signalledUsed
+        signalledUsed = new
+        guard let old else { return true }
+        let event = usedEvent
+        return new &- event &- 1 < new &- old
+    }
+
+    /// Tells the guest to kick us for the next buffer and returns whether buffers arrived meanwhile, in which
+    /// case the caller must keep going rather than wait (virtio 1.2 §2.7.10.1).
+    public func enableNotification() -> Bool {
+        if eventIndex {
+            setAvailableEvent(nextAvailable.littleEndian)
+        }
+        cvfs_fence_seq_cst()
+        return availableIndex != nextAvailable
+    }
+
+    /// Replaces the memory map (after the front-end changed the memory table) keeping the ring position.
+    public mutating func updateMemory(
+        _ memory: GuestMemoryMap, descriptorsAt: UInt64, availableAt: UInt64, usedAt: UInt64
+    ) throws(VirtqueueError) {
+        let next = nextAvailable
+        let nextUsed = self.nextUsed
+        let signalled = signalledUsed
+        self = try SplitQueue(
+            size: size, descriptorsAt: descriptorsAt, availableAt: availableAt, usedAt: usedAt, memory: memory,
+            eventIndex: eventIndex, nextAvailable: next)
+        self.nextUsed = nextUsed
+        self.signalledUsed = signalled
+    }
+}

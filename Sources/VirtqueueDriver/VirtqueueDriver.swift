@@ -1,0 +1,209 @@
+// SPDX-License-Identifier: Apache-2.0
+
+import CVirtioFS
+import GuestMemory
+import VFSSystem
+
+/// The driver's side of a split virtqueue over memory we own: what a guest kernel does, for tests and for the
+/// host-side load generator. It lays out the rings, fills descriptors, publishes heads and reads completions.
+public final class VirtqueueDriver {
+    /// A buffer to put in a chain.
+    public struct Buffer: Sendable {
+        public var address: GuestAddress
+        public var length: UInt32
+        public var writable: Bool
+        public init(address: GuestAddress, length: UInt32, writable: Bool) {
+            self.address = address
+            self.length = length
+            self.writable = writable
+        }
+    }
+
+    /// A completion read back from the used ring.
+    public struct Completion: Equatable, Sendable {
+        public var head: UInt16
+        public var length: UInt32
+        public init(head: UInt16, length: UInt32) {
+            self.head = head
+            self.length = length
+        }
+    }
+
+    public let size: UInt16
+    /// The memory file, for SET_MEM_TABLE (vhost-user tests and the load generator).
+    public let memoryFile: OwnedFD
+    public let mapping: MemoryMapping
+    /// The whole memory, as the device sees it.
+    public let memory: GuestMemoryMap
+    /// Guest physical address of the first byte of memory.
+    public let guestBase: UInt64
+    /// The "front-end virtual address" of the first byte, distinct from `guestBase` so that tests catch a mix-up.
+    public let userBase: UInt64
+    /// Guest addresses of the three rings.
+    public let descriptorsAddress: UInt64
+    public let availableAddress: UInt64
+    public let usedAddress: UInt64
+
+    private var dataStart: UInt64
+    private var dataNext: UInt64
+    private var freeDescriptors: [UInt16]
+    private var chains: [UInt16: [UInt16]] = [:]
+    private var indirectTables: Set<UInt16> = []
+    /// The driver's next avail.idx.
+    public private(set) var availableIndex: UInt16
+    /// The used.idx we have consumed up to.
+    public private(set) var lastUsed: UInt16
+
+    /// Lays out a queue of `size` entries in `memorySize` bytes of fresh shared memory.
+    /// - Parameter startIndex: the avail and used indexes to start from (to test wrap-around).
+    public init(
+        size: UInt16, memorySize: Int = 8 << 20, guestBase: UInt64 = 0x1_0000, userBase: UInt64 = 0x7f00_0000_0000,
+        startIndex: UInt16 = 0
+    ) throws {
+        self.size = size
+        self.guestBase = guestBase
+        self.userBase = userBase
+        memoryFile = try makeMemoryFile(name: "virtqueue-driver", size: memorySize)
+        mapping = try MemoryMapping(fd: memoryFile.borrowed, length: memorySize)
+        let region = try GuestMemoryRegion(
+            guestAddress: guestBase, size: UInt64(memorySize), userAddress: userBase, mapping: mapping, offset: 0)
+        memory = try GuestMemoryMap(regions: [region])
+        let n = UInt64(size)
+        func align(_ value: UInt64, _ to: UInt64) -> UInt64 { (value + to - 1) / to * to }
+        descriptorsAddress = guestBase
+        availableAddress = align(descriptorsAddress + 16 * n, 64)
+        usedAddress = align(availableAddress + 6 + 2 * n, 4096)
+        dataStart = align(usedAddress + 6 + 8 * n, 4096)
+        dataNext = dataStart
+        freeDescriptors = (0..<size).reversed()
+        availableIndex = startIndex
+        lastUsed = startIndex
+        storeU16(availableAddress + 2, startIndex)
+        storeU16(usedAddress + 2, startIndex)
+    }
+
+    // MARK: Memory
+
+    /// The host pointer of a guest address in this memory (trapping outside it: test code only).
+    public func pointer(_ address: GuestAddress) -> UnsafeMutableRawPointer {
+        mapping.base + Int(address.rawValue - guestBase)
+    }
+
+    /// The front-end virtual address of a guest address.
+    public func userAddress(_ address: UInt64) -> UInt64 { address - guestBase + userBase }
+
+    /// Allocates `length` bytes of buffer space (a bump allocator; `resetBuffers` frees everything).
+    public func allocate(_ length: Int, alignment: UInt64 = 8) -> GuestAddress {
+        let start = (dataNext + alignment - 1) / alignment * alignment
+        precondition(start + UInt64(length) <= guestBase + UInt64(mapping.length), "test memory exhausted")
+        dataNext = start + UInt64(length)
+        return GuestAddress(start)
+    }
+
+    /// Frees every buffer from `allocate`.
+    public func resetBuffers() { dataNext = dataStart }
+
+    /// Copies `bytes` into new buffer space.
+    public func write(_ bytes: [UInt8]) -> GuestAddress {
+        let address = allocate(max(bytes.count, 1))
+        bytes.withUnsafeBytes { pointer(address).copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
+        return address
+    }
+
+    /// Reads `length` bytes of guest memory.
+    public func read(_ address: GuestAddress, length: Int) -> [UInt8] {
+        Array(UnsafeRawBufferPointer(start: pointer(address), count: length))
+    }
+
+    func storeU16(_ address: UInt64, _ value: UInt16) {
+        pointer(GuestAddress(address)).storeBytes(of: value.littleEndian, as: UInt16.self)
+    }
+
+    func loadU16(_ address: UInt64) -> UInt16 {
+        UInt16(littleEndian: pointer(GuestAddress(address)).loadUnaligned(as: UInt16.self))
+    }
+
+    // MARK: Descriptors
+
+    /// Writes descriptor `index` of the table at `table` as the driver would.
+    public func setDescriptor(
+        table: UInt64? = nil, index: UInt16, address: UInt64, length: UInt32, flags: UInt16, next: UInt16
+    ) {
+        let p = pointer(GuestAddress((table ?? descriptorsAddress) + 16 * UInt64(index)))
+        p.storeBytes(of: address.littleEndian, as: UInt64.self)
+        p.storeBytes(of: length.littleEndian, toByteOffset: 8, as: UInt32.self)
+        p.storeBytes(of: flags.littleEndian, toByteOffset: 12, as: UInt16.self)
+        p.storeBytes(of: next.littleEndian, toByteOffset: 14, as: UInt16.self)
+    }
+
+    /// Builds a chain of `buffers` in the descriptor table and returns its head (not yet published).
+    public func makeChain(_ buffers: [Buffer]) -> UInt16 {
+        precondition(!buffers.isEmpty && buffers.count <= freeDescriptors.count, "no free descriptors")
+        let ids = (0..<buffers.count).map { _ in freeDescriptors.removeLast() }
+        for (i, buffer) in buffers.enumerated() {
+            let last = i == buffers.count - 1
+            setDescriptor(
+                index: ids[i], address: buffer.address.rawValue, length: buffer.length,
+                flags: (buffer.writable ? 2 : 0) | (last ? 0 : 1), next: last ? 0 : ids[i + 1])
+        }
+        chains[ids[0]] = ids
+        return ids[0]
+    }
+
+    /// Builds a one-descriptor chain pointing to an indirect table that holds `buffers`.
+    public func makeIndirectChain(_ buffers: [Buffer]) -> UInt16 {
+        let table = allocate(16 * buffers.count, alignment: 16)
+        for (i, buffer) in buffers.enumerated() {
+            let last = i == buffers.count - 1
+            setDescriptor(
+                table: table.rawValue, index: UInt16(i), address: buffer.address.rawValue, length: buffer.length,
+                flags: (buffer.writable ? 2 : 0) | (last ? 0 : 1), next: last ? 0 : UInt16(i + 1))
+        }
+        let id = freeDescriptors.removeLast()
+        setDescriptor(index: id, address: table.rawValue, length: UInt32(16 * buffers.count), flags: 4, next: 0)
+        chains[id] = [id]
+        return id
+    }
+
+    /// Makes `head` available to the device: writes the ring slot, then publishes avail.idx (release).
+    public func publish(_ head: UInt16) {
+        let slot = UInt64(availableIndex & (size - 1))
+        storeU16(availableAddress + 4 + 2 * slot, head)
+        availableIndex &+= 1
+        cvfs_store_release_u16(pointer(GuestAddress(availableAddress + 2)), availableIndex.littleEndian)
+    }
+
+    /// Sets avail.idx to any value (to test a misbehaving driver).
+    public func setAvailableIndex(_ value: UInt16) {
+        availableIndex = value
+        storeU16(availableAddress + 2, value)
+    }
+
+    /// Sets `used_event` (EVENT_IDX): the used index after which the driver wants an interrupt.
+    public func setUsedEvent(_ value: UInt16) { storeU16(availableAddress + 4 + 2 * UInt64(size), value) }
+
+    /// Sets avail.flags (1 = no interrupt).
+    public func setAvailableFlags(_ value: UInt16) { storeU16(availableAddress, value) }
+
+    /// `avail_event` as the device last wrote it.
+    public var availableEvent: UInt16 { loadU16(usedAddress + 4 + 8 * UInt64(size)) }
+
+    /// used.idx as the device last published it.
+    public var usedIndex: UInt16 { cvfs_load_acquire_u16(pointer(GuestAddress(usedAddress + 2))) }
+
+    /// Reads the completions published since the last call and frees their descriptors.
+    public func takeUsed() -> [Completion] {
+        var result: [Completion] = []
+        let end = usedIndex
+        while lastUsed != end {
+            let slot = UInt64(lastUsed & (size - 1))
+            let p = pointer(GuestAddress(usedAddress + 4 + 8 * slot))
+            let head = UInt16(truncatingIfNeeded: UInt32(littleEndian: p.loadUnaligned(as: UInt32.self)))
+            let length = UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 4, as: UInt32.self))
+            result.append(Completion(head: head, length: length))
+            if let ids = chains.removeValue(forKey: head) { freeDescriptors.append(contentsOf: ids.reversed()) }
+            lastUsed &+= 1
+        }
+        return result
+    }
+}
