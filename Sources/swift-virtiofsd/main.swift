@@ -1,1 +1,113 @@
-print("x")
+// SPDX-License-Identifier: Apache-2.0
+
+import ArgumentParser
+import FUSE
+import Logging
+import Passthrough
+import VFSSystem
+import VhostUser
+import VirtioFSDevice
+
+let version = "0.1.0"
+
+struct SwiftVirtiofsd: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "swift-virtiofsd",
+        abstract: "A vhost-user virtio-fs back-end: shares a host directory with a virtual machine.",
+        discussion: """
+            Start it, then point QEMU at the socket:
+              swift-virtiofsd --socket-path /tmp/vfsd.sock --shared-dir /srv/share
+              qemu-system-x86_64 ... -chardev socket,id=char0,path=/tmp/vfsd.sock \\
+                -device vhost-user-fs-pci,chardev=char0,tag=myfs,queue-size=1024 \\
+                -object memory-backend-memfd,id=mem,size=4G,share=on -numa node,memdev=mem
+            and in the guest: mount -t virtiofs myfs /mnt
+            The daemon serves one front-end connection and exits when it closes.
+            """)
+
+    @OptionGroup var options: DaemonOptions
+
+    func run() throws {
+        if options.version {
+            print("swift-virtiofsd \(version)")
+            return
+        }
+        if options.printCapabilities {
+            print(#"{"type": "fs", "features": []}"#)
+            return
+        }
+        let config: Configuration
+        do {
+            config = try Configuration(options)
+        } catch let error as Configuration.Invalid {
+            throw ValidationError(error.description)
+        }
+        let level = config.logLevel
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level ?? .critical
+            return level == nil ? SwiftLogNoOpLogHandler() : handler
+        }
+        let logger = Logger(label: "swift-virtiofsd")
+        let status = Daemon(config: config, logger: logger).run()
+        if status != 0 { throw ExitCode(status) }
+    }
+}
+
+/// Wiring: the file system, the FUSE server, the device, the socket.
+struct Daemon {
+    let config: Configuration
+    let logger: Logger
+
+    func run() -> Int32 {
+        ProcessSettings.ignoreBrokenPipe()
+        if config.openFileLimit > 0 {
+            ProcessSettings.raiseOpenFileLimit(to: config.openFileLimit)
+        }
+        let fileSystem: PassthroughFileSystem
+        do {
+            fileSystem = try PassthroughFileSystem(
+                options: PassthroughOptions(sharedDirectory: config.sharedDirectory, cache: config.cache, xattr: config.xattr),
+                logger: logger)
+        } catch {
+            logger.error("cannot open shared directory \(config.sharedDirectory): \(error)")
+            return 1
+        }
+        if config.threadPoolSize > 0 {
+            logger.notice("--thread-pool-size \(config.threadPoolSize): requests are served on their queue's thread in this version")
+        }
+        let server = FUSEServer(
+            fileSystem: fileSystem, options: FUSEServerOptions(readdirplus: config.readdirplus), logger: logger)
+        let backend = VirtioFSBackend(server: server, logger: logger)
+
+        let connection: VhostUserConnection
+        do {
+            switch config.listen {
+            case .path(let path):
+                let listener = try UnixSocket.listen(path: path)
+                logger.info("waiting for the front-end on \(path)")
+                connection = VhostUserConnection(socket: try UnixSocket.accept(listener.borrowed))
+            case .fd(let fd):
+                let listener = OwnedFD(taking: fd)
+                logger.info("waiting for the front-end on fd \(fd)")
+                connection = VhostUserConnection(socket: try UnixSocket.accept(listener.borrowed))
+            }
+        } catch {
+            logger.error("cannot accept a front-end connection: \(error)")
+            return 1
+        }
+        logger.info("front-end connected; sharing \(config.sharedDirectory) with cache=\(config.cache.rawValue)")
+        let handler = VhostUserHandler(backend: backend, logger: logger)
+        do {
+            try handler.serve(connection)
+        } catch {
+            logger.error("vhost-user: \(error); disconnecting")
+            backend.reset()
+            return 1
+        }
+        backend.reset()
+        logger.info("front-end disconnected; exiting")
+        return 0
+    }
+}
+
+SwiftVirtiofsd.main()

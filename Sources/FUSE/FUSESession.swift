@@ -1,0 +1,336 @@
+// SPDX-License-Identifier: Apache-2.0
+
+import CVirtioFS
+import Logging
+import VFSSystem
+
+/// Serves FUSE requests for one queue: owns that queue's scratch memory, so a request allocates nothing.
+/// Used by one thread only.
+public final class FUSESession<FS: FileSystem> {
+    /// Requests larger than this are refused, except for the data of WRITE: names, symlink targets and
+    /// xattr values (at most 64 KiB) all fit.
+    static var requestCapacity: Int { 64 * 1024 + 8 * 1024 }
+    static var headerSize: Int { MemoryLayout<fuse_out_header>.size }
+
+    public let server: FUSEServer<FS>
+    let requestStorage: UnsafeMutableRawBufferPointer
+    let replyStorage: UnsafeMutableRawBufferPointer
+    let dataVectors: UnsafeMutableBufferPointer<iovec>
+
+    public init(server: FUSEServer<FS>) {
+        self.server = server
+        requestStorage = .allocate(byteCount: Self.requestCapacity, alignment: 16)
+        replyStorage = .allocate(byteCount: Int(server.options.maxWrite) + 64 * 1024, alignment: 16)
+        dataVectors = .allocate(capacity: 1024 + 2)
+    }
+
+    deinit {
+        requestStorage.deallocate()
+        replyStorage.deallocate()
+        dataVectors.deallocate()
+    }
+
+    /// Serves one request read from `readable`, writing the reply into `writable` (the guest's buffers).
+    /// - Returns: the number of bytes written into `writable` (0 for requests that have no reply).
+    public func handle(readable: UnsafeBufferPointer<iovec>, writable: UnsafeMutableBufferPointer<iovec>) -> UInt32 {
+        let (gathered, total) = gather(readable)
+        var writableLength = 0
+        for v in writable { writableLength += v.iov_len }
+        var reader = ByteReader(UnsafeRawBufferPointer(rebasing: requestStorage[0..<gathered]))
+        guard let header = reader.read(fuse_in_header.self) else {
+            server.logger.warning("FUSE request of \(total) bytes is shorter than its header; dropped")
+            return 0
+        }
+        let opcode = FUSEOpcode(rawValue: header.opcode)
+        if let opcode, !opcode.hasReply {
+            serveNoReply(opcode, header: header, reader: &reader)
+            return 0
+        }
+        guard writableLength >= Self.headerSize else {
+            server.logger.warning("FUSE request \(header.unique): no room for a reply; dropped")
+            return 0
+        }
+        let context = RequestContext(unique: header.unique, nodeID: header.nodeid, uid: header.uid, gid: header.gid, pid: header.pid)
+        var reply = ReplyBuilder(storage: replyStorage, limit: writableLength - Self.headerSize)
+        let status: Errno?
+        do throws(Errno) {
+            guard let opcode else { throw .noFunction }
+            guard total <= gathered else { throw .invalidArgument }
+            guard opcode == .`init` || server.isInitialized else { throw .ioError }
+            if opcode == .read {
+                return try read(context, &reader, writable: writable, writableLength: writableLength)
+            }
+            try serve(opcode, context, header: header, reader: &reader, into: &reply)
+            status = nil
+        } catch {
+            status = error
+        }
+        return finish(unique: header.unique, error: status, payload: status == nil ? reply.bytes : UnsafeRawBufferPointer(start: nil, count: 0), into: writable)
+    }
+
+    /// Copies the request bytes out of guest memory (once: the guest may change them meanwhile).
+    func gather(_ readable: UnsafeBufferPointer<iovec>) -> (gathered: Int, total: Int) {
+        var gathered = 0
+        var total = 0
+        for v in readable {
+            total += v.iov_len
+            let n = min(v.iov_len, requestStorage.count - gathered)
+            if n > 0, let base = v.iov_base {
+                requestStorage.baseAddress!.advanced(by: gathered).copyMemory(from: base, byteCount: n)
+                gathered += n
+            }
+        }
+        return (gathered, total)
+    }
+
+    /// Writes the out header and `payload` into the guest's buffers; returns the bytes written.
+    func finish(unique: UInt64, error: Errno?, payload: UnsafeRawBufferPointer, into writable: UnsafeMutableBufferPointer<iovec>) -> UInt32 {
+        let length = Self.headerSize + payload.count
+        var header = fuse_out_header(len: UInt32(length), error: -(error?.rawValue ?? 0), unique: unique)
+        var cursor = WriteCursor(writable)
+        withUnsafeBytes(of: &header) { cursor.write($0) }
+        cursor.write(payload)
+        return UInt32(cursor.written)
+    }
+
+    /// READ: the host file is read straight into the guest's buffers after the out header.
+    func read(_ context: RequestContext, _ reader: inout ByteReader, writable: UnsafeMutableBufferPointer<iovec>, writableLength: Int) throws(Errno) -> UInt32 {
+        guard let input = reader.read(fuse_read_in.self) else { throw .invalidArgument }
+        let wanted = min(Int(input.size), writableLength - Self.headerSize, Int(server.options.maxWrite))
+        // The data buffers: the writable buffers minus the first 16 bytes, cut at `wanted` bytes.
+        var skip = Self.headerSize
+        var count = 0
+        var length = 0
+        for v in writable where length < wanted {
+            var base = v.iov_base!
+            var size = v.iov_len
+            if skip > 0 {
+                let s = min(skip, size)
+                skip -= s
+                base += s
+                size -= s
+            }
+            guard size > 0 else { continue }
+            guard count < dataVectors.count else { break }
+            let take = min(size, wanted - length)
+            dataVectors[count] = iovec(iov_base: base, iov_len: take)
+            count += 1
+            length += take
+        }
+        let destination = ReadDestination(buffers: UnsafeBufferPointer(rebasing: dataVectors[0..<count]), length: length)
+        let n = try server.fileSystem.read(context, node: context.nodeID, handle: input.fh, offset: input.offset, into: destination)
+        var header = fuse_out_header(len: UInt32(Self.headerSize + n), error: 0, unique: context.unique)
+        var cursor = WriteCursor(writable)
+        withUnsafeBytes(of: &header) { cursor.write($0) }
+        return UInt32(Self.headerSize + n)
+    }
+
+    func serveNoReply(_ opcode: FUSEOpcode, header: fuse_in_header, reader: inout ByteReader) {
+        let context = RequestContext(unique: header.unique, nodeID: header.nodeid, uid: header.uid, gid: header.gid, pid: header.pid)
+        switch opcode {
+        case .forget:
+            if let input = reader.read(fuse_forget_in.self) {
+                server.fileSystem.forget(context, node: header.nodeid, count: input.nlookup)
+            }
+        case .batchForget:
+            guard let input = reader.read(fuse_batch_forget_in.self) else { return }
+            for _ in 0..<input.count {
+                guard let one = reader.read(fuse_forget_one.self) else { break }
+                server.fileSystem.forget(context, node: one.nodeid, count: one.nlookup)
+            }
+        default:
+            break  // INTERRUPT: requests are not interruptible yet
+        }
+    }
+
+    /// Decodes one request with a reply, calls the file system, and encodes the reply payload.
+    func serve(_ opcode: FUSEOpcode, _ context: RequestContext, header: fuse_in_header, reader: inout ByteReader, into reply: inout ReplyBuilder) throws(Errno) {
+        let fs = server.fileSystem
+        let node = header.nodeid
+        switch opcode {
+        case .`init`:
+            let size = reader.remainingCount
+            guard size >= 16 else { throw .invalidArgument }
+            var input = fuse_init_in()
+            withUnsafeMutableBytes(of: &input) { $0.copyMemory(from: UnsafeRawBufferPointer(rebasing: reader.remaining.prefix(MemoryLayout<fuse_init_in>.size))) }
+            try server.initialize(input, inputSize: size, into: &reply)
+        case .destroy:
+            server.reset()
+        case .lookup:
+            guard let name = reader.readName() else { throw .invalidArgument }
+            let entry = try fs.lookup(context, parent: node, name: name)
+            reply.append(FUSEEncoding.entryOut(entry))
+        case .getattr:
+            guard let input = reader.read(fuse_getattr_in.self) else { throw .invalidArgument }
+            let handle: UInt64? = input.getattr_flags & UInt32(FUSE_GETATTR_FH) != 0 ? input.fh : nil
+            let attributes = try fs.getattr(context, node: node, handle: handle)
+            var out = fuse_attr_out()
+            out.attr_valid = attributes.timeout.seconds
+            out.attr_valid_nsec = attributes.timeout.nanoseconds
+            out.attr = FUSEEncoding.attr(attributes.attributes)
+            reply.append(out)
+        case .readlink:
+            let buffer = reply.unused(upTo: 4096)
+            let n = try fs.readlink(context, node: node, into: buffer)
+            reply.commit(n)
+        case .open, .opendir:
+            guard let input = reader.read(fuse_open_in.self) else { throw .invalidArgument }
+            let opened = opcode == .open
+                ? try fs.open(context, node: node, flags: input.flags)
+                : try fs.opendir(context, node: node, flags: input.flags)
+            reply.append(fuse_open_out(fh: opened.handle, open_flags: opened.flags.rawValue, padding: 0))
+        case .release, .releasedir:
+            guard let input = reader.read(fuse_release_in.self) else { throw .invalidArgument }
+            if opcode == .release {
+                try fs.release(context, node: node, handle: input.fh, flags: input.flags)
+            } else {
+                try fs.releasedir(context, node: node, handle: input.fh)
+            }
+        case .flush:
+            guard let input = reader.read(fuse_flush_in.self) else { throw .invalidArgument }
+            try fs.flush(context, node: node, handle: input.fh, lockOwner: input.lock_owner)
+        case .statfs:
+            let stats = try fs.statfs(context, node: node)
+            var out = fuse_statfs_out()
+            out.st.blocks = stats.blocks
+            out.st.bfree = stats.freeBlocks
+            out.st.bavail = stats.availableBlocks
+            out.st.files = stats.files
+            out.st.ffree = stats.freeFiles
+            out.st.bsize = stats.blockSize
+            out.st.namelen = stats.nameMax
+            out.st.frsize = stats.fragmentSize
+            reply.append(out)
+        case .readdir, .readdirplus:
+            guard let input = reader.read(fuse_read_in.self) else { throw .invalidArgument }
+            reply.limit = min(reply.limit, Int(input.size))
+            var sink = DirectoryReplySink(reply: reply, plus: opcode == .readdirplus)
+            try fs.readdir(context, node: node, handle: input.fh, offset: input.offset, plus: opcode == .readdirplus, into: &sink)
+            reply = sink.reply
+        case .access:
+            guard let input = reader.read(fuse_access_in.self) else { throw .invalidArgument }
+            try fs.access(context, node: node, mask: input.mask)
+        case .getxattr:
+            guard let input = reader.read(fuse_getxattr_in.self), let name = reader.readName() else { throw .invalidArgument }
+            if input.size == 0 {
+                let size = try fs.getxattr(context, node: node, name: name, into: UnsafeMutableRawBufferPointer(start: nil, count: 0))
+                reply.append(fuse_getxattr_out(size: UInt32(size), padding: 0))
+            } else {
+                guard reply.remaining >= Int(input.size) || reply.remaining >= 65536 else { throw .range }
+                let n = try fs.getxattr(context, node: node, name: name, into: reply.unused(upTo: Int(input.size)))
+                reply.commit(n)
+            }
+        case .listxattr:
+            guard let input = reader.read(fuse_getxattr_in.self) else { throw .invalidArgument }
+            if input.size == 0 {
+                let size = try fs.listxattr(context, node: node, into: UnsafeMutableRawBufferPointer(start: nil, count: 0))
+                reply.append(fuse_getxattr_out(size: UInt32(size), padding: 0))
+            } else {
+                let n = try fs.listxattr(context, node: node, into: reply.unused(upTo: Int(input.size)))
+                reply.commit(n)
+            }
+        default:
+            throw .noFunction
+        }
+    }
+}
+
+/// Encoders of the attribute structs shared by every reply that carries attributes.
+enum FUSEEncoding {
+    static func attr(_ s: FileStat) -> fuse_attr {
+        var a = fuse_attr()
+        a.ino = s.inode
+        a.size = UInt64(bitPattern: s.size)
+        a.blocks = UInt64(bitPattern: s.blocks)
+        a.atime = UInt64(bitPattern: s.accessTime.seconds)
+        a.mtime = UInt64(bitPattern: s.modificationTime.seconds)
+        a.ctime = UInt64(bitPattern: s.changeTime.seconds)
+        a.atimensec = s.accessTime.nanoseconds
+        a.mtimensec = s.modificationTime.nanoseconds
+        a.ctimensec = s.changeTime.nanoseconds
+        a.mode = s.mode
+        a.nlink = UInt32(truncatingIfNeeded: s.linkCount)
+        a.uid = s.uid
+        a.gid = s.gid
+        a.rdev = UInt32(truncatingIfNeeded: s.specialDevice)
+        a.blksize = UInt32(truncatingIfNeeded: s.blockSize)
+        return a
+    }
+
+    static func entryOut(_ entry: Entry) -> fuse_entry_out {
+        var out = fuse_entry_out()
+        out.nodeid = entry.nodeID
+        out.generation = entry.generation
+        out.entry_valid = entry.entryTimeout.seconds
+        out.entry_valid_nsec = entry.entryTimeout.nanoseconds
+        out.attr_valid = entry.attributeTimeout.seconds
+        out.attr_valid_nsec = entry.attributeTimeout.nanoseconds
+        out.attr = attr(entry.attributes)
+        if entry.isSubmount { out.attr.flags |= UInt32(FUSE_ATTR_SUBMOUNT) }
+        return out
+    }
+}
+
+/// Scatters bytes across the guest's writable buffers.
+struct WriteCursor {
+    let buffers: UnsafeMutableBufferPointer<iovec>
+    var index = 0
+    var offset = 0
+    private(set) var written = 0
+
+    init(_ buffers: UnsafeMutableBufferPointer<iovec>) { self.buffers = buffers }
+
+    mutating func write(_ bytes: UnsafeRawBufferPointer) {
+        var done = 0
+        while done < bytes.count && index < buffers.count {
+            let buffer = buffers[index]
+            let n = min(buffer.iov_len - offset, bytes.count - done)
+            if n > 0 {
+                buffer.iov_base!.advanced(by: offset).copyMemory(from: bytes.baseAddress!.advanced(by: done), byteCount: n)
+                done += n
+                offset += n
+                written += n
+            }
+            if offset == buffer.iov_len {
+                index += 1
+                offset = 0
+            }
+        }
+    }
+}
+
+/// Encodes directory entries (`fuse_dirent`, or `fuse_direntplus` for READDIRPLUS), each padded to 8 bytes.
+struct DirectoryReplySink: DirectoryEntrySink {
+    var reply: ReplyBuilder
+    let plus: Bool
+
+    static var direntHeader: Int { 24 }  // FUSE_NAME_OFFSET
+    static var entryOutSize: Int { MemoryLayout<fuse_entry_out>.size }
+
+    func recordSize(nameLength: Int) -> Int {
+        let size = (plus ? Self.entryOutSize : 0) + Self.direntHeader + nameLength
+        return (size + 7) & ~7
+    }
+
+    func fits(nameLength: Int) -> Bool { recordSize(nameLength: nameLength) <= reply.remaining }
+
+    mutating func add(name: UnsafeRawBufferPointer, inode: UInt64, type: UInt32, offset: UInt64, entry: Entry?) -> Bool {
+        let size = recordSize(nameLength: name.count)
+        guard size <= reply.remaining else { return false }
+        let start = reply.count
+        if plus {
+            if let entry {
+                reply.append(FUSEEncoding.entryOut(entry))
+            } else {
+                reply.append(fuse_entry_out())
+            }
+        }
+        reply.append(UInt64(inode))
+        reply.append(UInt64(offset))
+        reply.append(UInt32(name.count))
+        reply.append(UInt32(type))
+        reply.append(bytes: name)
+        reply.appendZeros(size - (reply.count - start))
+        return true
+    }
+}

@@ -1,0 +1,181 @@
+// SPDX-License-Identifier: Apache-2.0
+
+import CVirtioFS
+import VFSSystem
+
+/// The node id of the root directory (`FUSE_ROOT_ID`).
+public let fuseRootID: UInt64 = 1
+
+/// Who sent a request, from its `fuse_in_header`.
+public struct RequestContext: Sendable, Equatable {
+    public var unique: UInt64
+    public var nodeID: UInt64
+    public var uid: UInt32
+    public var gid: UInt32
+    public var pid: UInt32
+
+    public init(unique: UInt64 = 0, nodeID: UInt64 = 0, uid: UInt32 = 0, gid: UInt32 = 0, pid: UInt32 = 0) {
+        self.unique = unique
+        self.nodeID = nodeID
+        self.uid = uid
+        self.gid = gid
+        self.pid = pid
+    }
+}
+
+/// A cache timeout sent to the guest.
+public struct Timeout: Sendable, Equatable {
+    public var seconds: UInt64
+    public var nanoseconds: UInt32
+    public init(seconds: UInt64, nanoseconds: UInt32 = 0) {
+        self.seconds = seconds
+        self.nanoseconds = nanoseconds
+    }
+    public static let zero = Timeout(seconds: 0)
+}
+
+/// The answer to LOOKUP (and each READDIRPLUS entry): a node whose lookup count went up by one.
+public struct Entry: Sendable, Equatable {
+    public var nodeID: UInt64
+    public var generation: UInt64
+    public var attributes: FileStat
+    public var entryTimeout: Timeout
+    public var attributeTimeout: Timeout
+    /// Sets FUSE_ATTR_SUBMOUNT: this directory is the root of another host mount.
+    public var isSubmount: Bool
+
+    public init(
+        nodeID: UInt64, generation: UInt64 = 0, attributes: FileStat, entryTimeout: Timeout,
+        attributeTimeout: Timeout, isSubmount: Bool = false
+    ) {
+        self.nodeID = nodeID
+        self.generation = generation
+        self.attributes = attributes
+        self.entryTimeout = entryTimeout
+        self.attributeTimeout = attributeTimeout
+        self.isSubmount = isSubmount
+    }
+}
+
+/// The answer to GETATTR.
+public struct AttributeReply: Sendable, Equatable {
+    public var attributes: FileStat
+    public var timeout: Timeout
+    public init(attributes: FileStat, timeout: Timeout) {
+        self.attributes = attributes
+        self.timeout = timeout
+    }
+}
+
+/// The answer to OPEN, OPENDIR and CREATE.
+public struct OpenReply: Sendable, Equatable {
+    public var handle: UInt64
+    public var flags: FUSEOpenFlags
+    public init(handle: UInt64, flags: FUSEOpenFlags = []) {
+        self.handle = handle
+        self.flags = flags
+    }
+}
+
+/// What the guest's kernel offered in INIT.
+public struct InitRequest: Sendable, Equatable {
+    public var major: UInt32
+    public var minor: UInt32
+    public var maxReadahead: UInt32
+    public var flags: FUSEInitFlags
+}
+
+/// A file name from a request: the bytes up to (not including) the terminating NUL, which is still in memory
+/// right after them, so `cString` can go straight to a system call. Valid only during the request.
+public struct FUSEName {
+    public let bytes: UnsafeRawBufferPointer
+
+    /// The name as a NUL-terminated C string.
+    public var cString: UnsafePointer<CChar> { bytes.baseAddress!.assumingMemoryBound(to: CChar.self) }
+
+    /// Whether the name may name an entry of a directory: not empty, no '/', not longer than NAME_MAX.
+    public var isValidComponent: Bool {
+        !bytes.isEmpty && bytes.count <= 255 && !bytes.contains(UInt8(ascii: "/"))
+    }
+    /// "."
+    public var isDot: Bool { bytes.count == 1 && bytes[0] == UInt8(ascii: ".") }
+    /// ".."
+    public var isDotDot: Bool { bytes.count == 2 && bytes[0] == UInt8(ascii: ".") && bytes[1] == UInt8(ascii: ".") }
+
+    public var string: String { String(decoding: bytes, as: UTF8.self) }
+}
+
+/// Where a READ puts its data: the guest's own buffers (zero-copy), as `iovec`s.
+public struct ReadDestination {
+    /// The buffers, in order; their lengths add up to `length`.
+    public let buffers: UnsafeBufferPointer<iovec>
+    /// The bytes requested (never more than the buffers hold).
+    public let length: Int
+}
+
+/// Collects directory entries into a READDIR or READDIRPLUS reply.
+public protocol DirectoryEntrySink {
+    /// Whether an entry with a name of `nameLength` bytes still fits (READDIRPLUS asks before its lookup).
+    func fits(nameLength: Int) -> Bool
+    /// Adds an entry; false when it does not fit, and then nothing was added.
+    /// - Parameters:
+    ///   - entry: READDIRPLUS only: the looked-up node, or nil for "." and ".." (the guest does not instantiate them).
+    ///   - offset: the cookie that continues the listing after this entry.
+    mutating func add(name: UnsafeRawBufferPointer, inode: UInt64, type: UInt32, offset: UInt64, entry: Entry?) -> Bool
+}
+
+/// The operations a FUSE file system implements. Every method has a default that fails with ENOSYS.
+///
+/// Lookup counts: every successful `lookup`, and every entry of a `readdirplus` reply that carries a node,
+/// adds one to that node's lookup count. `forget` subtracts what the guest says; a node whose count reaches
+/// zero may be dropped. The root node (id 1) is never forgotten.
+///
+/// Handles: `open` and `opendir` return a handle that stays valid until `release`/`releasedir` with it.
+/// Methods are called from several queue threads at once: implementations are thread-safe.
+public protocol FileSystem: AnyObject, Sendable {
+    /// INIT: the kernel's offer; returns the flags the file system wants on top of the server's own.
+    func initialize(_ request: InitRequest) throws(Errno) -> FUSEInitFlags
+    /// DESTROY, or the front-end went away: drop every node but the root and every handle.
+    func destroy()
+    func lookup(_ context: RequestContext, parent: UInt64, name: FUSEName) throws(Errno) -> Entry
+    func forget(_ context: RequestContext, node: UInt64, count: UInt64)
+    func getattr(_ context: RequestContext, node: UInt64, handle: UInt64?) throws(Errno) -> AttributeReply
+    /// Writes the symlink's target into `buffer`; returns its length.
+    func readlink(_ context: RequestContext, node: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int
+    func open(_ context: RequestContext, node: UInt64, flags: UInt32) throws(Errno) -> OpenReply
+    /// Reads at most `destination.length` bytes at `offset` into the guest's buffers; returns the count read.
+    func read(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, into destination: ReadDestination) throws(Errno) -> Int
+    func flush(_ context: RequestContext, node: UInt64, handle: UInt64, lockOwner: UInt64) throws(Errno)
+    func release(_ context: RequestContext, node: UInt64, handle: UInt64, flags: UInt32) throws(Errno)
+    func statfs(_ context: RequestContext, node: UInt64) throws(Errno) -> FileSystemStats
+    func opendir(_ context: RequestContext, node: UInt64, flags: UInt32) throws(Errno) -> OpenReply
+    /// Lists from `offset`; entries go into `sink` until it is full or the directory ends.
+    func readdir<Sink: DirectoryEntrySink>(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, plus: Bool, into sink: inout Sink) throws(Errno)
+    func releasedir(_ context: RequestContext, node: UInt64, handle: UInt64) throws(Errno)
+    func access(_ context: RequestContext, node: UInt64, mask: UInt32) throws(Errno)
+    /// Writes the attribute's value into `buffer` (empty: only its size is wanted); returns its size.
+    /// - Throws: `Errno.range` when `buffer` is not empty and too small.
+    func getxattr(_ context: RequestContext, node: UInt64, name: FUSEName, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int
+    /// Writes the NUL-separated attribute names into `buffer` (empty: only the size is wanted); returns the size.
+    func listxattr(_ context: RequestContext, node: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int
+}
+
+extension FileSystem {
+    public func initialize(_ request: InitRequest) throws(Errno) -> FUSEInitFlags { [] }
+    public func destroy() {}
+    public func lookup(_ context: RequestContext, parent: UInt64, name: FUSEName) throws(Errno) -> Entry { throw .noFunction }
+    public func forget(_ context: RequestContext, node: UInt64, count: UInt64) {}
+    public func getattr(_ context: RequestContext, node: UInt64, handle: UInt64?) throws(Errno) -> AttributeReply { throw .noFunction }
+    public func readlink(_ context: RequestContext, node: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int { throw .noFunction }
+    public func open(_ context: RequestContext, node: UInt64, flags: UInt32) throws(Errno) -> OpenReply { throw .noFunction }
+    public func read(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, into destination: ReadDestination) throws(Errno) -> Int { throw .noFunction }
+    public func flush(_ context: RequestContext, node: UInt64, handle: UInt64, lockOwner: UInt64) throws(Errno) { throw .noFunction }
+    public func release(_ context: RequestContext, node: UInt64, handle: UInt64, flags: UInt32) throws(Errno) { throw .noFunction }
+    public func statfs(_ context: RequestContext, node: UInt64) throws(Errno) -> FileSystemStats { throw .noFunction }
+    public func opendir(_ context: RequestContext, node: UInt64, flags: UInt32) throws(Errno) -> OpenReply { throw .noFunction }
+    public func readdir<Sink: DirectoryEntrySink>(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, plus: Bool, into sink: inout Sink) throws(Errno) { throw .noFunction }
+    public func releasedir(_ context: RequestContext, node: UInt64, handle: UInt64) throws(Errno) { throw .noFunction }
+    public func access(_ context: RequestContext, node: UInt64, mask: UInt32) throws(Errno) { throw .noFunction }
+    public func getxattr(_ context: RequestContext, node: UInt64, name: FUSEName, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int { throw .noFunction }
+    public func listxattr(_ context: RequestContext, node: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int { throw .noFunction }
+}

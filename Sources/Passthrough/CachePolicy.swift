@@ -1,0 +1,56 @@
+// SPDX-License-Identifier: Apache-2.0
+
+import FUSE
+
+/// How much the guest may cache, with virtiofsd's semantics for each mode.
+///
+/// | mode | entry and attribute timeout | files | directories |
+/// |---|---|---|---|
+/// | never | 0 s, no READDIRPLUS | DIRECT_IO | - |
+/// | metadata | 86400 s | DIRECT_IO | KEEP_CACHE, CACHE_DIR |
+/// | auto | 1 s | close-to-open: no flags | - |
+/// | always | 86400 s | KEEP_CACHE | KEEP_CACHE, CACHE_DIR |
+public enum CachePolicy: String, Sendable, CaseIterable {
+    case never
+    case metadata
+    case auto
+    case always
+
+    /// Parses a mode, accepting the C virtiofsd's `none` for `never`.
+    public init?(parsing text: String) {
+        if text == "none" {
+            self = .never
+        } else {
+            self.init(rawValue: text)
+        }
+    }
+
+    /// How long the guest may trust a name lookup or the attributes it got.
+    public var timeout: Timeout {
+        switch self {
+        case .never: .zero
+        case .metadata, .always: Timeout(seconds: 86400)
+        case .auto: Timeout(seconds: 1)
+        }
+    }
+
+    /// Open flags for a regular file.
+    public var fileOpenFlags: FUSEOpenFlags {
+        switch self {
+        case .never, .metadata: .directIO
+        case .auto: []
+        case .always: .keepCache
+        }
+    }
+
+    /// Open flags for a directory.
+    public var directoryOpenFlags: FUSEOpenFlags {
+        switch self {
+        case .never, .auto: []
+        case .metadata, .always: [.keepCache, .cacheDirectory]
+        }
+    }
+
+    /// Whether READDIRPLUS may be offered (never with `never`, as virtiofsd).
+    public var allowsReaddirplus: Bool { self != .never }
+}

@@ -1,0 +1,67 @@
+// SPDX-License-Identifier: Apache-2.0
+
+import Synchronization
+import VFSSystem
+
+/// An open file or directory of the guest's.
+public final class HandleData: Sendable {
+    public let fd: OwnedFD
+    /// Serialises READDIR on one directory handle: its position is shared state.
+    let directoryLock = Mutex(())
+
+    init(fd: consuming OwnedFD) { self.fd = fd }
+}
+
+/// Open handles, sharded by handle number. A handle number is never a raw descriptor, so the guest cannot
+/// name one of the daemon's own descriptors.
+public final class HandleTable: Sendable {
+    static let shardBits: UInt64 = 4
+    static var shardCount: Int { 1 << Int(shardBits) }
+    static var shardMask: UInt64 { UInt64(shardCount - 1) }
+
+    struct Shard: ~Copyable {
+        var handles: [UInt64: HandleData] = [:]
+        var nextCounter: UInt64 = 1
+    }
+
+    final class ShardBox: Sendable {
+        let state = Mutex(Shard())
+    }
+
+    private let shards: [ShardBox]
+    private let nextShard = Atomic<UInt64>(0)
+
+    public init() {
+        shards = (0..<Self.shardCount).map { _ in ShardBox() }
+    }
+
+    /// Stores an open descriptor and returns its handle number.
+    public func insert(_ fd: consuming OwnedFD) -> UInt64 {
+        let data = HandleData(fd: fd)
+        let shardIndex = nextShard.wrappingAdd(1, ordering: .relaxed).oldValue & Self.shardMask
+        return shards[Int(shardIndex)].state.withLock { shard in
+            let handle = shard.nextCounter << Self.shardBits | shardIndex
+            shard.nextCounter += 1
+            shard.handles[handle] = data
+            return handle
+        }
+    }
+
+    /// The handle's data, or nil when the guest names a handle it does not hold.
+    @inline(__always)
+    public func get(_ handle: UInt64) -> HandleData? {
+        shards[Int(handle & Self.shardMask)].state.withLock { $0.handles[handle] }
+    }
+
+    /// Removes a handle; its descriptor is closed once no request uses it.
+    @discardableResult
+    public func remove(_ handle: UInt64) -> Bool {
+        shards[Int(handle & Self.shardMask)].state.withLock { $0.handles.removeValue(forKey: handle) != nil }
+    }
+
+    public func clear() {
+        for box in shards { box.state.withLock { $0.handles.removeAll() } }
+    }
+
+    public var count: Int { shards.reduce(0) { $0 + $1.state.withLock { $0.handles.count } } }
+}

@@ -1,0 +1,142 @@
+// SPDX-License-Identifier: Apache-2.0
+
+import FUSE
+import Synchronization
+import VFSSystem
+
+/// What identifies a host file: its device, inode number and mount id (two mounts of one file system can
+/// show the same device and inode).
+public struct InodeKey: Hashable, Sendable {
+    public var device: UInt64
+    public var inode: UInt64
+    public var mountID: UInt64
+
+    public init(device: UInt64, inode: UInt64, mountID: UInt64) {
+        self.device = device
+        self.inode = inode
+        self.mountID = mountID
+    }
+
+    public init(_ stat: FileStat) {
+        self.init(device: stat.device, inode: stat.inode, mountID: stat.mountID)
+    }
+}
+
+/// A host file the guest knows by a node id: an `O_PATH` descriptor that never follows a symlink.
+public final class InodeData: Sendable {
+    public let nodeID: UInt64
+    public let key: InodeKey
+    public let fileType: FileType
+    public let fd: OwnedFD
+
+    init(nodeID: UInt64, key: InodeKey, fileType: FileType, fd: consuming OwnedFD) {
+        self.nodeID = nodeID
+        self.key = key
+        self.fileType = fileType
+        self.fd = fd
+    }
+}
+
+/// The nodes the guest holds, with their lookup counts.
+///
+/// Sharded by the host identity so queues rarely meet on a lock: a node id carries its shard in its low bits,
+/// so both lookups by id (every request) and by identity (LOOKUP) go to one shard without a global lock.
+public final class InodeStore: Sendable {
+    static let shardBits: UInt64 = 6
+    static var shardCount: Int { 1 << Int(shardBits) }
+    static var shardMask: UInt64 { UInt64(shardCount - 1) }
+
+    struct Node {
+        let data: InodeData
+        var lookups: UInt64
+    }
+
+    struct Shard: ~Copyable {
+        var byID: [UInt64: Node] = [:]
+        var byKey: [InodeKey: UInt64] = [:]
+        var nextCounter: UInt64 = 1
+    }
+
+    final class ShardBox: Sendable {
+        let state = Mutex(Shard())
+    }
+
+    /// The shared directory; id 1, never forgotten.
+    public let root: InodeData
+    private let shards: [ShardBox]
+
+    public init(root fd: consuming OwnedFD, stat: FileStat) {
+        root = InodeData(nodeID: fuseRootID, key: InodeKey(stat), fileType: stat.fileType, fd: fd)
+        shards = (0..<Self.shardCount).map { _ in ShardBox() }
+    }
+
+    @inline(__always)
+    static func shard(of key: InodeKey) -> Int {
+        var hasher = Hasher()
+        hasher.combine(key)
+        return Int(UInt64(bitPattern: Int64(hasher.finalize())) & shardMask)
+    }
+
+    /// The node with id `nodeID`, or nil when the guest names one it does not hold.
+    @inline(__always)
+    public func get(_ nodeID: UInt64) -> InodeData? {
+        if nodeID == fuseRootID { return root }
+        return shards[Int(nodeID & Self.shardMask)].state.withLock { $0.byID[nodeID]?.data }
+    }
+
+    /// Adds one lookup to the node for `key`, creating it with `fd` if the guest does not hold it yet.
+    /// - Returns: the node (a new `fd` that is not needed is closed).
+    public func lookup(key: InodeKey, fileType: FileType, fd: consuming OwnedFD) -> InodeData {
+        if key == root.key { return root }
+        let shardIndex = Self.shard(of: key)
+        var pending: OwnedFD? = fd
+        return shards[shardIndex].state.withLock { shard in
+            if let id = shard.byKey[key], var node = shard.byID[id] {
+                node.lookups += 1
+                shard.byID[id] = node
+                return node.data
+            }
+            let id = shard.nextCounter << Self.shardBits | UInt64(shardIndex)
+            shard.nextCounter += 1
+            let data = InodeData(nodeID: id, key: key, fileType: fileType, fd: pending.take()!)
+            shard.byID[id] = Node(data: data, lookups: 1)
+            shard.byKey[key] = id
+            return data
+        }
+    }
+
+    /// Subtracts `count` lookups; the node goes away (and its fd is closed once unused) at zero.
+    public func forget(_ nodeID: UInt64, count: UInt64) {
+        guard nodeID != fuseRootID else { return }
+        shards[Int(nodeID & Self.shardMask)].state.withLock { shard in
+            guard var node = shard.byID[nodeID] else { return }
+            if node.lookups > count {
+                node.lookups -= count
+                shard.byID[nodeID] = node
+            } else {
+                shard.byID[nodeID] = nil
+                if shard.byKey[node.data.key] == nodeID { shard.byKey[node.data.key] = nil }
+            }
+        }
+    }
+
+    /// Forgets every node except the root.
+    public func clear() {
+        for box in shards {
+            box.state.withLock { shard in
+                shard.byID.removeAll()
+                shard.byKey.removeAll()
+            }
+        }
+    }
+
+    /// How many nodes the guest holds, besides the root.
+    public var count: Int {
+        shards.reduce(0) { total, box in total + box.state.withLock { $0.byID.count } }
+    }
+
+    /// The lookup count of a node (tests).
+    public func lookupCount(_ nodeID: UInt64) -> UInt64? {
+        shards[Int(nodeID & Self.shardMask)].state.withLock { $0.byID[nodeID]?.lookups }
+    }
+}

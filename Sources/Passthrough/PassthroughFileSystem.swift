@@ -1,0 +1,302 @@
+// SPDX-License-Identifier: Apache-2.0
+
+import CVirtioFS
+import FUSE
+import Glibc
+import Logging
+import VFSSystem
+
+/// Options of the passthrough file system.
+public struct PassthroughOptions: Sendable {
+    public var sharedDirectory: String
+    public var cache: CachePolicy
+    /// Serve extended attributes (`--xattr`); otherwise the xattr operations answer ENOSYS, as virtiofsd.
+    public var xattr: Bool
+
+    public init(sharedDirectory: String, cache: CachePolicy = .auto, xattr: Bool = false) {
+        self.sharedDirectory = sharedDirectory
+        self.cache = cache
+        self.xattr = xattr
+    }
+}
+
+/// Serves `--shared-dir` to the guest by running each request as host system calls on it.
+///
+/// Every node is an `O_PATH` descriptor opened relative to its parent with `O_NOFOLLOW`, from a name that
+/// contains no '/': a lookup never follows a symlink and never leaves the shared directory by a path.
+/// Files are opened again through `/proc/self/fd` only when they are not symlinks.
+public final class PassthroughFileSystem: FileSystem {
+    public let options: PassthroughOptions
+    public let inodes: InodeStore
+    public let handles = HandleTable()
+    let procSelfFD: OwnedFD
+    let logger: Logger
+
+    /// Opens the shared directory and `/proc/self/fd`.
+    public init(options: PassthroughOptions, logger: Logger) throws(Errno) {
+        self.options = options
+        self.logger = logger
+        let root = try FileDescriptor.open(options.sharedDirectory, flags: [.path, .directory])
+        let stat = try root.borrowed.statx("")
+        inodes = InodeStore(root: root, stat: stat)
+        procSelfFD = try FileDescriptor.open("/proc/self/fd", flags: [.path, .directory])
+    }
+
+    // MARK: Helpers
+
+    func node(_ id: UInt64) throws(Errno) -> InodeData {
+        guard let data = inodes.get(id) else { throw .badFileDescriptor }
+        return data
+    }
+
+    func handle(_ id: UInt64) throws(Errno) -> HandleData {
+        guard let data = handles.get(id) else { throw .badFileDescriptor }
+        return data
+    }
+
+    func entry(_ data: InodeData, _ stat: FileStat) -> Entry {
+        Entry(nodeID: data.nodeID, attributes: stat, entryTimeout: options.cache.timeout,
+              attributeTimeout: options.cache.timeout)
+    }
+
+    /// Opens a node's file for I/O through `/proc/self/fd/N`. Symlinks are refused: following the magic link of
+    /// a symlink would resolve its target on the host.
+    func reopen(_ data: InodeData, flags: CInt) throws(Errno) -> OwnedFD {
+        guard data.fileType != .symbolicLink else { throw .tooManySymbolicLinks }
+        return try withDecimal(data.fd.rawValue) { (name) throws(Errno) -> OwnedFD in
+            try procSelfFD.borrowed.open(name, flags: OpenFlags(rawValue: flags))
+        }
+    }
+
+    /// Runs `body` with `/proc/self/fd/N` for a descriptor, formatted without allocating.
+    func withProcPath<T>(_ fd: CInt, _ body: (UnsafePointer<CChar>) throws(Errno) -> T) throws(Errno) -> T {
+        let prefix: StaticString = "/proc/self/fd/"
+        return try withUnsafeTemporaryAllocation(of: CChar.self, capacity: 40) { (buffer) throws(Errno) -> T in
+            let p = buffer.baseAddress!
+            let prefixLength = prefix.utf8CodeUnitCount
+            prefix.withUTF8Buffer { utf8 in
+                for i in 0..<prefixLength { p[i] = CChar(bitPattern: utf8[i]) }
+            }
+            writeDecimal(fd, into: p + prefixLength)
+            return try body(p)
+        }
+    }
+
+    /// Runs `body` with the decimal digits of `value` as a C string.
+    func withDecimal<T: ~Copyable>(_ value: CInt, _ body: (UnsafePointer<CChar>) throws(Errno) -> T) throws(Errno) -> T {
+        try withUnsafeTemporaryAllocation(of: CChar.self, capacity: 16) { (buffer) throws(Errno) -> T in
+            writeDecimal(value, into: buffer.baseAddress!)
+            return try body(buffer.baseAddress!)
+        }
+    }
+
+    // MARK: FileSystem
+
+    public func initialize(_ request: InitRequest) throws(Errno) -> FUSEInitFlags { [] }
+
+    public func destroy() {
+        handles.clear()
+        inodes.clear()
+    }
+
+    public func lookup(_ context: RequestContext, parent: UInt64, name: FUSEName) throws(Errno) -> Entry {
+        let parentData = try node(parent)
+        guard name.isValidComponent else { throw name.bytes.count > 255 ? .nameTooLong : .invalidArgument }
+        return try lookupEntry(parentData, name.cString, isDotDot: name.isDotDot, isDot: name.isDot)
+    }
+
+    /// Looks `name` up in `parent` and adds one lookup to the node found.
+    func lookupEntry(_ parent: InodeData, _ name: UnsafePointer<CChar>, isDotDot: Bool, isDot: Bool) throws(Errno) -> Entry {
+        guard parent.fileType == .directory else { throw .notDirectory }
+        // ".." of the shared directory is the shared directory: the guest cannot climb out of it.
+        if isDot || (isDotDot && parent.nodeID == fuseRootID) {
+            let found = isDot ? parent : inodes.root
+            let stat = try found.fd.borrowed.statx("")
+            let data = inodes.lookup(key: InodeKey(stat), fileType: stat.fileType, fd: try found.fd.borrowed.duplicate())
+            return entry(data, stat)
+        }
+        let fd = try parent.fd.borrowed.open(name, flags: [.path, .noFollow])
+        let stat = try fd.borrowed.statx("")
+        let data = inodes.lookup(key: InodeKey(stat), fileType: stat.fileType, fd: fd)
+        return entry(data, stat)
+    }
+
+    public func forget(_ context: RequestContext, node: UInt64, count: UInt64) {
+        inodes.forget(node, count: count)
+    }
+
+    public func getattr(_ context: RequestContext, node: UInt64, handle: UInt64?) throws(Errno) -> AttributeReply {
+        let stat: FileStat
+        if let handle, let open = handles.get(handle) {
+            stat = try open.fd.borrowed.stat()
+        } else {
+            stat = try self.node(node).fd.borrowed.stat()
+        }
+        return AttributeReply(attributes: stat, timeout: options.cache.timeout)
+    }
+
+    public func readlink(_ context: RequestContext, node: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
+        let data = try self.node(node)
+        guard data.fileType == .symbolicLink else { throw .invalidArgument }
+        return try data.fd.borrowed.readLink(into: buffer)
+    }
+
+    /// The flags a guest open may pass to the host: no creation, no controlling terminal, no following of
+    /// the magic link's target beyond the file itself.
+    static func hostOpenFlags(_ guestFlags: UInt32) -> CInt {
+        var flags = CInt(bitPattern: guestFlags)
+        flags &= ~(O_CREAT | O_EXCL | O_NOCTTY | CVFS_O_NOFOLLOW | CVFS_O_PATH)
+        flags &= ~CInt(0o40000)  // O_DIRECT: the guest's page cache, not the host's, is the one it bypasses
+        flags &= ~CInt(0o1000000)  // O_NOATIME needs ownership of the file; virtiofsd strips it by default
+        return flags | CVFS_O_CLOEXEC
+    }
+
+    public func open(_ context: RequestContext, node: UInt64, flags: UInt32) throws(Errno) -> OpenReply {
+        let data = try self.node(node)
+        guard data.fileType != .directory || flags & UInt32(O_ACCMODE) == UInt32(O_RDONLY) else { throw .isDirectory }
+        let fd = try reopen(data, flags: Self.hostOpenFlags(flags))
+        return OpenReply(handle: handles.insert(fd), flags: options.cache.fileOpenFlags)
+    }
+
+    public func read(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, into destination: ReadDestination) throws(Errno) -> Int {
+        guard destination.length > 0 else { return 0 }
+        guard offset <= UInt64(Int64.max) else { throw .invalidArgument }
+        let open = try self.handle(handle)
+        return try open.fd.borrowed.read(into: destination.buffers, at: Int64(offset))
+    }
+
+    public func flush(_ context: RequestContext, node: UInt64, handle: UInt64, lockOwner: UInt64) throws(Errno) {
+        _ = try self.handle(handle)
+    }
+
+    public func release(_ context: RequestContext, node: UInt64, handle: UInt64, flags: UInt32) throws(Errno) {
+        handles.remove(handle)
+    }
+
+    public func statfs(_ context: RequestContext, node: UInt64) throws(Errno) -> FileSystemStats {
+        try self.node(node).fd.borrowed.fileSystemStats()
+    }
+
+    public func opendir(_ context: RequestContext, node: UInt64, flags: UInt32) throws(Errno) -> OpenReply {
+        let data = try self.node(node)
+        guard data.fileType == .directory else { throw .notDirectory }
+        let fd = try reopen(data, flags: O_RDONLY | CVFS_O_DIRECTORY | CVFS_O_CLOEXEC)
+        return OpenReply(handle: handles.insert(fd), flags: options.cache.directoryOpenFlags)
+    }
+
+    public func releasedir(_ context: RequestContext, node: UInt64, handle: UInt64) throws(Errno) {
+        handles.remove(handle)
+    }
+
+    public func readdir<Sink: DirectoryEntrySink>(
+        _ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, plus: Bool, into sink: inout Sink
+    ) throws(Errno) {
+        let parent = try self.node(node)
+        let open = try self.handle(handle)
+        try open.directoryLock.withLock { _ throws(Errno) in
+            try readDirectory(parent: parent, fd: open.fd.borrowed, offset: offset, plus: plus, into: &sink)
+        }
+    }
+
+    /// Lists the directory from the cookie `offset` (a `d_off` we returned earlier, or 0).
+    func readDirectory<Sink: DirectoryEntrySink>(
+        parent: InodeData, fd: FileDescriptor, offset: UInt64, plus: Bool, into sink: inout Sink
+    ) throws(Errno) {
+        guard offset <= UInt64(Int64.max) else { throw .invalidArgument }
+        try fd.seek(to: Int64(offset))
+        var added = 0
+        try withUnsafeTemporaryAllocation(byteCount: 16 * 1024, alignment: 8) { (buffer) throws(Errno) in
+            while true {
+                let n = try fd.directoryEntries(into: buffer)
+                if n == 0 { return }
+                var position = 0
+                // struct linux_dirent64 { u64 d_ino; s64 d_off; u16 d_reclen; u8 d_type; char d_name[]; }
+                while position + 19 < n {
+                    let record = UnsafeRawPointer(buffer.baseAddress!) + position
+                    let inode = record.loadUnaligned(as: UInt64.self)
+                    let next = record.loadUnaligned(fromByteOffset: 8, as: UInt64.self)
+                    let recordLength = Int(record.loadUnaligned(fromByteOffset: 16, as: UInt16.self))
+                    let type = record.load(fromByteOffset: 18, as: UInt8.self)
+                    guard recordLength > 19, position + recordLength <= n else { throw .ioError }
+                    let namePointer = (record + 19).assumingMemoryBound(to: CChar.self)
+                    let nameLength = strnlen(namePointer, recordLength - 19)
+                    let name = UnsafeRawBufferPointer(start: record + 19, count: nameLength)
+                    let isDot = nameLength == 1 && name[0] == UInt8(ascii: ".")
+                    let isDotDot = nameLength == 2 && name[0] == UInt8(ascii: ".") && name[1] == UInt8(ascii: ".")
+                    var entry: Entry? = nil
+                    if plus && !isDot && !isDotDot {
+                        guard sink.fits(nameLength: nameLength) else { return }
+                        do throws(Errno) {
+                            entry = try lookupEntry(parent, namePointer, isDotDot: false, isDot: false)
+                        } catch {
+                            // Gone since getdents (or unreadable): fail only if nothing was listed yet.
+                            if added == 0 && error != .noEntry { throw error }
+                            position += recordLength
+                            continue
+                        }
+                    }
+                    guard sink.add(name: name, inode: inode, type: UInt32(type), offset: next, entry: entry) else {
+                        if let entry { inodes.forget(entry.nodeID, count: 1) }
+                        return
+                    }
+                    added += 1
+                    position += recordLength
+                }
+            }
+        }
+    }
+
+    public func access(_ context: RequestContext, node: UInt64, mask: UInt32) throws(Errno) {
+        let stat = try self.node(node).fd.borrowed.stat()
+        let wanted = mask & 7
+        guard wanted != 0 else { return }  // F_OK: it exists
+        let mode = stat.mode
+        if context.uid == 0 {
+            // root may read and write anything; execute needs some execute bit, or a directory
+            if wanted & 1 != 0 && stat.fileType != .directory && mode & 0o111 == 0 { throw .permissionDenied }
+            return
+        }
+        let granted: UInt32
+        if context.uid == stat.uid {
+            granted = (mode >> 6) & 7
+        } else if context.gid == stat.gid {
+            granted = (mode >> 3) & 7
+        } else {
+            granted = mode & 7
+        }
+        guard wanted & ~granted == 0 else { throw .permissionDenied }
+    }
+
+    public func getxattr(_ context: RequestContext, node: UInt64, name: FUSEName, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
+        guard options.xattr else { throw .noFunction }
+        let data = try self.node(node)
+        return try withProcPath(data.fd.rawValue) { (path) throws(Errno) -> Int in
+            try ExtendedAttributes.get(path: path, name: name.cString, into: buffer)
+        }
+    }
+
+    public func listxattr(_ context: RequestContext, node: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
+        guard options.xattr else { throw .noFunction }
+        let data = try self.node(node)
+        return try withProcPath(data.fd.rawValue) { (path) throws(Errno) -> Int in
+            try ExtendedAttributes.list(path: path, into: buffer)
+        }
+    }
+}
+
+/// Writes the decimal digits of a non-negative `value` and a NUL at `p` (at most 11 bytes).
+func writeDecimal(_ value: CInt, into p: UnsafeMutablePointer<CChar>) {
+    var digits: (CChar, CChar, CChar, CChar, CChar, CChar, CChar, CChar, CChar, CChar, CChar, CChar) =
+        (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    var v = UInt32(max(value, 0))
+    var count = 0
+    withUnsafeMutableBytes(of: &digits) { raw in
+        repeat {
+            raw[count] = UInt8(ascii: "0") + UInt8(v % 10)
+            v /= 10
+            count += 1
+        } while v > 0
+        for i in 0..<count { p[i] = CChar(bitPattern: raw[count - 1 - i]) }
+    }
+    p[count] = 0
+}

@@ -1,0 +1,362 @@
+// SPDX-License-Identifier: Apache-2.0
+
+import CVirtioFS
+import GuestMemory
+import Logging
+import VFSSystem
+import Virtqueue
+
+/// The back-end side of a vhost-user connection: applies each front-end request to the device state, starts
+/// and stops the queue workers, and answers. Runs on the thread that reads the socket.
+public final class VhostUserHandler {
+    /// Virtio features every vhost-user device here offers.
+    public static let genericFeatures: UInt64 =
+        VirtioFeatures.version1 | VirtioFeatures.ringIndirectDescriptors | VirtioFeatures.ringEventIndex
+        | VirtioFeatures.protocolFeatures
+    /// Protocol features offered. CONFIG is left out on purpose: QEMU 7.1 to 8.0 crash when a back-end offers it.
+    public static let supportedProtocolFeatures: UInt64 =
+        VhostUserProtocolFeatures.multipleQueues | VhostUserProtocolFeatures.replyAck
+        | VhostUserProtocolFeatures.backendRequests | VhostUserProtocolFeatures.resetDevice
+        | VhostUserProtocolFeatures.configureMemSlots
+    /// Memory slots offered with CONFIGURE_MEM_SLOTS.
+    public static let maxMemorySlots: UInt64 = 509
+
+    /// One queue's configuration as the front-end sent it.
+    final class Vring {
+        var size: UInt16 = 0
+        var addresses: VringAddresses?
+        var base: UInt16 = 0
+        var enabled = false
+        var callFD: OwnedFD?
+        var errorFD: OwnedFD?
+        var worker: VringWorker?
+        var shared: VringShared?
+    }
+
+    static func freshVrings(_ count: Int) -> [Vring] { (0..<count).map { _ in Vring() } }
+
+    let backend: any VhostUserBackend
+    let logger: Logger
+    public private(set) var features: UInt64 = 0
+    public private(set) var protocolFeatures: UInt64 = 0
+    public private(set) var memory = GuestMemoryMap.empty
+    var vrings: [Vring]
+    var backendRequestFD: OwnedFD?
+    var memoryGeneration: UInt64 = 0
+
+    public init(backend: any VhostUserBackend, logger: Logger) {
+        self.backend = backend
+        self.logger = logger
+        vrings = Self.freshVrings(backend.maxQueues)
+    }
+
+    deinit {
+        stopAll()
+    }
+
+    /// Serves the connection until the front-end closes it (returns) or breaks the protocol (throws).
+    /// Every queue worker is stopped before it returns.
+    public func serve(_ connection: borrowing VhostUserConnection) throws(VhostUserError) {
+        defer { stopAll() }
+        while let message = try connection.receive() {
+            try handle(message, on: connection)
+        }
+    }
+
+    /// Applies one message and sends its reply, if it has one.
+    public func handle(_ message: VhostUserMessage, on connection: borrowing VhostUserConnection) throws(VhostUserError) {
+        guard let request = VhostUserRequest(rawValue: message.request) else {
+            throw .unknownRequest(message.request)
+        }
+        logger.trace("vhost-user \(request) size \(message.payload.count) fds \(message.fds.count)")
+        let wantsAck = message.flags & VhostUserFlags.needReply != 0
+            && protocolFeatures & VhostUserProtocolFeatures.replyAck != 0
+        let reply: [UInt8]?
+        do {
+            reply = try apply(request, message)
+        } catch {
+            if wantsAck, case .invalid = error {
+                // The front-end asked to hear about failure: tell it, log, and carry on.
+                logger.error("vhost-user: \(error)")
+                try connection.reply(to: message.request, payload: payloadBytes(of: UInt64(1).littleEndian))
+                return
+            }
+            throw error
+        }
+        if let reply {
+            try connection.reply(to: message.request, payload: reply)
+        } else if wantsAck {
+            try connection.reply(to: message.request, payload: payloadBytes(of: UInt64(0).littleEndian))
+        }
+    }
+
+    /// Does what `request` asks; returns the reply payload for requests that have one.
+    func apply(_ request: VhostUserRequest, _ message: VhostUserMessage) throws(VhostUserError) -> [UInt8]? {
+        switch request {
+        case .getFeatures:
+            try expectNoDescriptors(message, request)
+            return payloadBytes(of: (Self.genericFeatures | backend.deviceFeatures).littleEndian)
+        case .setFeatures:
+            try expectNoDescriptors(message, request)
+            let wanted = try message.decodeU64(for: request)
+            let offered = Self.genericFeatures | backend.deviceFeatures
+            guard wanted & ~offered == 0 else {
+                throw .invalid(request, "features 0x\(String(wanted & ~offered, radix: 16)) were not offered")
+            }
+            features = wanted
+            // Without VHOST_USER_F_PROTOCOL_FEATURES rings are enabled as soon as they start.
+            if features & VirtioFeatures.protocolFeatures == 0 {
+                for i in vrings.indices { setEnabled(i, true) }
+            }
+            return nil
+        case .getProtocolFeatures:
+            try expectNoDescriptors(message, request)
+            return payloadBytes(of: Self.supportedProtocolFeatures.littleEndian)
+        case .setProtocolFeatures:
+            try expectNoDescriptors(message, request)
+            let wanted = try message.decodeU64(for: request)
+            guard wanted & ~Self.supportedProtocolFeatures == 0 else {
+                throw .invalid(request, "protocol features 0x\(String(wanted, radix: 16)) were not offered")
+            }
+            protocolFeatures = wanted
+            return nil
+        case .setOwner:
+            try expectNoDescriptors(message, request)
+            return nil
+        case .resetOwner, .resetDevice:
+            try expectNoDescriptors(message, request)
+            stopAll()
+            vrings = Self.freshVrings(backend.maxQueues)
+            features = 0
+            backend.reset()
+            return nil
+        case .getQueueNum:
+            try expectNoDescriptors(message, request)
+            return payloadBytes(of: UInt64(backend.maxQueues).littleEndian)
+        case .getMaxMemSlots:
+            try expectNoDescriptors(message, request)
+            return payloadBytes(of: Self.maxMemorySlots.littleEndian)
+        case .setMemTable:
+            try setMemoryTable(message)
+            return nil
+        case .addMemReg:
+            try addMemoryRegion(message)
+            return nil
+        case .remMemReg:
+            try removeMemoryRegion(message)
+            return nil
+        case .setVringNum:
+            try expectNoDescriptors(message, request)
+            let state = try message.decode(cvfs_vhost_vring_state.self, for: request)
+            let index = try queueIndex(UInt32(littleEndian: state.index), request)
+            let size = UInt32(littleEndian: state.num)
+            guard size > 0, size <= UInt32(backend.maxQueueSize), size & (size - 1) == 0 else {
+                throw .invalid(request, "queue \(index): size \(size) is not a power of two up to \(backend.maxQueueSize)")
+            }
+            vrings[index].size = UInt16(truncatingIfNeeded: size == 32768 ? 32768 : size)
+            return nil
+        case .setVringAddr:
+            try expectNoDescriptors(message, request)
+            let address = try message.decode(cvfs_vhost_vring_addr.self, for: request)
+            let index = try queueIndex(UInt32(littleEndian: address.index), request)
+            vrings[index].addresses = VringAddresses(
+                descriptors: UInt64(littleEndian: address.descriptor), available: UInt64(littleEndian: address.available),
+                used: UInt64(littleEndian: address.used))
+            return nil
+        case .setVringBase:
+            try expectNoDescriptors(message, request)
+            let state = try message.decode(cvfs_vhost_vring_state.self, for: request)
+            let index = try queueIndex(UInt32(littleEndian: state.index), request)
+            vrings[index].base = UInt16(truncatingIfNeeded: UInt32(littleEndian: state.num))
+            return nil
+        case .getVringBase:
+            try expectNoDescriptors(message, request)
+            let state = try message.decode(cvfs_vhost_vring_state.self, for: request)
+            let index = try queueIndex(UInt32(littleEndian: state.index), request)
+            let next = stopVring(index)
+            // A stopped ring is disabled again until the front-end enables it (with protocol features).
+            if features & VirtioFeatures.protocolFeatures != 0 { vrings[index].enabled = false }
+            vrings[index].callFD = nil
+            return payloadBytes(of: cvfs_vhost_vring_state(index: state.index, num: UInt32(next).littleEndian))
+        case .setVringKick:
+            let index = try vringDescriptor(message, request)
+            _ = stopVring(index)
+            guard let fd = message.fds.take(0) else {
+                throw .invalid(request, "queue \(index): polling mode (no kick eventfd) is not supported")
+            }
+            try startVring(index, kick: fd)
+            return nil
+        case .setVringCall:
+            let index = try vringDescriptor(message, request)
+            if let shared = vrings[index].shared {
+                shared.replaceCallFD(message.fds.take(0))
+            } else {
+                vrings[index].callFD = message.fds.take(0)
+            }
+            return nil
+        case .setVringErr:
+            let index = try vringDescriptor(message, request)
+            vrings[index].errorFD = message.fds.take(0)
+            return nil
+        case .setVringEnable:
+            try expectNoDescriptors(message, request)
+            let state = try message.decode(cvfs_vhost_vring_state.self, for: request)
+            let index = try queueIndex(UInt32(littleEndian: state.index), request)
+            let value = UInt32(littleEndian: state.num)
+            guard value <= 1 else { throw .invalid(request, "enable value \(value)") }
+            setEnabled(index, value == 1)
+            return nil
+        case .setBackendReqFD:
+            guard message.fds.count == 1 else { throw .badDescriptorCount(request, message.fds.count) }
+            // Kept for the life of the connection; nothing is sent on it yet (no DAX, no notifications).
+            backendRequestFD = message.fds.take(0)
+            return nil
+        default:
+            throw .unknownRequest(request.rawValue)
+        }
+    }
+
+    // MARK: Queues
+
+    func queueIndex(_ raw: UInt32, _ request: VhostUserRequest) throws(VhostUserError) -> Int {
+        guard raw < UInt32(vrings.count) else { throw .badQueueIndex(request, raw) }
+        return Int(raw)
+    }
+
+    func expectNoDescriptors(_ message: VhostUserMessage, _ request: VhostUserRequest) throws(VhostUserError) {
+        guard message.fds.isEmpty else { throw .badDescriptorCount(request, message.fds.count) }
+    }
+
+    /// Decodes the u64 of SET_VRING_KICK/CALL/ERR: the queue index in bits 0-7, bit 8 set when no fd is sent.
+    /// The fd, when there is one, is the message's descriptor 0.
+    func vringDescriptor(_ message: VhostUserMessage, _ request: VhostUserRequest) throws(VhostUserError) -> Int {
+        let value = try message.decodeU64(for: request)
+        guard value & ~UInt64(0x1ff) == 0 else { throw .invalid(request, "reserved bits set in 0x\(String(value, radix: 16))") }
+        let index = try queueIndex(UInt32(value & 0xff), request)
+        let noFD = value & 0x100 != 0
+        guard message.fds.count == (noFD ? 0 : 1) else { throw .badDescriptorCount(request, message.fds.count) }
+        return index
+    }
+
+    func startVring(_ index: Int, kick: consuming OwnedFD) throws(VhostUserError) {
+        guard vrings[index].size > 0, let addresses = vrings[index].addresses else {
+            throw .invalid(.setVringKick, "queue \(index): kick before its size and addresses")
+        }
+        let shared = VringShared(memory: memory, enabled: vrings[index].enabled, callFD: vrings[index].callFD.take())
+        let worker = try VringWorker(
+            index: index, size: vrings[index].size, addresses: addresses, base: vrings[index].base,
+            eventIndex: features & VirtioFeatures.ringEventIndex != 0, kick: kick, shared: shared,
+            handler: backend.makeRequestHandler(queue: index), logger: logger)
+        vrings[index].shared = shared
+        vrings[index].worker = worker
+        logger.debug("queue \(index): started, size \(vrings[index].size), base \(vrings[index].base)")
+    }
+
+    /// Stops the queue's worker if it runs; returns the next available index (the base a restart continues from).
+    @discardableResult
+    func stopVring(_ index: Int) -> UInt16 {
+        guard let worker = vrings[index].worker else { return vrings[index].base }
+        let next = worker.stopAndJoin()
+        vrings[index].worker = nil
+        if let shared = vrings[index].shared {
+            vrings[index].callFD = shared.state.withLock { $0.callFD.take() }
+        }
+        vrings[index].shared = nil
+        vrings[index].base = next
+        logger.debug("queue \(index): stopped at \(next)")
+        return next
+    }
+
+    func setEnabled(_ index: Int, _ enabled: Bool) {
+        vrings[index].enabled = enabled
+        if let shared = vrings[index].shared {
+            shared.state.withLock { $0.enabled = enabled }
+            vrings[index].worker?.poke()
+        }
+    }
+
+    /// Stops every worker.
+    func stopAll() {
+        for i in vrings.indices { stopVring(i) }
+    }
+
+    // MARK: Memory
+
+    func mapRegion(_ region: cvfs_vhost_memory_region, fd: borrowing OwnedFD, _ request: VhostUserRequest) throws(VhostUserError) -> GuestMemoryRegion {
+        let size = UInt64(littleEndian: region.size)
+        let offset = UInt64(littleEndian: region.mmap_offset)
+        let (length, overflow) = size.addingReportingOverflow(offset)
+        guard size > 0, !overflow, length <= UInt64(Int.max) else { throw .invalid(request, "region of \(size) bytes at offset \(offset)") }
+        do {
+            let mapping = try MemoryMapping(fd: fd.borrowed, length: Int(length))
+            return try GuestMemoryRegion(
+                guestAddress: UInt64(littleEndian: region.guest_address), size: size,
+                userAddress: UInt64(littleEndian: region.user_address), mapping: mapping, offset: offset)
+        } catch {
+            throw .invalid(request, "cannot map a region of \(size) bytes: \(error)")
+        }
+    }
+
+    func setMemoryTable(_ message: VhostUserMessage) throws(VhostUserError) {
+        let request = VhostUserRequest.setMemTable
+        let header = 8
+        let regionSize = MemoryLayout<cvfs_vhost_memory_region>.size
+        guard message.payload.count >= header else { throw .badPayloadSize(request, UInt32(message.payload.count)) }
+        let count = message.payload.withUnsafeBytes { Int(UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self))) }
+        guard count >= 1, count <= Int(CVFS_VHOST_MEMORY_BASELINE_NREGIONS),
+              message.payload.count >= header + count * regionSize
+        else { throw .badPayloadSize(request, UInt32(message.payload.count)) }
+        guard message.fds.count == count else { throw .badDescriptorCount(request, message.fds.count) }
+        var regions: [GuestMemoryRegion] = []
+        for i in 0..<count {
+            let region = message.payload.withUnsafeBytes {
+                $0.loadUnaligned(fromByteOffset: header + i * regionSize, as: cvfs_vhost_memory_region.self)
+            }
+            guard let fd = message.fds.take(i) else { throw .badDescriptorCount(request, count) }
+            regions.append(try mapRegion(region, fd: fd, request))
+        }
+        let map: GuestMemoryMap
+        do { map = try GuestMemoryMap(regions: regions) } catch { throw .invalid(request, "regions overlap") }
+        install(map)
+        logger.debug("memory table: \(count) regions, \(regions.reduce(0) { $0 + $1.size } >> 20) MiB")
+    }
+
+    func addMemoryRegion(_ message: VhostUserMessage) throws(VhostUserError) {
+        let request = VhostUserRequest.addMemReg
+        let single = try message.decode(cvfs_vhost_single_memory_region.self, for: request)
+        guard message.fds.count == 1, let fd = message.fds.take(0) else {
+            throw .badDescriptorCount(request, message.fds.count)
+        }
+        guard UInt64(memory.regions.count) < Self.maxMemorySlots else { throw .invalid(request, "no free memory slot") }
+        let region = try mapRegion(single.region, fd: fd, request)
+        do { install(try memory.adding(region)) } catch { throw .invalid(request, "the region overlaps another") }
+    }
+
+    func removeMemoryRegion(_ message: VhostUserMessage) throws(VhostUserError) {
+        let request = VhostUserRequest.remMemReg
+        // QEMU sends the region's fd along with REM_MEM_REG in some versions; it is not needed and is closed.
+        let single = try message.decode(cvfs_vhost_single_memory_region.self, for: request)
+        do {
+            install(try memory.removing(
+                guestAddress: UInt64(littleEndian: single.region.guest_address),
+                size: UInt64(littleEndian: single.region.size)))
+        } catch {
+            throw .invalid(request, "no such region")
+        }
+    }
+
+    /// Makes `map` the memory of every queue; running workers switch at their next wake-up.
+    func install(_ map: GuestMemoryMap) {
+        memory = map
+        memoryGeneration += 1
+        for i in vrings.indices {
+            guard let shared = vrings[i].shared else { continue }
+            let generation = memoryGeneration
+            shared.state.withLock {
+                $0.memory = map
+                $0.memoryGeneration = generation
+            }
+            vrings[i].worker?.poke()
+        }
+    }
+}

@@ -1,0 +1,45 @@
+// SPDX-License-Identifier: Apache-2.0
+
+import FUSE
+import Logging
+import VhostUser
+import Virtqueue
+
+/// The virtio-fs device (virtio 1.2 §5.11): queue 0 is the high-priority queue (FORGET), queues 1... carry
+/// requests. Every queue is served by its own worker thread with its own FUSE session and scratch memory.
+public final class VirtioFSBackend<FS: FileSystem>: VhostUserBackend {
+    /// The most request queues offered to the front-end (QEMU's `num-request-queues`).
+    public static var maxRequestQueues: Int { 64 }
+
+    public let server: FUSEServer<FS>
+    let logger: Logger
+
+    public init(server: FUSEServer<FS>, logger: Logger) {
+        self.server = server
+        self.logger = logger
+    }
+
+    public var maxQueues: Int { 1 + Self.maxRequestQueues }
+    public var maxQueueSize: Int { 32768 }
+    public var deviceFeatures: UInt64 { 0 }
+
+    public func makeRequestHandler(queue index: Int) -> any VringRequestHandler {
+        QueueHandler(session: FUSESession(server: server))
+    }
+
+    public func reset() {
+        server.reset()
+    }
+
+    /// Hands each descriptor chain to the queue's FUSE session: the readable buffers hold the request, the
+    /// writable ones receive the reply.
+    final class QueueHandler: VringRequestHandler {
+        let session: FUSESession<FS>
+
+        init(session: FUSESession<FS>) { self.session = session }
+
+        func handle(_ chain: DescriptorChain) -> UInt32 {
+            session.handle(readable: chain.readableBuffers, writable: chain.writableBuffers)
+        }
+    }
+}

@@ -1,0 +1,132 @@
+// SPDX-License-Identifier: Apache-2.0
+
+import ArgumentParser
+import Logging
+import Passthrough
+
+/// The command line, in virtiofsd's spelling (and the C virtiofsd's `-o` compat form).
+struct DaemonOptions: ParsableArguments {
+    @Option(name: [.customLong("socket-path"), .customLong("socket")], help: "Listen for the vhost-user front-end on this Unix socket.")
+    var socketPath: String?
+
+    @Option(name: .customLong("fd"), help: "Use this already-listening socket instead of --socket-path.")
+    var fd: Int32?
+
+    @Option(name: .customLong("shared-dir"), help: "The directory to share with the guest.")
+    var sharedDir: String?
+
+    @Option(name: .customLong("cache"), help: "never | metadata | auto | always (default auto).")
+    var cache: String?
+
+    @Option(name: .customLong("thread-pool-size"), help: "Worker threads besides the queue threads (0: requests run on their queue's thread).")
+    var threadPoolSize: Int = 0
+
+    @Option(name: .customLong("log-level"), help: "error | warn | info | debug | trace | off (default info).")
+    var logLevel: String = "info"
+
+    @Flag(name: .customLong("xattr"), help: "Serve extended attributes (off by default, as virtiofsd).")
+    var xattr = false
+
+    @Flag(name: .customLong("no-readdirplus"), help: "Do not offer READDIRPLUS (always off with --cache never).")
+    var noReaddirplus = false
+
+    @Option(name: .customLong("rlimit-nofile"), help: "Raise the open-file limit to this (0: leave it).")
+    var rlimitNofile: UInt64?
+
+    @Flag(name: .customLong("print-capabilities"), help: "Print the vhost-user back-end capabilities as JSON and exit.")
+    var printCapabilities = false
+
+    @Option(name: .customShort("o"), help: ArgumentHelp("Compat options, comma-separated: source=DIR, cache=MODE, xattr, no_xattr, readdirplus, no_readdirplus, log_level=LEVEL.", valueName: "opt[,opt...]"))
+    var compat: [String] = []
+
+    @Flag(name: .customShort("f"), help: "Compat: stay in the foreground (always so).")
+    var foreground = false
+
+    @Flag(name: .customShort("d"), help: "Compat: debug logging.")
+    var debug = false
+
+    @Flag(name: .customLong("version"), help: "Print the version and exit.")
+    var version = false
+}
+
+/// The options after the compat forms are folded in and checked.
+struct Configuration {
+    var listen: Listen
+    var sharedDirectory: String
+    var cache: CachePolicy
+    var xattr: Bool
+    var readdirplus: Bool
+    var threadPoolSize: Int
+    var logLevel: Logger.Level?
+    var openFileLimit: UInt64
+
+    enum Listen {
+        case path(String)
+        case fd(Int32)
+    }
+
+    struct Invalid: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    init(_ options: DaemonOptions) throws {
+        var sharedDirectory = options.sharedDir
+        var cacheText = options.cache
+        var xattr = options.xattr
+        var readdirplus = !options.noReaddirplus
+        var logLevelText = options.debug ? "debug" : options.logLevel
+        for group in options.compat {
+            for item in group.split(separator: ",").map(String.init) {
+                let parts = item.split(separator: "=", maxSplits: 1).map(String.init)
+                let value = parts.count == 2 ? parts[1] : nil
+                switch (parts[0], value) {
+                case ("source", let dir?): sharedDirectory = dir
+                case ("cache", let mode?): cacheText = mode
+                case ("xattr", nil): xattr = true
+                case ("no_xattr", nil): xattr = false
+                case ("readdirplus", nil): readdirplus = true
+                case ("no_readdirplus", nil): readdirplus = false
+                case ("log_level", let level?): logLevelText = level
+                // Accepted for compatibility; locks, sandboxing and timestamps come with later work.
+                case ("flock", nil), ("no_flock", nil), ("posix_lock", nil), ("no_posix_lock", nil),
+                     ("writeback", nil), ("no_writeback", nil), ("announce_submounts", nil),
+                     ("killpriv_v2", nil), ("no_killpriv_v2", nil), ("sandbox", _), ("timeout", _), ("allow_direct_io", nil):
+                    break
+                default:
+                    throw Invalid(description: "unknown -o option '\(item)'")
+                }
+            }
+        }
+        guard let sharedDirectory, !sharedDirectory.isEmpty else {
+            throw Invalid(description: "--shared-dir (or -o source=DIR) is required")
+        }
+        let cache = try cacheText.map { (text: String) throws -> CachePolicy in
+            guard let mode = CachePolicy(parsing: text) else {
+                throw Invalid(description: "--cache takes never, metadata, auto or always, not '\(text)'")
+            }
+            return mode
+        } ?? .auto
+        switch (options.socketPath, options.fd) {
+        case (let path?, nil): listen = .path(path)
+        case (nil, let fd?): listen = .fd(fd)
+        case (nil, nil): throw Invalid(description: "--socket-path or --fd is required")
+        case (_?, _?): throw Invalid(description: "--socket-path and --fd cannot be used together")
+        }
+        switch logLevelText {
+        case "off": logLevel = nil
+        case "error": logLevel = .error
+        case "warn", "warning": logLevel = .warning
+        case "info": logLevel = .info
+        case "debug": logLevel = .debug
+        case "trace": logLevel = .trace
+        default: throw Invalid(description: "--log-level takes error, warn, info, debug, trace or off")
+        }
+        guard options.threadPoolSize >= 0 else { throw Invalid(description: "--thread-pool-size must not be negative") }
+        self.sharedDirectory = sharedDirectory
+        self.cache = cache
+        self.xattr = xattr
+        self.readdirplus = readdirplus && cache.allowsReaddirplus
+        self.threadPoolSize = options.threadPoolSize
+        self.openFileLimit = options.rlimitNofile ?? 1_000_000
+    }
+}
