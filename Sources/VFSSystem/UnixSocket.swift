@@ -46,6 +46,7 @@ public enum UnixSocket {
     }
 
     /// Two connected ends.
+    @frozen
     public struct Pair: ~Copyable {
         public let first: OwnedFD
         public let second: OwnedFD
