@@ -90,6 +90,9 @@ public struct InitRequest: Sendable, Equatable {
 public struct FUSEName {
     public let bytes: UnsafeRawBufferPointer
 
+    /// Wraps `bytes`, which must be followed in memory by a NUL byte.
+    public init(bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
+
     /// The name as a NUL-terminated C string.
     public var cString: UnsafePointer<CChar> { bytes.baseAddress!.assumingMemoryBound(to: CChar.self) }
 
@@ -111,6 +114,11 @@ public struct ReadDestination {
     public let buffers: UnsafeBufferPointer<iovec>
     /// The bytes requested (never more than the buffers hold).
     public let length: Int
+
+    public init(buffers: UnsafeBufferPointer<iovec>, length: Int) {
+        self.buffers = buffers
+        self.length = length
+    }
 }
 
 /// Collects directory entries into a READDIR or READDIRPLUS reply.

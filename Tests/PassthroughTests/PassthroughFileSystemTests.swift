@@ -1,0 +1,248 @@
+// SPDX-License-Identifier: Apache-2.0
+
+import CVirtioFS
+import FUSE
+import Glibc
+import Logging
+import Passthrough
+import Testing
+import VFSSystem
+
+/// A temporary directory tree, removed at the end.
+final class TemporaryTree {
+    let path: String
+
+    init() {
+        var template = Array("/tmp/passthrough-test.XXXXXX".utf8CString)
+        path = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
+    }
+
+    deinit {
+        _ = system("rm -rf '\(path)'")
+    }
+
+    func write(_ relative: String, _ contents: String) {
+        let fd = Glibc.open("\(path)/\(relative)", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        precondition(fd >= 0, "cannot create \(relative)")
+        _ = contents.withCString { Glibc.write(fd, $0, strlen($0)) }
+        close(fd)
+    }
+
+    func mkdir(_ relative: String) { precondition(Glibc.mkdir("\(path)/\(relative)", 0o755) == 0) }
+    func symlink(_ target: String, _ relative: String) { precondition(Glibc.symlink(target, "\(path)/\(relative)") == 0) }
+    func link(_ existing: String, _ relative: String) { precondition(Glibc.link("\(path)/\(existing)", "\(path)/\(relative)") == 0) }
+}
+
+/// Collects directory entries, holding at most `capacity` of them per call.
+struct CollectingSink: DirectoryEntrySink {
+    var capacity: Int
+    var names: [String] = []
+    var offsets: [UInt64] = []
+    var entries: [Entry?] = []
+
+    func fits(nameLength: Int) -> Bool { names.count < capacity }
+
+    mutating func add(name: UnsafeRawBufferPointer, inode: UInt64, type: UInt32, offset: UInt64, entry: Entry?) -> Bool {
+        guard names.count < capacity else { return false }
+        names.append(String(decoding: name, as: UTF8.self))
+        offsets.append(offset)
+        entries.append(entry)
+        return true
+    }
+}
+
+func makeFileSystem(_ tree: TemporaryTree, xattr: Bool = false) throws -> PassthroughFileSystem {
+    var logger = Logger(label: "test")
+    logger.logLevel = .critical
+    return try PassthroughFileSystem(options: PassthroughOptions(sharedDirectory: tree.path, xattr: xattr), logger: logger)
+}
+
+/// Calls `body` with `name` as a FUSE name (NUL-terminated in memory).
+func withName<T>(_ name: String, _ body: (FUSEName) throws -> T) rethrows -> T {
+    var bytes = Array(name.utf8)
+    bytes.append(0)
+    return try bytes.withUnsafeBytes { try body(FUSEName(bytes: UnsafeRawBufferPointer(rebasing: $0.dropLast()))) }
+}
+
+let context = RequestContext(uid: 0, gid: 0)
+
+extension PassthroughFileSystem {
+    func lookup(_ parent: UInt64, _ name: String) throws -> Entry {
+        try withName(name) { try lookup(context, parent: parent, name: $0) }
+    }
+}
+
+@Suite("Passthrough file system")
+struct PassthroughFileSystemTests {
+    @Test("lookup returns the host's attributes, and a hard link is the same node")
+    func lookupAndHardLinks() throws {
+        let tree = TemporaryTree()
+        tree.write("file", "hello")
+        tree.link("file", "again")
+        let fs = try makeFileSystem(tree)
+        let a = try fs.lookup(fuseRootID, "file")
+        let b = try fs.lookup(fuseRootID, "again")
+        #expect(a.nodeID == b.nodeID)
+        #expect(a.attributes.size == 5 && a.attributes.linkCount == 2 && a.attributes.fileType == .regular)
+        #expect(fs.inodes.lookupCount(a.nodeID) == 2)
+        #expect(a.attributes.mountID != 0)
+        fs.forget(context, node: a.nodeID, count: 1)
+        #expect(fs.inodes.lookupCount(a.nodeID) == 1)
+        fs.forget(context, node: a.nodeID, count: 1)
+        #expect(fs.inodes.lookupCount(a.nodeID) == nil)
+        #expect(throws: Errno.badFileDescriptor) { try fs.getattr(context, node: a.nodeID, handle: nil) }
+    }
+
+    @Test("a symlink is looked up as itself, never followed, and cannot be opened")
+    func symlinksAreNotFollowed() throws {
+        let tree = TemporaryTree()
+        tree.symlink("/etc/passwd", "outside")
+        tree.symlink("/", "root-link")
+        let fs = try makeFileSystem(tree)
+        let link = try fs.lookup(fuseRootID, "outside")
+        #expect(link.attributes.fileType == .symbolicLink)
+        var buffer = [UInt8](repeating: 0, count: 256)
+        let n = try buffer.withUnsafeMutableBytes { try fs.readlink(context, node: link.nodeID, into: $0) }
+        #expect(String(decoding: buffer[..<n], as: UTF8.self) == "/etc/passwd")
+        #expect(throws: Errno.tooManySymbolicLinks) { try fs.open(context, node: link.nodeID, flags: UInt32(O_RDONLY)) }
+        let rootLink = try fs.lookup(fuseRootID, "root-link")
+        // Looking a name up inside a symlink to / does not reach the host's /etc.
+        #expect(throws: Errno.notDirectory) { try fs.lookup(rootLink.nodeID, "etc") }
+    }
+
+    @Test("'..' of the shared directory is the shared directory, and '.' is the node itself")
+    func dotDot() throws {
+        let tree = TemporaryTree()
+        tree.mkdir("sub")
+        let fs = try makeFileSystem(tree)
+        #expect(try fs.lookup(fuseRootID, "..").nodeID == fuseRootID)
+        #expect(try fs.lookup(fuseRootID, ".").nodeID == fuseRootID)
+        let sub = try fs.lookup(fuseRootID, "sub")
+        #expect(try fs.lookup(sub.nodeID, "..").nodeID == fuseRootID)
+        #expect(try fs.lookup(sub.nodeID, ".").nodeID == sub.nodeID)
+    }
+
+    @Test("names with '/', empty names and names over 255 bytes are refused")
+    func badNames() throws {
+        let tree = TemporaryTree()
+        tree.mkdir("sub")
+        tree.write("sub/file", "x")
+        let fs = try makeFileSystem(tree)
+        #expect(throws: Errno.invalidArgument) { try fs.lookup(fuseRootID, "sub/file") }
+        #expect(throws: Errno.invalidArgument) { try fs.lookup(fuseRootID, "../../etc") }
+        #expect(throws: Errno.invalidArgument) { try fs.lookup(fuseRootID, "") }
+        #expect(throws: Errno.nameTooLong) { try fs.lookup(fuseRootID, String(repeating: "n", count: 256)) }
+        #expect(throws: Errno.noEntry) { try fs.lookup(fuseRootID, "missing") }
+        #expect(throws: Errno.badFileDescriptor) { try fs.lookup(999_999, "sub") }
+    }
+
+    @Test("open and read go through a handle; a handle the guest never got is EBADF")
+    func openRead() throws {
+        let tree = TemporaryTree()
+        tree.write("data", "0123456789")
+        let fs = try makeFileSystem(tree)
+        let node = try fs.lookup(fuseRootID, "data")
+        let opened = try fs.open(context, node: node.nodeID, flags: UInt32(O_RDONLY))
+        var a = [UInt8](repeating: 0, count: 3)
+        var b = [UInt8](repeating: 0, count: 10)
+        let n = try a.withUnsafeMutableBytes { pa in
+            try b.withUnsafeMutableBytes { pb in
+                let vectors = [iovec(iov_base: pa.baseAddress, iov_len: 3), iovec(iov_base: pb.baseAddress, iov_len: 10)]
+                return try vectors.withUnsafeBufferPointer {
+                    try fs.read(context, node: node.nodeID, handle: opened.handle, offset: 2, into: ReadDestination(buffers: $0, length: 13))
+                }
+            }
+        }
+        #expect(n == 8)
+        #expect(a == Array("234".utf8) && Array(b.prefix(5)) == Array("56789".utf8))
+        try fs.release(context, node: node.nodeID, handle: opened.handle, flags: 0)
+        #expect(throws: Errno.badFileDescriptor) {
+            try [iovec]().withUnsafeBufferPointer {
+                try fs.read(context, node: node.nodeID, handle: opened.handle, offset: 0, into: ReadDestination(buffers: $0, length: 1))
+            }
+        }
+        #expect(fs.handles.count == 0)
+    }
+
+    @Test("READDIR continues from its offsets and lists every entry exactly once")
+    func readdirContinuation() throws {
+        let tree = TemporaryTree()
+        tree.mkdir("big")
+        for i in 0..<1000 { tree.write("big/f\(i)", "") }
+        let fs = try makeFileSystem(tree)
+        let dir = try fs.lookup(fuseRootID, "big")
+        let handle = try fs.opendir(context, node: dir.nodeID, flags: 0).handle
+        var seen: [String] = []
+        var offset: UInt64 = 0
+        var calls = 0
+        while true {
+            var sink = CollectingSink(capacity: 37)
+            try fs.readdir(context, node: dir.nodeID, handle: handle, offset: offset, plus: false, into: &sink)
+            if sink.names.isEmpty { break }
+            seen += sink.names
+            offset = sink.offsets.last!
+            calls += 1
+        }
+        #expect(calls >= 1000 / 37)
+        #expect(seen.count == 1002)
+        #expect(Set(seen) == Set((0..<1000).map { "f\($0)" } + [".", ".."]))
+        try fs.releasedir(context, node: dir.nodeID, handle: handle)
+    }
+
+    @Test("READDIRPLUS looks up each entry (not '.' and '..'), and an entry that does not fit is not counted")
+    func readdirplusCounts() throws {
+        let tree = TemporaryTree()
+        tree.mkdir("d")
+        for i in 0..<5 { tree.write("d/f\(i)", "") }
+        let fs = try makeFileSystem(tree)
+        let dir = try fs.lookup(fuseRootID, "d")
+        let handle = try fs.opendir(context, node: dir.nodeID, flags: 0).handle
+        var sink = CollectingSink(capacity: 100)
+        try fs.readdir(context, node: dir.nodeID, handle: handle, offset: 0, plus: true, into: &sink)
+        #expect(sink.names.count == 7)
+        for (name, entry) in zip(sink.names, sink.entries) {
+            if name == "." || name == ".." {
+                #expect(entry == nil)
+            } else {
+                #expect(entry != nil)
+                #expect(fs.inodes.lookupCount(entry!.nodeID) == 1)
+            }
+        }
+        #expect(fs.inodes.count == 1 + 5)
+    }
+
+    @Test("statfs, access and the xattr switch")
+    func misc() throws {
+        let tree = TemporaryTree()
+        tree.write("f", "")
+        let fs = try makeFileSystem(tree)
+        let stats = try fs.statfs(context, node: fuseRootID)
+        #expect(stats.blocks > 0 && stats.nameMax == 255)
+        let node = try fs.lookup(fuseRootID, "f")
+        try fs.access(context, node: node.nodeID, mask: 4 | 2)
+        #expect(throws: Errno.permissionDenied) { try fs.access(context, node: node.nodeID, mask: 1) }
+        #expect(throws: Errno.permissionDenied) {
+            try fs.access(RequestContext(uid: 4242, gid: 4242), node: node.nodeID, mask: 2)
+        }
+        #expect(throws: Errno.noFunction) {
+            try withName("user.x") { try fs.getxattr(context, node: node.nodeID, name: $0, into: UnsafeMutableRawBufferPointer(start: nil, count: 0)) }
+        }
+        let withXattr = try makeFileSystem(tree, xattr: true)
+        let again = try withXattr.lookup(fuseRootID, "f")
+        #expect(throws: Errno.noData) {
+            try withName("user.none") { try withXattr.getxattr(context, node: again.nodeID, name: $0, into: UnsafeMutableRawBufferPointer(start: nil, count: 0)) }
+        }
+    }
+
+    @Test("DESTROY drops every node and handle but the root")
+    func destroy() throws {
+        let tree = TemporaryTree()
+        tree.write("f", "")
+        let fs = try makeFileSystem(tree)
+        let node = try fs.lookup(fuseRootID, "f")
+        _ = try fs.open(context, node: node.nodeID, flags: UInt32(O_RDONLY))
+        fs.destroy()
+        #expect(fs.inodes.count == 0 && fs.handles.count == 0)
+        #expect(try fs.getattr(context, node: fuseRootID, handle: nil).attributes.fileType == .directory)
+    }
+}
