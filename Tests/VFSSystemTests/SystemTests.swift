@@ -1,0 +1,92 @@
+// SPDX-License-Identifier: Apache-2.0
+
+import CVirtioFS
+import Glibc
+import Testing
+import VFSSystem
+
+/// Whether `fd` is open in this process.
+func isOpen(_ fd: CInt) -> Bool { fcntl(fd, F_GETFD) != -1 }
+
+@Suite("System layer")
+struct SystemTests {
+    @Test("an OwnedFD closes its descriptor when it goes away, and release() keeps it open")
+    func ownership() throws {
+        var raw: CInt = -1
+        do {
+            let fd = try FileDescriptor.open("/dev/null", flags: .readOnly)
+            raw = fd.rawValue
+            #expect(isOpen(raw))
+        }
+        #expect(!isOpen(raw))
+        let kept = try FileDescriptor.open("/dev/null", flags: .readOnly).release()
+        #expect(isOpen(kept))
+        close(kept)
+    }
+
+    @Test("descriptors pass over a socket with their data, and unclaimed ones are closed")
+    func descriptorPassing() throws {
+        let pair = try UnixSocket.pair()
+        let event = try EventFD()
+        let payload: [UInt8] = [1, 2, 3, 4]
+        try payload.withUnsafeBytes { try UnixSocket.send(pair.first.borrowed, $0, fds: [event.fd.rawValue, event.fd.rawValue]) }
+        var buffer = [UInt8](repeating: 0, count: 4)
+        let (count, fds, truncated) = try buffer.withUnsafeMutableBytes { try UnixSocket.receive(pair.second.borrowed, into: $0) }
+        #expect(count == 4 && buffer == payload && !truncated)
+        #expect(fds.count == 2)
+        let first = fds.take(0)!
+        let second = fds.take(1)!
+        let again = fds.take(0) == nil
+        #expect(again)
+        // Both received descriptors name the same eventfd as ours.
+        EventFD.signal(first.borrowed)
+        #expect(event.drain() == 1)
+        let raw = second.release()
+        #expect(isOpen(raw))
+        close(raw)
+    }
+
+    @Test("a receiver that takes nothing leaks nothing")
+    func unclaimedDescriptorsClose() throws {
+        let pair = try UnixSocket.pair()
+        let event = try EventFD()
+        try [UInt8(0)].withUnsafeBytes { try UnixSocket.send(pair.first.borrowed, $0, fds: [event.fd.rawValue]) }
+        var buffer = [UInt8](repeating: 0, count: 1)
+        var received: CInt = -1
+        do {
+            let (_, fds, _) = try buffer.withUnsafeMutableBytes { try UnixSocket.receive(pair.second.borrowed, into: $0) }
+            let taken = fds.take(0)!
+            received = taken.release()
+            close(received)
+        }
+        #expect(!isOpen(received))
+    }
+
+    @Test("a shared mapping of a memory file sees writes through another mapping")
+    func sharedMappings() throws {
+        let file = try makeMemoryFile(name: "test", size: 1 << 16)
+        let a = try MemoryMapping(fd: file.borrowed, length: 1 << 16)
+        let b = try MemoryMapping(fd: file.borrowed, length: 4096, offset: 4096)
+        a.base.storeBytes(of: 0xCAFE, toByteOffset: 4096 + 8, as: UInt32.self)
+        #expect(b.base.load(fromByteOffset: 8, as: UInt32.self) == 0xCAFE)
+        #expect(throws: Errno.invalidArgument) { try MemoryMapping(fd: file.borrowed, length: 0) }
+    }
+
+    @Test("errno values keep their meaning")
+    func errnoValues() {
+        #expect(Errno.noEntry.rawValue == ENOENT)
+        #expect(Errno.noFunction.rawValue == ENOSYS)
+        #expect(Errno.noEntry.description == "No such file or directory")
+        #expect(throws: Errno.noEntry) { try FileDescriptor.open("/nonexistent/path", flags: .readOnly) }
+    }
+
+    @Test("statx reports the mount id and never follows a symlink")
+    func statxNoFollow() throws {
+        let dir = try FileDescriptor.open("/", flags: [.path, .directory])
+        let proc = try dir.borrowed.statx("proc")
+        #expect(proc.fileType == .directory && proc.mountID != 0)
+        let link = try FileDescriptor.open("/proc/self", flags: [.path, .noFollow])
+        #expect(try link.borrowed.statx("").fileType == .symbolicLink)
+        #expect(try link.borrowed.stat().fileType == .symbolicLink)
+    }
+}
