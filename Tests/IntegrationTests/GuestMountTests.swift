@@ -1,0 +1,162 @@
+// SPDX-License-Identifier: Apache-2.0
+
+import Foundation
+import Testing
+
+/// The repository root, found from this file's path.
+let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .deletingLastPathComponent().path
+
+/// QEMU is needed; CI installs it, so there a missing QEMU fails the run instead of skipping it.
+let guestsCanRun = FileManager.default.isExecutableFile(atPath: "/usr/bin/qemu-system-x86_64")
+    || ProcessInfo.processInfo.environment["CI"] != nil
+
+/// The back-end under test: $SWIFT_VIRTIOFSD, or the build of this checkout.
+let backend: String = {
+    if let path = ProcessInfo.processInfo.environment["SWIFT_VIRTIOFSD"] { return path }
+    for configuration in ["release", "debug"] {
+        let path = "\(repositoryRoot)/.build/\(configuration)/swift-virtiofsd"
+        if FileManager.default.isExecutableFile(atPath: path) { return path }
+    }
+    return "\(repositoryRoot)/.build/debug/swift-virtiofsd"
+}()
+
+struct RunResult {
+    var status: Int32
+    var output: String
+    var errors: String
+}
+
+/// Runs a command and returns its status and output.
+func run(_ arguments: [String], environment: [String: String] = [:]) throws -> RunResult {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    process.arguments = arguments
+    var env = ProcessInfo.processInfo.environment
+    env.merge(environment) { $1 }
+    process.environment = env
+    let out = Pipe()
+    // Standard error goes to a file, so that a chatty child never blocks on a second full pipe.
+    let errPath = NSTemporaryDirectory() + "run-stderr-" + UUID().uuidString
+    FileManager.default.createFile(atPath: errPath, contents: nil)
+    defer { try? FileManager.default.removeItem(atPath: errPath) }
+    let err = try FileHandle(forWritingTo: URL(fileURLWithPath: errPath))
+    process.standardOutput = out
+    process.standardError = err
+    try process.run()
+    let outData = out.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    try err.close()
+    let errData = FileManager.default.contents(atPath: errPath) ?? Data()
+    return RunResult(
+        status: process.terminationStatus, output: String(decoding: outData, as: UTF8.self),
+        errors: String(decoding: errData, as: UTF8.self))
+}
+
+/// Boots a guest on `shared` and runs `script` in it.
+func runGuest(_ shared: String, _ options: [String], _ script: String) throws -> RunResult {
+    try run(["\(repositoryRoot)/qemu/run-guest", "--shared-dir", shared, "--backend", backend] + options + ["--", "sh", "-c", script])
+}
+
+/// A host tree like a source checkout: 1,000+ files in nested directories, symlinks (relative, absolute,
+/// dangling, to a directory), a hard link, an empty file and a 10 MiB file.
+final class SampleTree {
+    let path: String
+
+    init() throws {
+        path = NSTemporaryDirectory() + "guest-tree-" + UUID().uuidString
+        let fm = FileManager.default
+        var generator = SplitMix(seed: 2026)
+        for d in 0..<25 {
+            let dir = "\(path)/src/module\(d)/sub\(d % 4)/deeper"
+            try fm.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            for f in 0..<40 {
+                let size = Int(generator.next() % 3000)
+                let data = Data((0..<size).map { _ in UInt8(truncatingIfNeeded: generator.next()) })
+                let where_ = f % 3 == 0 ? dir : "\(path)/src/module\(d)"
+                fm.createFile(atPath: "\(where_)/file\(f).c", contents: data)
+            }
+        }
+        var big = Data(count: 10 << 20)
+        big.withUnsafeMutableBytes { raw in
+            let words = raw.bindMemory(to: UInt64.self)
+            for i in words.indices { words[i] = generator.next() }
+        }
+        fm.createFile(atPath: "\(path)/big", contents: big)
+        fm.createFile(atPath: "\(path)/empty", contents: Data())
+        try fm.createSymbolicLink(atPath: "\(path)/link-to-file", withDestinationPath: "src/module1/file1.c")
+        try fm.createSymbolicLink(atPath: "\(path)/src/link-up", withDestinationPath: "../big")
+        try fm.createSymbolicLink(atPath: "\(path)/absolute-link", withDestinationPath: "/etc/passwd")
+        try fm.createSymbolicLink(atPath: "\(path)/dangling", withDestinationPath: "does/not/exist")
+        try fm.createSymbolicLink(atPath: "\(path)/dir-link", withDestinationPath: "src/module2")
+        try fm.linkItem(atPath: "\(path)/src/module3/file2.c", toPath: "\(path)/hard-link")
+    }
+
+    deinit {
+        try? FileManager.default.removeItem(atPath: path)
+    }
+}
+
+/// A small deterministic generator, so every run shares the same tree.
+struct SplitMix {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+/// Lists every file's sha256 and size, every symlink's target, every directory, and the hard link's inode
+/// sharing, in a form busybox (guest) and coreutils (host) print alike.
+let manifestScript = """
+    export LC_ALL=C
+    find . -type f | sort | xargs sha256sum
+    find . -type f | sort | xargs stat -c '%s %h %n'
+    for l in $(find . -type l | sort); do echo "$l -> $(readlink "$l")"; done
+    find . -type d | sort
+    [ "$(stat -c %i hard-link)" = "$(stat -c %i src/module3/file2.c)" ] && echo "hard link shares its inode"
+    find . | wc -l
+    """
+
+@Suite("A real guest mounts a host directory", .serialized, .enabled(if: guestsCanRun, "needs qemu-system-x86_64"))
+struct GuestMountTests {
+    @Test("every file, size, symlink and hard link seen in the guest matches the host", arguments: [
+        ["--kernel", "6.12", "--queues", "1"],
+        ["--kernel", "6.12", "--queues", "2"],
+        ["--kernel", "6.1", "--queues", "1", "--cpus", "1"],
+    ])
+    func treeMatchesHost(options: [String]) throws {
+        let tree = try SampleTree()
+        let host = try run(["sh", "-c", "cd '\(tree.path)' && \(manifestScript)"])
+        #expect(host.status == 0)
+        #expect(host.output.contains("hard link shares its inode"))
+        let guest = try runGuest(tree.path, options, "cd /mnt && \(manifestScript)")
+        #expect(guest.status == 0, "run-guest failed: \(guest.errors)")
+        let hostLines = host.output.split(separator: "\n")
+        let guestLines = guest.output.split(separator: "\n")
+        #expect(hostLines.count > 2000)
+        #expect(guestLines == hostLines, "first difference: \(zip(hostLines, guestLines).first { $0 != $1 }.map { "\($0) vs \($1)" } ?? "in length")")
+    }
+
+    @Test("the guest command's exit status comes back through run-guest")
+    func exitStatus() throws {
+        let tree = try SampleTree()
+        let result = try runGuest(tree.path, [], "test -f /mnt/big && exit 7")
+        #expect(result.status == 7)
+    }
+
+    @Test("when QEMU is killed mid-read the back-end exits by itself, cleanly")
+    func frontEndKilled() throws {
+        let tree = try SampleTree()
+        let result = try runGuest(tree.path, ["--kill-qemu-after", "7", "-v"], "while true; do cat /mnt/big > /dev/null; done")
+        #expect(result.status == 0, "\(result.errors)")
+        // run-guest waits at most 10 s for the back-end; the line says how long it took.
+        #expect(result.output.contains("backend exited with status 0 after"), "\(result.output)\n\(result.errors)")
+        #expect(!result.errors.contains("Fatal error") && !result.errors.contains("core dumped"))
+        print(result.output.split(separator: "\n").last { $0.contains("backend exited") } ?? "")
+    }
+}
