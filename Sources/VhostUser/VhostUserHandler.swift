@@ -147,9 +147,7 @@ public final class VhostUserHandler {
             return nil
         case .setVringNum:
             try expectNoDescriptors(message, request)
-            let state = try message.decode(cvfs_vhost_vring_state.self, for: request)
-            let index = try queueIndex(UInt32(littleEndian: state.index), request)
-            let size = UInt32(littleEndian: state.num)
+            let (index, size) = try vringState(message, request)
             guard size > 0, size <= UInt32(backend.maxQueueSize), size & (size - 1) == 0 else {
                 throw .invalid(request, "queue \(index): size \(size) is not a power of two up to \(backend.maxQueueSize)")
             }
@@ -165,19 +163,17 @@ public final class VhostUserHandler {
             return nil
         case .setVringBase:
             try expectNoDescriptors(message, request)
-            let state = try message.decode(cvfs_vhost_vring_state.self, for: request)
-            let index = try queueIndex(UInt32(littleEndian: state.index), request)
-            vrings[index].base = UInt16(truncatingIfNeeded: UInt32(littleEndian: state.num))
+            let (index, base) = try vringState(message, request)
+            vrings[index].base = UInt16(truncatingIfNeeded: base)
             return nil
         case .getVringBase:
             try expectNoDescriptors(message, request)
-            let state = try message.decode(cvfs_vhost_vring_state.self, for: request)
-            let index = try queueIndex(UInt32(littleEndian: state.index), request)
+            let (index, _) = try vringState(message, request)
             let next = stopVring(index)
             // A stopped ring is disabled again until the front-end enables it (with protocol features).
             if features & VirtioFeatures.protocolFeatures != 0 { vrings[index].enabled = false }
             vrings[index].callFD = nil
-            return payloadBytes(of: cvfs_vhost_vring_state(index: state.index, num: UInt32(next).littleEndian))
+            return payloadBytes(of: cvfs_vhost_vring_state(index: UInt32(index).littleEndian, num: UInt32(next).littleEndian))
         case .setVringKick:
             let index = try vringDescriptor(message, request)
             _ = stopVring(index)
@@ -200,9 +196,7 @@ public final class VhostUserHandler {
             return nil
         case .setVringEnable:
             try expectNoDescriptors(message, request)
-            let state = try message.decode(cvfs_vhost_vring_state.self, for: request)
-            let index = try queueIndex(UInt32(littleEndian: state.index), request)
-            let value = UInt32(littleEndian: state.num)
+            let (index, value) = try vringState(message, request)
             guard value <= 1 else { throw .invalid(request, "enable value \(value)") }
             setEnabled(index, value == 1)
             return nil
@@ -221,6 +215,12 @@ public final class VhostUserHandler {
     func queueIndex(_ raw: UInt32, _ request: VhostUserRequest) throws(VhostUserError) -> Int {
         guard raw < UInt32(vrings.count) else { throw .badQueueIndex(request, raw) }
         return Int(raw)
+    }
+
+    /// Decodes a vring state payload (SET_VRING_NUM/BASE/ENABLE, GET_VRING_BASE): a checked queue index and a value.
+    func vringState(_ message: VhostUserMessage, _ request: VhostUserRequest) throws(VhostUserError) -> (index: Int, value: UInt32) {
+        let state = try message.decode(cvfs_vhost_vring_state.self, for: request)
+        return (try queueIndex(UInt32(littleEndian: state.index), request), UInt32(littleEndian: state.num))
     }
 
     func expectNoDescriptors(_ message: VhostUserMessage, _ request: VhostUserRequest) throws(VhostUserError) {
