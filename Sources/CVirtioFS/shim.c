@@ -9,6 +9,7 @@
 #include <sys/sysmacros.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <linux/fs.h>
 
 int cvfs_errno(void) { return errno; }
 void cvfs_set_errno(int value) { errno = value; }
@@ -38,6 +39,43 @@ int cvfs_memfd_create(const char *name, unsigned int flags) { return memfd_creat
 int cvfs_accept4(int socket, int flags) { return accept4(socket, NULL, NULL, flags); }
 int cvfs_set_thread_name(const char *name) { return pthread_setname_np(pthread_self(), name); }
 const unsigned int CVFS_MFD_CLOEXEC = MFD_CLOEXEC;
+
+int cvfs_fallocate(int fd, int mode, int64_t offset, int64_t length) {
+    return fallocate(fd, mode, (off_t)offset, (off_t)length);
+}
+
+ssize_t cvfs_copy_file_range(int fd_in, int64_t *off_in, int fd_out, int64_t *off_out, size_t length, unsigned int flags) {
+    loff_t in = *off_in, out = *off_out;
+    ssize_t n = copy_file_range(fd_in, &in, fd_out, &out, length, flags);
+    *off_in = in;
+    *off_out = out;
+    return n;
+}
+
+int cvfs_syncfs(int fd) { return syncfs(fd); }
+int cvfs_flock(int fd, int operation) { return flock(fd, operation); }
+
+int cvfs_ofd_lock(int fd, int command, short *type, int64_t *start, int64_t *length, int *pid) {
+    struct flock lock = {.l_type = *type, .l_whence = SEEK_SET, .l_start = (off_t)*start, .l_len = (off_t)*length, .l_pid = 0};
+    int cmd = command == 0 ? F_OFD_GETLK : command == 1 ? F_OFD_SETLK : F_OFD_SETLKW;
+    int result = fcntl(fd, cmd, &lock);
+    if (result == 0 && command == 0) {
+        *type = lock.l_type;
+        *start = lock.l_start;
+        *length = lock.l_len;
+        *pid = lock.l_pid;
+    }
+    return result;
+}
+
+int cvfs_setgroups_thread(size_t count, const gid_t *groups) {
+    return (int)syscall(SYS_setgroups, count, groups);
+}
+
+const int CVFS_O_TMPFILE = O_TMPFILE;
+const unsigned int CVFS_RENAME_NOREPLACE = RENAME_NOREPLACE;
+const unsigned int CVFS_RENAME_EXCHANGE = RENAME_EXCHANGE;
+const unsigned int CVFS_RENAME_WHITEOUT = RENAME_WHITEOUT;
 
 pid_t cvfs_gettid(void) { return (pid_t)syscall(SYS_gettid); }
 

@@ -16,9 +16,13 @@ public final class FUSESession<FS: FileSystem> {
     let requestStorage: UnsafeMutableRawBufferPointer
     let replyStorage: UnsafeMutableRawBufferPointer
     let dataVectors: UnsafeMutableBufferPointer<iovec>
+    /// Finishes a deferred request: its token and the bytes written into its buffers.
+    let completeDeferred: @Sendable (UInt64, UInt32) -> Void
 
-    public init(server: FUSEServer<FS>) {
+    /// - Parameter complete: called, from another thread, when a request that `handle` deferred is finished.
+    public init(server: FUSEServer<FS>, complete: @escaping @Sendable (UInt64, UInt32) -> Void = { _, _ in }) {
         self.server = server
+        self.completeDeferred = complete
         requestStorage = .allocate(byteCount: Self.requestCapacity, alignment: 16)
         replyStorage = .allocate(byteCount: Int(server.options.maxWrite) + 64 * 1024, alignment: 16)
         dataVectors = .allocate(capacity: 1024 + 2)
@@ -31,17 +35,25 @@ public final class FUSESession<FS: FileSystem> {
     }
 
     /// Serves one request read from `readable`, writing the reply into `writable` (the guest's buffers).
-    /// - Returns: the number of bytes written into `writable` (0 for requests that have no reply).
-    public func handle(readable: UnsafeBufferPointer<iovec>, writable: UnsafeMutableBufferPointer<iovec>) -> UInt32 {
-        let (gathered, total) = gather(readable)
+    /// - Parameter token: names the request if it is deferred (the transport's chain head).
+    /// - Returns: the number of bytes written into `writable` (0 for requests that have no reply), or nil when
+    ///   the request was deferred and will be finished through the session's `complete` callback.
+    public func handle(readable: UnsafeBufferPointer<iovec>, writable: UnsafeMutableBufferPointer<iovec>, token: UInt64 = 0) -> UInt32? {
+        // The header alone first: a WRITE's data is not copied, it goes from the guest's buffers to the file.
+        var (gathered, total) = gather(readable, upTo: MemoryLayout<fuse_in_header>.size)
         var writableLength = 0
         for v in writable { writableLength += v.iov_len }
-        var reader = ByteReader(UnsafeRawBufferPointer(rebasing: requestStorage[0..<gathered]))
-        guard let header = reader.read(fuse_in_header.self) else {
+        guard gathered == MemoryLayout<fuse_in_header>.size else {
             server.logger.warning("FUSE request of \(total) bytes is shorter than its header; dropped")
             return 0
         }
+        let header = requestStorage.loadUnaligned(as: fuse_in_header.self)
         let opcode = FUSEOpcode(rawValue: header.opcode)
+        let argumentsEnd = MemoryLayout<fuse_in_header>.size + MemoryLayout<fuse_write_in>.size
+        (gathered, total) = gather(readable, upTo: opcode == .write ? argumentsEnd : requestStorage.count)
+        // The arguments end where the header says, before any extension headers (total_extlen, in 8-byte units).
+        let declared = min(Int(header.len), total) - Int(header.total_extlen) * 8
+        var reader = ByteReader(UnsafeRawBufferPointer(rebasing: requestStorage[MemoryLayout<fuse_in_header>.size..<max(MemoryLayout<fuse_in_header>.size, min(gathered, declared))]))
         if let opcode, !opcode.hasReply {
             serveNoReply(opcode, header: header, reader: &reader)
             return 0
@@ -52,29 +64,37 @@ public final class FUSESession<FS: FileSystem> {
         }
         let context = RequestContext(unique: header.unique, nodeID: header.nodeid, uid: header.uid, gid: header.gid, pid: header.pid)
         var reply = ReplyBuilder(storage: replyStorage, limit: writableLength - Self.headerSize)
-        let status: Errno?
+        var status: Errno?
         do throws(Errno) {
             guard let opcode else { throw .noFunction }
-            guard total <= gathered else { throw .invalidArgument }
+            guard opcode == .write || total <= gathered else { throw .invalidArgument }
             guard opcode == .`init` || server.isInitialized else { throw .ioError }
-            if opcode == .read {
+            switch opcode {
+            case .read:
                 return try read(context, &reader, writable: writable, writableLength: writableLength)
+            case .write:
+                try write(context, &reader, readable: readable, into: &reply)
+            case .setlkw:
+                try deferLockWait(context, &reader, writable: writable, token: token)
+                return nil
+            default:
+                try serve(opcode, context, header: header, reader: &reader, into: &reply)
             }
-            try serve(opcode, context, header: header, reader: &reader, into: &reply)
             status = nil
         } catch {
-            status = error
+            // The daemon's own descriptor table being full is not the guest process's EMFILE.
+            status = error == .tooManyOpenFiles ? .tooManyOpenFilesInSystem : error
         }
         return finish(unique: header.unique, error: status, payload: status == nil ? reply.bytes : UnsafeRawBufferPointer(start: nil, count: 0), into: writable)
     }
 
-    /// Copies the request bytes out of guest memory (once: the guest may change them meanwhile).
-    func gather(_ readable: UnsafeBufferPointer<iovec>) -> (gathered: Int, total: Int) {
+    /// Copies the first `limit` request bytes out of guest memory (once: the guest may change them meanwhile).
+    func gather(_ readable: UnsafeBufferPointer<iovec>, upTo limit: Int) -> (gathered: Int, total: Int) {
         var gathered = 0
         var total = 0
         for v in readable {
             total += v.iov_len
-            let n = min(v.iov_len, requestStorage.count - gathered)
+            let n = min(v.iov_len, limit - gathered)
             if n > 0, let base = v.iov_base {
                 requestStorage.baseAddress!.advanced(by: gathered).copyMemory(from: base, byteCount: n)
                 gathered += n
@@ -125,6 +145,73 @@ public final class FUSESession<FS: FileSystem> {
         return UInt32(Self.headerSize + n)
     }
 
+    /// WRITE: the guest's buffers after the arguments go straight to the host file.
+    func write(_ context: RequestContext, _ reader: inout ByteReader, readable: UnsafeBufferPointer<iovec>, into reply: inout ReplyBuilder) throws(Errno) {
+        guard let input = reader.read(fuse_write_in.self) else { throw .invalidArgument }
+        guard input.size <= server.options.maxWrite else { throw .invalidArgument }
+        var skip = MemoryLayout<fuse_in_header>.size + MemoryLayout<fuse_write_in>.size
+        var count = 0
+        var length = 0
+        let wanted = Int(input.size)
+        for v in readable where length < wanted {
+            var base = v.iov_base!
+            var size = v.iov_len
+            if skip > 0 {
+                let s = min(skip, size)
+                skip -= s
+                base += s
+                size -= s
+            }
+            guard size > 0 else { continue }
+            guard count < dataVectors.count else { throw .invalidArgument }
+            let take = min(size, wanted - length)
+            dataVectors[count] = iovec(iov_base: base, iov_len: take)
+            count += 1
+            length += take
+        }
+        guard length == wanted else { throw .invalidArgument }
+        let source = WriteSource(buffers: UnsafeBufferPointer(rebasing: dataVectors[0..<count]), length: length)
+        let killSetID = input.write_flags & UInt32(FUSE_WRITE_KILL_SUIDGID) != 0
+        let n = try server.fileSystem.write(context, node: context.nodeID, handle: input.fh, offset: input.offset, from: source, killSetIDBits: killSetID)
+        reply.append(fuse_write_out(size: UInt32(n), padding: 0))
+    }
+
+    /// The guest buffers of a deferred request, carried to the thread that finishes it.
+    struct DeferredBuffers: @unchecked Sendable {
+        let writable: [iovec]
+    }
+
+    /// SETLKW: waits for the lock on a thread of its own, so that neither this queue nor any other stalls; the
+    /// request is finished from there (or fails with EINTR when the guest interrupts it).
+    func deferLockWait(_ context: RequestContext, _ reader: inout ByteReader, writable: UnsafeMutableBufferPointer<iovec>, token: UInt64) throws(Errno) {
+        guard let input = reader.read(fuse_lk_in.self) else { throw .invalidArgument }
+        let buffers = DeferredBuffers(writable: Array(writable))
+        let fs = server.fileSystem
+        let complete = completeDeferred
+        let lock = FileLock(start: input.lk.start, end: input.lk.end, type: input.lk.type, pid: input.lk.pid)
+        let flock = input.lk_flags & UInt32(FUSE_LK_FLOCK) != 0
+        do {
+            try SystemThread.detached(name: "lock-wait") {
+                var status: CInt = 0
+                do throws(Errno) {
+                    try fs.setlk(context, node: context.nodeID, handle: input.fh, owner: input.owner, lock: lock, flock: flock, wait: true)
+                } catch {
+                    status = error.rawValue
+                }
+                var header = fuse_out_header(len: UInt32(Self.headerSize), error: -status, unique: context.unique)
+                var copy = buffers.writable
+                let written = copy.withUnsafeMutableBufferPointer { vectors in
+                    var cursor = WriteCursor(vectors)
+                    withUnsafeBytes(of: &header) { cursor.write($0) }
+                    return cursor.written
+                }
+                complete(token, UInt32(written))
+            }
+        } catch {
+            throw .tooManyOpenFilesInSystem
+        }
+    }
+
     func serveNoReply(_ opcode: FUSEOpcode, header: fuse_in_header, reader: inout ByteReader) {
         let context = RequestContext(unique: header.unique, nodeID: header.nodeid, uid: header.uid, gid: header.gid, pid: header.pid)
         switch opcode {
@@ -138,8 +225,12 @@ public final class FUSESession<FS: FileSystem> {
                 guard let one = reader.read(fuse_forget_one.self) else { break }
                 server.fileSystem.forget(context, node: one.nodeid, count: one.nlookup)
             }
+        case .interrupt:
+            if let input = reader.read(fuse_interrupt_in.self) {
+                server.fileSystem.interrupt(input.unique)
+            }
         default:
-            break  // INTERRUPT: requests are not interruptible yet
+            break
         }
     }
 
@@ -229,9 +320,118 @@ public final class FUSESession<FS: FileSystem> {
                 let n = try fs.listxattr(context, node: node, into: reply.unused(upTo: Int(input.size)))
                 reply.commit(n)
             }
+        case .setattr:
+            guard let input = reader.read(fuse_setattr_in.self) else { throw .invalidArgument }
+            let valid = input.valid
+            func time(_ set: UInt32, _ now: UInt32, _ seconds: UInt64, _ nanoseconds: UInt32) -> TimeChange {
+                guard valid & set != 0 else { return .omit }
+                if valid & now != 0 { return .now }
+                return .to(FileTime(seconds: Int64(bitPattern: seconds), nanoseconds: nanoseconds))
+            }
+            let changes = AttributeChanges(
+                handle: valid & UInt32(FATTR_FH) != 0 ? input.fh : nil,
+                mode: valid & UInt32(FATTR_MODE) != 0 ? input.mode : nil,
+                uid: valid & UInt32(FATTR_UID) != 0 ? input.uid : nil,
+                gid: valid & UInt32(FATTR_GID) != 0 ? input.gid : nil,
+                size: valid & UInt32(FATTR_SIZE) != 0 ? input.size : nil,
+                accessTime: time(UInt32(FATTR_ATIME), UInt32(FATTR_ATIME_NOW), input.atime, input.atimensec),
+                modificationTime: time(UInt32(FATTR_MTIME), UInt32(FATTR_MTIME_NOW), input.mtime, input.mtimensec),
+                killSetIDBits: valid & UInt32(FATTR_KILL_SUIDGID) != 0)
+            let attributes = try fs.setattr(context, node: node, changes: changes)
+            var out = fuse_attr_out()
+            out.attr_valid = attributes.timeout.seconds
+            out.attr_valid_nsec = attributes.timeout.nanoseconds
+            out.attr = FUSEEncoding.attr(attributes.attributes)
+            reply.append(out)
+        case .mknod:
+            guard let input = reader.read(fuse_mknod_in.self), let name = reader.readName() else { throw .invalidArgument }
+            let entry = try fs.mknod(context, parent: node, name: name, mode: input.mode, device: input.rdev, umask: umask(input.umask))
+            reply.append(FUSEEncoding.entryOut(entry))
+        case .mkdir:
+            guard let input = reader.read(fuse_mkdir_in.self), let name = reader.readName() else { throw .invalidArgument }
+            let entry = try fs.mkdir(context, parent: node, name: name, mode: input.mode, umask: umask(input.umask))
+            reply.append(FUSEEncoding.entryOut(entry))
+        case .symlink:
+            guard let name = reader.readName(), let target = reader.readName() else { throw .invalidArgument }
+            reply.append(FUSEEncoding.entryOut(try fs.symlink(context, parent: node, name: name, target: target)))
+        case .link:
+            guard let input = reader.read(fuse_link_in.self), let name = reader.readName() else { throw .invalidArgument }
+            reply.append(FUSEEncoding.entryOut(try fs.link(context, node: input.oldnodeid, newParent: node, newName: name)))
+        case .unlink, .rmdir:
+            guard let name = reader.readName() else { throw .invalidArgument }
+            if opcode == .unlink {
+                try fs.unlink(context, parent: node, name: name)
+            } else {
+                try fs.rmdir(context, parent: node, name: name)
+            }
+        case .rename:
+            guard let input = reader.read(fuse_rename_in.self), let name = reader.readName(), let newName = reader.readName()
+            else { throw .invalidArgument }
+            try fs.rename(context, parent: node, name: name, newParent: input.newdir, newName: newName, flags: 0)
+        case .rename2:
+            guard let input = reader.read(fuse_rename2_in.self), let name = reader.readName(), let newName = reader.readName()
+            else { throw .invalidArgument }
+            try fs.rename(context, parent: node, name: name, newParent: input.newdir, newName: newName, flags: input.flags)
+        case .create, .tmpfile:
+            guard let input = reader.read(fuse_create_in.self) else { throw .invalidArgument }
+            let (entry, opened): (Entry, OpenReply)
+            if opcode == .create {
+                guard let name = reader.readName() else { throw .invalidArgument }
+                (entry, opened) = try fs.create(context, parent: node, name: name, flags: input.flags, mode: input.mode, umask: umask(input.umask))
+            } else {
+                (entry, opened) = try fs.tmpfile(context, parent: node, flags: input.flags, mode: input.mode, umask: umask(input.umask))
+            }
+            reply.append(FUSEEncoding.entryOut(entry))
+            reply.append(fuse_open_out(fh: opened.handle, open_flags: opened.flags.rawValue, padding: 0))
+        case .fsync, .fsyncdir:
+            guard let input = reader.read(fuse_fsync_in.self) else { throw .invalidArgument }
+            try fs.fsync(context, node: node, handle: input.fh, dataOnly: input.fsync_flags & UInt32(FUSE_FSYNC_FDATASYNC) != 0, directory: opcode == .fsyncdir)
+        case .fallocate:
+            guard let input = reader.read(fuse_fallocate_in.self) else { throw .invalidArgument }
+            try fs.fallocate(context, node: node, handle: input.fh, offset: input.offset, length: input.length, mode: input.mode)
+        case .lseek:
+            guard let input = reader.read(fuse_lseek_in.self) else { throw .invalidArgument }
+            let offset = try fs.lseek(context, node: node, handle: input.fh, offset: input.offset, whence: input.whence)
+            reply.append(fuse_lseek_out(offset: offset))
+        case .copyFileRange:
+            guard let input = reader.read(fuse_copy_file_range_in.self) else { throw .invalidArgument }
+            let n = try fs.copyFileRange(context, node: node, handle: input.fh_in, offset: input.off_in, toNode: input.nodeid_out, toHandle: input.fh_out, toOffset: input.off_out, length: input.len, flags: input.flags)
+            reply.append(fuse_write_out(size: UInt32(truncatingIfNeeded: n), padding: 0))
+        case .setxattr:
+            // With SETXATTR_EXT the arguments carry setxattr_flags too (16 bytes instead of 8).
+            let extended = server.flags.contains(.setxattrExtended)
+            guard let size = reader.read(UInt32.self), let flags = reader.read(UInt32.self) else { throw .invalidArgument }
+            var extraFlags: UInt32 = 0
+            if extended {
+                guard let f = reader.read(UInt32.self), reader.read(UInt32.self) != nil else { throw .invalidArgument }
+                extraFlags = f
+            }
+            guard let name = reader.readName(), reader.remainingCount >= Int(size) else { throw .invalidArgument }
+            let value = UnsafeRawBufferPointer(rebasing: reader.remaining.prefix(Int(size)))
+            try fs.setxattr(context, node: node, name: name, value: value, flags: flags, killSGID: extraFlags & UInt32(FUSE_SETXATTR_ACL_KILL_SGID) != 0)
+        case .removexattr:
+            guard let name = reader.readName() else { throw .invalidArgument }
+            try fs.removexattr(context, node: node, name: name)
+        case .syncfs:
+            try fs.syncfs(context, node: node)
+        case .getlk:
+            guard let input = reader.read(fuse_lk_in.self) else { throw .invalidArgument }
+            let lock = FileLock(start: input.lk.start, end: input.lk.end, type: input.lk.type, pid: input.lk.pid)
+            let found = try fs.getlk(context, node: node, handle: input.fh, owner: input.owner, lock: lock)
+            reply.append(fuse_lk_out(lk: fuse_file_lock(start: found.start, end: found.end, type: found.type, pid: found.pid)))
+        case .setlk:
+            guard let input = reader.read(fuse_lk_in.self) else { throw .invalidArgument }
+            let lock = FileLock(start: input.lk.start, end: input.lk.end, type: input.lk.type, pid: input.lk.pid)
+            try fs.setlk(context, node: node, handle: input.fh, owner: input.owner, lock: lock, flock: input.lk_flags & UInt32(FUSE_LK_FLOCK) != 0, wait: false)
         default:
             throw .noFunction
         }
+    }
+
+    /// The umask a creating request carries is the guest's only when DONT_MASK was agreed; otherwise the guest
+    /// kernel applied it already.
+    func umask(_ value: UInt32) -> UInt32 {
+        server.flags.contains(.dontMask) ? value : 0
     }
 }
 

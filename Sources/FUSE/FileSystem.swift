@@ -166,6 +166,35 @@ public protocol FileSystem: AnyObject, Sendable {
     func getxattr(_ context: RequestContext, node: UInt64, name: FUSEName, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int
     /// Writes the NUL-separated attribute names into `buffer` (empty: only the size is wanted); returns the size.
     func listxattr(_ context: RequestContext, node: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int
+
+    // Operations that change files. Creating operations (mknod, mkdir, symlink, link, create, tmpfile) add one
+    // lookup to the node they return.
+    func setattr(_ context: RequestContext, node: UInt64, changes: AttributeChanges) throws(Errno) -> AttributeReply
+    func mknod(_ context: RequestContext, parent: UInt64, name: FUSEName, mode: UInt32, device: UInt32, umask: UInt32) throws(Errno) -> Entry
+    func mkdir(_ context: RequestContext, parent: UInt64, name: FUSEName, mode: UInt32, umask: UInt32) throws(Errno) -> Entry
+    func symlink(_ context: RequestContext, parent: UInt64, name: FUSEName, target: FUSEName) throws(Errno) -> Entry
+    func link(_ context: RequestContext, node: UInt64, newParent: UInt64, newName: FUSEName) throws(Errno) -> Entry
+    func unlink(_ context: RequestContext, parent: UInt64, name: FUSEName) throws(Errno)
+    func rmdir(_ context: RequestContext, parent: UInt64, name: FUSEName) throws(Errno)
+    /// RENAME and RENAME2; `flags` are renameat2's (NOREPLACE, EXCHANGE, WHITEOUT).
+    func rename(_ context: RequestContext, parent: UInt64, name: FUSEName, newParent: UInt64, newName: FUSEName, flags: UInt32) throws(Errno)
+    func create(_ context: RequestContext, parent: UInt64, name: FUSEName, flags: UInt32, mode: UInt32, umask: UInt32) throws(Errno) -> (Entry, OpenReply)
+    func tmpfile(_ context: RequestContext, parent: UInt64, flags: UInt32, mode: UInt32, umask: UInt32) throws(Errno) -> (Entry, OpenReply)
+    /// Writes the guest's buffers at `offset`; returns the count written.
+    func write(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, from source: WriteSource, killSetIDBits: Bool) throws(Errno) -> Int
+    func fsync(_ context: RequestContext, node: UInt64, handle: UInt64, dataOnly: Bool, directory: Bool) throws(Errno)
+    func fallocate(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, length: UInt64, mode: UInt32) throws(Errno)
+    func lseek(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, whence: UInt32) throws(Errno) -> UInt64
+    func copyFileRange(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, toNode: UInt64, toHandle: UInt64, toOffset: UInt64, length: UInt64, flags: UInt64) throws(Errno) -> Int
+    func setxattr(_ context: RequestContext, node: UInt64, name: FUSEName, value: UnsafeRawBufferPointer, flags: UInt32, killSGID: Bool) throws(Errno)
+    func removexattr(_ context: RequestContext, node: UInt64, name: FUSEName) throws(Errno)
+    func syncfs(_ context: RequestContext, node: UInt64) throws(Errno)
+    /// GETLK: the lock that would conflict with `lock` held by `owner`, or `lock` with type F_UNLCK if none.
+    func getlk(_ context: RequestContext, node: UInt64, handle: UInt64, owner: UInt64, lock: FileLock) throws(Errno) -> FileLock
+    /// SETLK and SETLKW (`wait`); `flock` for BSD locks (FUSE_LK_FLOCK). A waiting call may block its thread.
+    func setlk(_ context: RequestContext, node: UInt64, handle: UInt64, owner: UInt64, lock: FileLock, flock: Bool, wait: Bool) throws(Errno)
+    /// Cancels a waiting SETLKW of the request `unique` (INTERRUPT); it then fails with EINTR.
+    func interrupt(_ unique: UInt64)
 }
 
 extension FileSystem {

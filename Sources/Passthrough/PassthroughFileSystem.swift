@@ -12,11 +12,36 @@ public struct PassthroughOptions: Sendable {
     public var cache: CachePolicy
     /// Serve extended attributes (`--xattr`); otherwise the xattr operations answer ENOSYS, as virtiofsd.
     public var xattr: Bool
+    /// Every request that would change something answers EROFS (`--readonly`).
+    public var readOnly: Bool
+    /// Offer POSIX record locks and flock to the guest, held on the host (unlike virtiofsd's guest-local ones).
+    public var locks: Bool
+    /// Pass O_DIRECT through to the host (`--allow-direct-io`).
+    public var allowDirectIO: Bool
+    /// Keep O_NOATIME from the guest (`--preserve-noatime`).
+    public var preserveNoatime: Bool
+    /// Mark directories on another host mount as submounts (`--announce-submounts`, the default).
+    public var announceSubmounts: Bool
+    /// FUSE_HANDLE_KILLPRIV_V2 (`--killpriv-v2`).
+    public var killprivV2: Bool
+    /// FUSE_WRITEBACK_CACHE (`--writeback`).
+    public var writeback: Bool
 
-    public init(sharedDirectory: String, cache: CachePolicy = .auto, xattr: Bool = false) {
+    public init(
+        sharedDirectory: String, cache: CachePolicy = .auto, xattr: Bool = false, readOnly: Bool = false,
+        locks: Bool = true, allowDirectIO: Bool = false, preserveNoatime: Bool = false,
+        announceSubmounts: Bool = true, killprivV2: Bool = false, writeback: Bool = false
+    ) {
         self.sharedDirectory = sharedDirectory
         self.cache = cache
         self.xattr = xattr
+        self.readOnly = readOnly
+        self.locks = locks
+        self.allowDirectIO = allowDirectIO
+        self.preserveNoatime = preserveNoatime
+        self.announceSubmounts = announceSubmounts
+        self.killprivV2 = killprivV2
+        self.writeback = writeback
     }
 }
 
@@ -31,6 +56,9 @@ public final class PassthroughFileSystem: FileSystem {
     public let handles = HandleTable()
     let procSelfFD: OwnedFD
     let logger: Logger
+    let lockTable = LockTable()
+    /// Whether requests can run as their guest user (the daemon runs as root).
+    let switchesCredentials: Bool
 
     /// Opens the shared directory and `/proc/self/fd`.
     public init(options: PassthroughOptions, logger: Logger) throws(Errno) {
@@ -40,6 +68,8 @@ public final class PassthroughFileSystem: FileSystem {
         let stat = try root.borrowed.statx("")
         inodes = InodeStore(root: root, stat: stat)
         procSelfFD = try FileDescriptor.open("/proc/self/fd", flags: [.path, .directory])
+        switchesCredentials = ThreadCredentials.effectiveUID == 0
+        LockTable.installWakeSignal()
     }
 
     // MARK: Helpers
@@ -54,9 +84,11 @@ public final class PassthroughFileSystem: FileSystem {
         return data
     }
 
-    func entry(_ data: InodeData, _ stat: FileStat) -> Entry {
-        Entry(nodeID: data.nodeID, attributes: stat, entryTimeout: options.cache.timeout,
-              attributeTimeout: options.cache.timeout)
+    func entry(_ data: InodeData, _ stat: FileStat, parent: InodeData? = nil) -> Entry {
+        let submount = options.announceSubmounts && stat.fileType == .directory && parent != nil
+            && stat.mountID != parent!.key.mountID
+        return Entry(nodeID: data.nodeID, attributes: stat, entryTimeout: options.cache.timeout,
+                     attributeTimeout: options.cache.timeout, isSubmount: submount)
     }
 
     /// Opens a node's file for I/O through `/proc/self/fd/N`. Symlinks are refused: following the magic link of
@@ -92,9 +124,17 @@ public final class PassthroughFileSystem: FileSystem {
 
     // MARK: FileSystem
 
-    public func initialize(_ request: InitRequest) throws(Errno) -> FUSEInitFlags { [] }
+    public func initialize(_ request: InitRequest) throws(Errno) -> FUSEInitFlags {
+        var flags: FUSEInitFlags = []
+        if options.locks { flags.formUnion([.posixLocks, .flockLocks]) }
+        if options.announceSubmounts { flags.insert(.submounts) }
+        if options.killprivV2 { flags.insert(.handleKillprivV2) }
+        if options.writeback { flags.insert(.writebackCache) }
+        return flags
+    }
 
     public func destroy() {
+        lockTable.clear()
         handles.clear()
         inodes.clear()
     }
@@ -118,7 +158,7 @@ public final class PassthroughFileSystem: FileSystem {
         let fd = try parent.fd.borrowed.open(name, flags: [.path, .noFollow])
         let stat = try fd.borrowed.statx("")
         let data = inodes.lookup(key: InodeKey(stat), fileType: stat.fileType, fd: fd)
-        return entry(data, stat)
+        return entry(data, stat, parent: parent)
     }
 
     public func forget(_ context: RequestContext, node: UInt64, count: UInt64) {
@@ -143,18 +183,33 @@ public final class PassthroughFileSystem: FileSystem {
 
     /// The flags a guest open may pass to the host: no creation, no controlling terminal, no following of
     /// the magic link's target beyond the file itself.
-    static func hostOpenFlags(_ guestFlags: UInt32) -> CInt {
+    func hostOpenFlags(_ guestFlags: UInt32) -> CInt {
         var flags = CInt(bitPattern: guestFlags)
         flags &= ~(O_CREAT | O_EXCL | O_NOCTTY | CVFS_O_NOFOLLOW | CVFS_O_PATH)
-        flags &= ~CInt(0o40000)  // O_DIRECT: the guest's page cache, not the host's, is the one it bypasses
-        flags &= ~CInt(0o1000000)  // O_NOATIME needs ownership of the file; virtiofsd strips it by default
+        // O_DIRECT: the guest's page cache, not the host's, is the one it means to bypass.
+        if !options.allowDirectIO { flags &= ~CInt(0o40000) }
+        // O_NOATIME needs ownership of the file; virtiofsd strips it by default.
+        if !options.preserveNoatime { flags &= ~CInt(0o1000000) }
+        if options.writeback {
+            // With a writeback cache the guest reads to fill pages it writes, and appends itself.
+            if flags & O_ACCMODE == O_WRONLY { flags = (flags & ~O_ACCMODE) | O_RDWR }
+            flags &= ~O_APPEND
+        }
         return flags | CVFS_O_CLOEXEC
+    }
+
+    /// Fails with EROFS when the share is read-only.
+    @inline(__always)
+    func checkWritable() throws(Errno) {
+        if options.readOnly { throw .readOnlyFileSystem }
     }
 
     public func open(_ context: RequestContext, node: UInt64, flags: UInt32) throws(Errno) -> OpenReply {
         let data = try self.node(node)
-        guard data.fileType != .directory || flags & UInt32(O_ACCMODE) == UInt32(O_RDONLY) else { throw .isDirectory }
-        let fd = try reopen(data, flags: Self.hostOpenFlags(flags))
+        let accessMode = CInt(bitPattern: flags) & O_ACCMODE
+        guard data.fileType != .directory || accessMode == O_RDONLY else { throw .isDirectory }
+        if accessMode != O_RDONLY || CInt(bitPattern: flags) & O_TRUNC != 0 { try checkWritable() }
+        let fd = try reopen(data, flags: hostOpenFlags(flags))
         return OpenReply(handle: handles.insert(fd), flags: options.cache.fileOpenFlags)
     }
 
@@ -167,9 +222,14 @@ public final class PassthroughFileSystem: FileSystem {
 
     public func flush(_ context: RequestContext, node: UInt64, handle: UInt64, lockOwner: UInt64) throws(Errno) {
         _ = try self.handle(handle)
+        // close() in the guest: that owner's POSIX locks on the file go, as on a local file system.
+        lockTable.releaseOwner(node: node, owner: lockOwner)
     }
 
     public func release(_ context: RequestContext, node: UInt64, handle: UInt64, flags: UInt32) throws(Errno) {
+        if flags & 2 != 0, let open = handles.get(handle) {  // FUSE_RELEASE_FLOCK_UNLOCK
+            try? open.fd.borrowed.flock(LOCK_UN)
+        }
         handles.remove(handle)
     }
 

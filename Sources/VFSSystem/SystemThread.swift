@@ -34,6 +34,12 @@ public final class SystemThread: @unchecked Sendable {
         handle = thread
     }
 
+    /// Starts `body` on a detached thread that nobody joins (a lock wait that ends when it ends).
+    public static func detached(name: String, body: @escaping @Sendable () -> Void) throws(Errno) {
+        let thread = try SystemThread(name: name, body: body)
+        pthread_detach(thread.handle)
+    }
+
     /// Waits for the thread to end.
     public func join() {
         pthread_join(handle, nil)
@@ -65,4 +71,27 @@ public enum ProcessSettings {
 
     /// Exits the process at once with `status`.
     public static func exit(_ status: CInt) -> Never { Glibc.exit(status) }
+}
+
+/// Wakes a thread out of a blocking system call (a lock wait) with a signal whose handler does nothing and
+/// does not restart the call, so the call fails with EINTR.
+public enum ThreadWakeup {
+    static let signalNumber = SIGUSR2
+
+    /// Installs the handler, once per process.
+    public static func install() {
+        var action = sigaction()
+        action.__sigaction_handler.sa_handler = { _ in }
+        action.sa_flags = 0  // no SA_RESTART: the blocked call returns EINTR
+        sigemptyset(&action.sa_mask)
+        sigaction(signalNumber, &action, nil)
+    }
+
+    /// The calling thread, as `wake` names it.
+    public static var current: pthread_t { pthread_self() }
+
+    /// Interrupts what `thread` is blocked in.
+    public static func wake(_ thread: pthread_t) {
+        pthread_kill(thread, signalNumber)
+    }
 }

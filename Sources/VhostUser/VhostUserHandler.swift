@@ -246,7 +246,8 @@ public final class VhostUserHandler {
         let worker = try VringWorker(
             index: index, size: vrings[index].size, addresses: addresses, base: vrings[index].base,
             eventIndex: features & VirtioFeatures.ringEventIndex != 0, kick: kick, shared: shared,
-            handler: backend.makeRequestHandler(queue: index), logger: logger)
+            makeHandler: { [backend] completions in backend.makeRequestHandler(queue: index, completions: completions) },
+            logger: logger)
         vrings[index].shared = shared
         vrings[index].worker = worker
         logger.debug("queue \(index): started, size \(vrings[index].size), base \(vrings[index].base)")

@@ -62,6 +62,8 @@ final class VringWorker: @unchecked Sendable {
     private let stop: EventFD
     private let wake: EventFD
     private var thread: SystemThread?
+    /// Requests finished off the worker thread; valid while the worker runs.
+    let completions: DeferredCompletions
 
     /// Starts serving a queue.
     /// - Parameters:
@@ -69,7 +71,8 @@ final class VringWorker: @unchecked Sendable {
     ///   - handler: used by the worker thread only.
     init(
         index: Int, size: UInt16, addresses: VringAddresses, base: UInt16, eventIndex: Bool,
-        kick: consuming OwnedFD, shared: VringShared, handler: any VringRequestHandler, logger: Logger
+        kick: consuming OwnedFD, shared: VringShared, makeHandler: (DeferredCompletions) -> any VringRequestHandler,
+        logger: Logger
     ) throws(VhostUserError) {
         self.index = index
         self.shared = shared
@@ -79,6 +82,8 @@ final class VringWorker: @unchecked Sendable {
         } catch {
             throw .io(error)
         }
+        completions = DeferredCompletions(wake: wake.fd.rawValue)
+        let handler = makeHandler(completions)
         let memory = shared.state.withLock { $0.memory }
         let queue: SplitQueue
         do {
@@ -90,7 +95,7 @@ final class VringWorker: @unchecked Sendable {
         }
         let body = WorkerBody(
             index: index, queue: queue, addresses: addresses, kick: kick.release(), stop: stop.fd.rawValue,
-            wake: wake.fd.rawValue, shared: shared, handler: handler, logger: logger)
+            wake: wake.fd.rawValue, shared: shared, handler: handler, completions: completions, logger: logger)
         do {
             thread = try SystemThread(name: "vring-\(index)") { body.run() }
         } catch {
@@ -123,6 +128,7 @@ final class VringWorker: @unchecked Sendable {
         let wake: CInt
         let shared: VringShared
         let handler: any VringRequestHandler
+        let completions: DeferredCompletions
         let logger: Logger
         let chain: DescriptorChain
         var memoryGeneration: UInt64 = 0
@@ -130,7 +136,7 @@ final class VringWorker: @unchecked Sendable {
 
         init(
             index: Int, queue: SplitQueue, addresses: VringAddresses, kick: CInt, stop: CInt, wake: CInt,
-            shared: VringShared, handler: any VringRequestHandler, logger: Logger
+            shared: VringShared, handler: any VringRequestHandler, completions: DeferredCompletions, logger: Logger
         ) {
             self.index = index
             self.queue = queue
@@ -140,6 +146,7 @@ final class VringWorker: @unchecked Sendable {
             self.wake = wake
             self.shared = shared
             self.handler = handler
+            self.completions = completions
             self.logger = logger
             // A chain has at most `size` direct descriptors, or one indirect table; 1 MiB of 4 KiB pages plus
             // headers fits comfortably in 1024 buffers per side.
@@ -202,12 +209,17 @@ final class VringWorker: @unchecked Sendable {
             }
             guard enabled, !broken else { return }
             var completed = false
+            for done in completions.take() {
+                queue.complete(head: done.head, length: done.length)
+                completed = true
+            }
             repeat {
                 while true {
                     do {
                         guard try queue.pop(into: chain) else { break }
-                        let written = handler.handle(chain)
-                        queue.complete(head: chain.head, length: written)
+                        if let written = handler.handle(chain) {
+                            queue.complete(head: chain.head, length: written)
+                        }
                     } catch let error {
                         switch error {
                         case .invalidChain(let head, let reason):

@@ -23,8 +23,10 @@ public final class VirtioFSBackend<FS: FileSystem>: VhostUserBackend {
     public var maxQueueSize: Int { 32768 }
     public var deviceFeatures: UInt64 { 0 }
 
-    public func makeRequestHandler(queue index: Int) -> any VringRequestHandler {
-        QueueHandler(session: FUSESession(server: server))
+    public func makeRequestHandler(queue index: Int, completions: DeferredCompletions) -> any VringRequestHandler {
+        QueueHandler(session: FUSESession(server: server) { token, length in
+            completions.complete(head: UInt16(truncatingIfNeeded: token), length: length)
+        })
     }
 
     public func reset() {
@@ -38,8 +40,8 @@ public final class VirtioFSBackend<FS: FileSystem>: VhostUserBackend {
 
         init(session: FUSESession<FS>) { self.session = session }
 
-        func handle(_ chain: DescriptorChain) -> UInt32 {
-            session.handle(readable: chain.readableBuffers, writable: chain.writableBuffers)
+        func handle(_ chain: DescriptorChain) -> UInt32? {
+            session.handle(readable: chain.readableBuffers, writable: chain.writableBuffers, token: UInt64(chain.head))
         }
     }
 }

@@ -30,6 +30,33 @@ struct DaemonOptions: ParsableArguments {
     @Flag(name: .customLong("no-readdirplus"), help: "Do not offer READDIRPLUS (always off with --cache never).")
     var noReaddirplus = false
 
+    @Flag(name: .customLong("readonly"), help: "Refuse every change with EROFS.")
+    var readOnly = false
+
+    @Flag(name: .customLong("writeback"), help: "Let the guest cache writes (FUSE_WRITEBACK_CACHE).")
+    var writeback = false
+
+    @Flag(name: .customLong("allow-direct-io"), help: "Honour the guest's O_DIRECT on the host.")
+    var allowDirectIO = false
+
+    @Flag(name: .customLong("preserve-noatime"), help: "Keep the guest's O_NOATIME (stripped by default).")
+    var preserveNoatime = false
+
+    @Flag(name: [.customLong("killpriv-v2")], inversion: .prefixedNo, help: "FUSE_HANDLE_KILLPRIV_V2: the daemon clears set-id bits on write and truncate (default off).")
+    var killprivV2 = false
+
+    @Flag(name: [.customLong("announce-submounts")], inversion: .prefixedNo, help: "Give each host submount its own device in the guest (default on).")
+    var announceSubmounts = true
+
+    @Flag(name: .customLong("posix-acl"), help: "POSIX ACLs (not available yet: refused at start-up).")
+    var posixACL = false
+
+    @Flag(name: .customLong("security-label"), help: "Security labels on creation (not available yet: refused at start-up).")
+    var securityLabel = false
+
+    @Option(name: .customLong("inode-file-handles"), help: "never | prefer | mandatory: hold inodes as file handles (only never is available yet; prefer falls back to it).")
+    var inodeFileHandles: String = "never"
+
     @Option(name: .customLong("rlimit-nofile"), help: "Raise the open-file limit to this (0: leave it).")
     var rlimitNofile: UInt64?
 
@@ -58,6 +85,13 @@ struct Configuration {
     var readdirplus: Bool
     var threadPoolSize: Int
     var logLevel: Logger.Level?
+    var readOnly: Bool
+    var locks: Bool
+    var writeback: Bool
+    var allowDirectIO: Bool
+    var preserveNoatime: Bool
+    var killprivV2: Bool
+    var announceSubmounts: Bool
     var openFileLimit: UInt64
 
     enum Listen {
@@ -75,6 +109,12 @@ struct Configuration {
         var xattr = options.xattr
         var readdirplus = !options.noReaddirplus
         var logLevelText = options.debug ? "debug" : options.logLevel
+        var readOnly = options.readOnly
+        var locks = true
+        var writeback = options.writeback
+        var killprivV2 = options.killprivV2
+        var announceSubmounts = options.announceSubmounts
+        var allowDirectIO = options.allowDirectIO
         for group in options.compat {
             for item in group.split(separator: ",").map(String.init) {
                 let parts = item.split(separator: "=", maxSplits: 1).map(String.init)
@@ -87,10 +127,19 @@ struct Configuration {
                 case ("readdirplus", nil): readdirplus = true
                 case ("no_readdirplus", nil): readdirplus = false
                 case ("log_level", let level?): logLevelText = level
-                // Accepted for compatibility; locks, sandboxing and timestamps come with later work.
-                case ("flock", nil), ("no_flock", nil), ("posix_lock", nil), ("no_posix_lock", nil),
-                     ("writeback", nil), ("no_writeback", nil), ("announce_submounts", nil),
-                     ("killpriv_v2", nil), ("no_killpriv_v2", nil), ("sandbox", _), ("timeout", _), ("allow_direct_io", nil):
+                case ("readonly", nil): readOnly = true
+                case ("writeback", nil): writeback = true
+                case ("no_writeback", nil): writeback = false
+                case ("killpriv_v2", nil): killprivV2 = true
+                case ("no_killpriv_v2", nil): killprivV2 = false
+                case ("announce_submounts", nil): announceSubmounts = true
+                case ("allow_direct_io", nil): allowDirectIO = true
+                case ("no_allow_direct_io", nil): allowDirectIO = false
+                // The C virtiofsd's lock switches: locks are on by default here, and either "no_" turns them off.
+                case ("flock", nil), ("posix_lock", nil): break
+                case ("no_flock", nil), ("no_posix_lock", nil): locks = false
+                // Accepted for compatibility; sandboxing comes with its own issue.
+                case ("sandbox", _), ("timeout", _):
                     break
                 default:
                     throw Invalid(description: "unknown -o option '\(item)'")
@@ -122,6 +171,20 @@ struct Configuration {
         default: throw Invalid(description: "--log-level takes error, warn, info, debug, trace or off")
         }
         guard options.threadPoolSize >= 0 else { throw Invalid(description: "--thread-pool-size must not be negative") }
+        guard !options.posixACL else { throw Invalid(description: "--posix-acl is not available in this version") }
+        guard !options.securityLabel else { throw Invalid(description: "--security-label is not available in this version") }
+        switch options.inodeFileHandles {
+        case "never", "prefer", "fallback": break
+        case "mandatory": throw Invalid(description: "--inode-file-handles=mandatory is not available in this version")
+        default: throw Invalid(description: "--inode-file-handles takes never, prefer or mandatory")
+        }
+        self.readOnly = readOnly
+        self.locks = locks
+        self.writeback = writeback
+        self.allowDirectIO = allowDirectIO
+        self.preserveNoatime = options.preserveNoatime
+        self.killprivV2 = killprivV2
+        self.announceSubmounts = announceSubmounts
         self.sharedDirectory = sharedDirectory
         self.cache = cache
         self.xattr = xattr

@@ -60,13 +60,23 @@ struct Daemon {
 
     func run() -> Int32 {
         ProcessSettings.ignoreBrokenPipe()
+        // The guest's mode bits arrive already masked by the guest's umask; the host's must not mask them again.
+        ProcessSettings.setUmask(0)
+        if ThreadCredentials.effectiveUID == 0 {
+            // Requests run as their guest user; the daemon's own supplementary groups must not come along.
+            try? ThreadCredentials.clearSupplementaryGroups()
+        }
         if config.openFileLimit > 0 {
             ProcessSettings.raiseOpenFileLimit(to: config.openFileLimit)
         }
         let fileSystem: PassthroughFileSystem
         do {
             fileSystem = try PassthroughFileSystem(
-                options: PassthroughOptions(sharedDirectory: config.sharedDirectory, cache: config.cache, xattr: config.xattr),
+                options: PassthroughOptions(
+                    sharedDirectory: config.sharedDirectory, cache: config.cache, xattr: config.xattr,
+                    readOnly: config.readOnly, locks: config.locks, allowDirectIO: config.allowDirectIO,
+                    preserveNoatime: config.preserveNoatime, announceSubmounts: config.announceSubmounts,
+                    killprivV2: config.killprivV2, writeback: config.writeback),
                 logger: logger)
         } catch {
             logger.error("cannot open shared directory \(config.sharedDirectory): \(error)")

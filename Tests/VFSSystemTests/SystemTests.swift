@@ -77,7 +77,7 @@ struct SystemTests {
         #expect(Errno.noEntry.rawValue == ENOENT)
         #expect(Errno.noFunction.rawValue == ENOSYS)
         #expect(Errno.noEntry.description == "No such file or directory")
-        #expect(throws: Errno.noEntry) { try FileDescriptor.open("/nonexistent/path", flags: .readOnly) }
+        #expect(throws: Errno.noEntry) { _ = try FileDescriptor.open("/nonexistent/path", flags: .readOnly) }
     }
 
     @Test("statx reports the mount id and never follows a symlink")

@@ -17,11 +17,11 @@ final class ReversingBackend: VhostUserBackend {
     var maxQueues: Int { 3 }
     var maxQueueSize: Int { 1024 }
     var deviceFeatures: UInt64 { 0 }
-    func makeRequestHandler(queue index: Int) -> any VringRequestHandler { Reverser() }
+    func makeRequestHandler(queue index: Int, completions: DeferredCompletions) -> any VringRequestHandler { Reverser() }
     func reset() { resets.add(1, ordering: .relaxed) }
 
     final class Reverser: VringRequestHandler {
-        func handle(_ chain: DescriptorChain) -> UInt32 {
+        func handle(_ chain: DescriptorChain) -> UInt32? {
             var bytes: [UInt8] = []
             for v in chain.readableBuffers { bytes += UnsafeRawBufferPointer(start: v.iov_base, count: v.iov_len) }
             bytes.reverse()

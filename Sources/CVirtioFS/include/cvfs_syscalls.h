@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/epoll.h>
+#include <sys/file.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -58,6 +59,25 @@ int cvfs_memfd_create(const char *name, unsigned int flags);
 int cvfs_accept4(int socket, int flags);
 int cvfs_set_thread_name(const char *name);
 extern const unsigned int CVFS_MFD_CLOEXEC;
+
+/// fallocate(2), copy_file_range(2), syncfs(2): GNU extensions.
+int cvfs_fallocate(int fd, int mode, int64_t offset, int64_t length);
+ssize_t cvfs_copy_file_range(int fd_in, int64_t *off_in, int fd_out, int64_t *off_out, size_t length, unsigned int flags);
+int cvfs_syncfs(int fd);
+/// flock(2) (Swift sees only `struct flock` under that name).
+int cvfs_flock(int fd, int operation);
+
+/// Open-file-description record locks (F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW). `command` is 0, 1 or 2.
+/// `*type`, `*start`, `*length`: the lock in and, for GETLK, the conflicting lock out; `*pid` its holder (-1: an OFD lock).
+int cvfs_ofd_lock(int fd, int command, short *type, int64_t *start, int64_t *length, int *pid);
+
+/// setgroups(2) for the calling thread only (the raw syscall).
+int cvfs_setgroups_thread(size_t count, const gid_t *groups);
+
+extern const int CVFS_O_TMPFILE;
+extern const unsigned int CVFS_RENAME_NOREPLACE;
+extern const unsigned int CVFS_RENAME_EXCHANGE;
+extern const unsigned int CVFS_RENAME_WHITEOUT;
 
 /// Thread id of the caller (gettid(2)).
 pid_t cvfs_gettid(void);

@@ -1,0 +1,237 @@
+// SPDX-License-Identifier: Apache-2.0
+
+import CVirtioFS
+import FUSE
+import Glibc
+import VFSSystem
+
+extension PassthroughFileSystem {
+    /// Runs `body` as the guest user who sent the request, so that what it creates is theirs and the host
+    /// kernel checks their permissions. Each queue thread switches on its own (raw setresuid/setresgid).
+    func asGuestUser<T: ~Copyable>(_ context: RequestContext, _ body: () throws(Errno) -> T) throws(Errno) -> T {
+        guard switchesCredentials, context.uid != 0 || context.gid != 0 else { return try body() }
+        try ThreadCredentials.become(uid: context.uid, gid: context.gid)
+        defer { ThreadCredentials.restoreRoot() }
+        return try body()
+    }
+
+    /// The parent directory of a creating request, after the checks every such request shares.
+    func creationParent(_ parent: UInt64, _ name: FUSEName) throws(Errno) -> InodeData {
+        try checkWritable()
+        let data = try node(parent)
+        guard data.fileType == .directory else { throw .notDirectory }
+        try validate(name)
+        return data
+    }
+
+    func validate(_ name: FUSEName) throws(Errno) {
+        guard name.isValidComponent, !name.isDot, !name.isDotDot else {
+            throw name.bytes.count > 255 ? .nameTooLong : .invalidArgument
+        }
+    }
+
+    /// A file's `O_PATH` descriptor, from an open descriptor of it (same inode, through the magic link).
+    func pathDescriptor(of fd: borrowing OwnedFD) throws(Errno) -> OwnedFD {
+        try withDecimal(fd.rawValue) { (name) throws(Errno) -> OwnedFD in
+            try procSelfFD.borrowed.open(name, flags: [.path])
+        }
+    }
+
+    /// Registers a file just created through `fd` as a node, and `fd` as a handle.
+    func register(created fd: consuming OwnedFD, parent: InodeData) throws(Errno) -> (Entry, OpenReply) {
+        let path = try pathDescriptor(of: fd)
+        let stat = try path.borrowed.statx("")
+        let data = inodes.lookup(key: InodeKey(stat), fileType: stat.fileType, fd: path)
+        let handle = handles.insert(fd)
+        return (entry(data, stat, parent: parent), OpenReply(handle: handle, flags: options.cache.fileOpenFlags))
+    }
+
+    public func mknod(_ context: RequestContext, parent: UInt64, name: FUSEName, mode: UInt32, device: UInt32, umask: UInt32) throws(Errno) -> Entry {
+        let dir = try creationParent(parent, name)
+        try asGuestUser(context) { () throws(Errno) in
+            try dir.fd.borrowed.makeNode(name.cString, mode: mode & ~umask, device: dev_t(device))
+        }
+        return try lookupEntry(dir, name.cString, isDotDot: false, isDot: false)
+    }
+
+    public func mkdir(_ context: RequestContext, parent: UInt64, name: FUSEName, mode: UInt32, umask: UInt32) throws(Errno) -> Entry {
+        let dir = try creationParent(parent, name)
+        try asGuestUser(context) { () throws(Errno) in
+            try dir.fd.borrowed.makeDirectory(name.cString, mode: mode & ~umask)
+        }
+        return try lookupEntry(dir, name.cString, isDotDot: false, isDot: false)
+    }
+
+    public func symlink(_ context: RequestContext, parent: UInt64, name: FUSEName, target: FUSEName) throws(Errno) -> Entry {
+        let dir = try creationParent(parent, name)
+        guard !target.bytes.isEmpty, target.bytes.count < 4096 else { throw target.bytes.isEmpty ? .noEntry : .nameTooLong }
+        try asGuestUser(context) { () throws(Errno) in
+            try dir.fd.borrowed.makeSymbolicLink(name.cString, target: target.cString)
+        }
+        return try lookupEntry(dir, name.cString, isDotDot: false, isDot: false)
+    }
+
+    public func link(_ context: RequestContext, node: UInt64, newParent: UInt64, newName: FUSEName) throws(Errno) -> Entry {
+        let dir = try creationParent(newParent, newName)
+        let existing = try self.node(node)
+        guard existing.fileType != .directory else { throw .notPermitted }
+        try withProcPath(existing.fd.rawValue) { (path) throws(Errno) in
+            try PathCalls.link(path, in: dir.fd.borrowed, as: newName.cString)
+        }
+        return try lookupEntry(dir, newName.cString, isDotDot: false, isDot: false)
+    }
+
+    public func unlink(_ context: RequestContext, parent: UInt64, name: FUSEName) throws(Errno) {
+        let dir = try creationParent(parent, name)
+        try dir.fd.borrowed.unlink(name.cString, directory: false)
+    }
+
+    public func rmdir(_ context: RequestContext, parent: UInt64, name: FUSEName) throws(Errno) {
+        let dir = try creationParent(parent, name)
+        try dir.fd.borrowed.unlink(name.cString, directory: true)
+    }
+
+    public func rename(_ context: RequestContext, parent: UInt64, name: FUSEName, newParent: UInt64, newName: FUSEName, flags: UInt32) throws(Errno) {
+        let from = try creationParent(parent, name)
+        let to = try creationParent(newParent, newName)
+        let known = CVFS_RENAME_NOREPLACE | CVFS_RENAME_EXCHANGE | CVFS_RENAME_WHITEOUT
+        guard flags & ~known == 0 else { throw .invalidArgument }
+        // WHITEOUT makes a character device: that needs the guest user's creation rights, as mknod.
+        try asGuestUser(flags & CVFS_RENAME_WHITEOUT != 0 ? context : RequestContext()) { () throws(Errno) in
+            try from.fd.borrowed.rename(name.cString, to: to.fd.borrowed, newName.cString, flags: flags)
+        }
+    }
+
+    public func create(_ context: RequestContext, parent: UInt64, name: FUSEName, flags: UInt32, mode: UInt32, umask: UInt32) throws(Errno) -> (Entry, OpenReply) {
+        let dir = try creationParent(parent, name)
+        var hostFlags = hostOpenFlags(flags) | O_CREAT | CVFS_O_NOFOLLOW
+        if CInt(bitPattern: flags) & O_EXCL != 0 { hostFlags |= O_EXCL }
+        let fd = try asGuestUser(context) { () throws(Errno) -> OwnedFD in
+            try dir.fd.borrowed.open(name.cString, flags: OpenFlags(rawValue: hostFlags), mode: mode_t(mode & ~umask & 0o7777))
+        }
+        return try register(created: fd, parent: dir)
+    }
+
+    public func tmpfile(_ context: RequestContext, parent: UInt64, flags: UInt32, mode: UInt32, umask: UInt32) throws(Errno) -> (Entry, OpenReply) {
+        try checkWritable()
+        let dir = try node(parent)
+        guard dir.fileType == .directory else { throw .notDirectory }
+        let hostFlags = hostOpenFlags(flags) | CVFS_O_TMPFILE
+        let fd = try asGuestUser(context) { () throws(Errno) -> OwnedFD in
+            try dir.fd.borrowed.open(".", flags: OpenFlags(rawValue: hostFlags), mode: mode_t(mode & ~umask & 0o7777))
+        }
+        return try register(created: fd, parent: dir)
+    }
+
+    public func setattr(_ context: RequestContext, node: UInt64, changes: AttributeChanges) throws(Errno) -> AttributeReply {
+        try checkWritable()
+        let data = try self.node(node)
+        let open = try changes.handle.map { (handle) throws(Errno) -> HandleData in try self.handle(handle) }
+        if let mode = changes.mode {
+            if let open {
+                try open.fd.borrowed.changeMode(mode_t(mode & 0o7777))
+            } else {
+                guard data.fileType != .symbolicLink else { throw .notSupported }
+                try withProcPath(data.fd.rawValue) { (path) throws(Errno) in try PathCalls.changeMode(path, mode_t(mode & 0o7777)) }
+            }
+        }
+        if changes.uid != nil || changes.gid != nil {
+            try data.fd.borrowed.changeOwner(uid: changes.uid ?? UInt32.max, gid: changes.gid ?? UInt32.max)
+        }
+        if let size = changes.size {
+            guard size <= UInt64(Int64.max) else { throw .invalidArgument }
+            if let open {
+                try open.fd.borrowed.truncate(to: Int64(size))
+            } else {
+                switch data.fileType {
+                case .regular: try withProcPath(data.fd.rawValue) { (path) throws(Errno) in try PathCalls.truncate(path, to: Int64(size)) }
+                case .directory: throw .isDirectory
+                default: throw .invalidArgument
+                }
+            }
+        }
+        if changes.killSetIDBits { try clearSetIDBits(data) }
+        if changes.accessTime != .omit || changes.modificationTime != .omit {
+            func spec(_ change: TimeChange) -> timespec {
+                switch change {
+                case .now: timespec(tv_sec: 0, tv_nsec: (1 << 30) - 1)  // UTIME_NOW
+                case .omit: timespec(tv_sec: 0, tv_nsec: (1 << 30) - 2)  // UTIME_OMIT
+                case .to(let t): timespec(tv_sec: Int(t.seconds), tv_nsec: Int(t.nanoseconds))
+                }
+            }
+            try data.fd.borrowed.setTimes((spec(changes.accessTime), spec(changes.modificationTime)))
+        }
+        return try getattr(context, node: node, handle: nil)
+    }
+
+    /// Clears set-user-id, and set-group-id when group execution is on, as a write by an unprivileged user does
+    /// (FUSE_HANDLE_KILLPRIV_V2: the daemon, being root, would otherwise keep them).
+    func clearSetIDBits(_ data: InodeData) throws(Errno) {
+        guard data.fileType == .regular else { return }
+        let mode = try data.fd.borrowed.stat().mode
+        // S_ISUID, S_ISGID and S_IXGRP are fixed by the Linux ABI.
+        var cleared = mode & ~UInt32(0o4000)
+        if mode & 0o010 != 0 { cleared &= ~UInt32(0o2000) }
+        if cleared != mode {
+            try withProcPath(data.fd.rawValue) { (path) throws(Errno) in try PathCalls.changeMode(path, mode_t(cleared & 0o7777)) }
+        }
+    }
+
+    public func write(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, from source: WriteSource, killSetIDBits: Bool) throws(Errno) -> Int {
+        try checkWritable()
+        guard offset <= UInt64(Int64.max) else { throw .invalidArgument }
+        let open = try self.handle(handle)
+        if killSetIDBits { try clearSetIDBits(try self.node(node)) }
+        guard source.length > 0 else { return 0 }
+        return try open.fd.borrowed.write(from: source.buffers, at: Int64(offset))
+    }
+
+    public func fsync(_ context: RequestContext, node: UInt64, handle: UInt64, dataOnly: Bool, directory: Bool) throws(Errno) {
+        try self.handle(handle).fd.borrowed.sync(dataOnly: dataOnly)
+    }
+
+    public func fallocate(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, length: UInt64, mode: UInt32) throws(Errno) {
+        try checkWritable()
+        guard offset <= UInt64(Int64.max), length <= UInt64(Int64.max) else { throw .invalidArgument }
+        try self.handle(handle).fd.borrowed.allocate(mode: CInt(bitPattern: mode), offset: Int64(offset), length: Int64(length))
+    }
+
+    public func lseek(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, whence: UInt32) throws(Errno) -> UInt64 {
+        guard offset <= UInt64(Int64.max) else { throw .invalidArgument }
+        return UInt64(try self.handle(handle).fd.borrowed.seek(to: Int64(offset), whence: CInt(bitPattern: whence)))
+    }
+
+    public func copyFileRange(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, toNode: UInt64, toHandle: UInt64, toOffset: UInt64, length: UInt64, flags: UInt64) throws(Errno) -> Int {
+        try checkWritable()
+        guard offset <= UInt64(Int64.max), toOffset <= UInt64(Int64.max), flags <= UInt64(UInt32.max) else { throw .invalidArgument }
+        let from = try self.handle(handle)
+        let to = try self.handle(toHandle)
+        return try from.fd.borrowed.copyRange(
+            offset: Int64(offset), to: to.fd.borrowed, at: Int64(toOffset), length: Int(min(length, UInt64(Int.max))),
+            flags: UInt32(flags))
+    }
+
+    public func setxattr(_ context: RequestContext, node: UInt64, name: FUSEName, value: UnsafeRawBufferPointer, flags: UInt32, killSGID: Bool) throws(Errno) {
+        guard options.xattr else { throw .noFunction }
+        try checkWritable()
+        let data = try self.node(node)
+        try withProcPath(data.fd.rawValue) { (path) throws(Errno) in
+            try PathCalls.setExtendedAttribute(path, name.cString, value, flags: CInt(bitPattern: flags))
+        }
+    }
+
+    public func removexattr(_ context: RequestContext, node: UInt64, name: FUSEName) throws(Errno) {
+        guard options.xattr else { throw .noFunction }
+        try checkWritable()
+        let data = try self.node(node)
+        try withProcPath(data.fd.rawValue) { (path) throws(Errno) in
+            try PathCalls.removeExtendedAttribute(path, name.cString)
+        }
+    }
+
+    public func syncfs(_ context: RequestContext, node: UInt64) throws(Errno) {
+        let data = try self.node(node)
+        let fd = try reopen(data, flags: O_RDONLY | CVFS_O_CLOEXEC | (data.fileType == .directory ? CVFS_O_DIRECTORY : 0))
+        try fd.borrowed.syncFileSystem()
+    }
+}
