@@ -1,0 +1,358 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Syscall-level checks for the conformance suite, run in the guest on the mount and on the host on a local
+// directory: each prints what it observed (results and errno names), and the two outputs are compared.
+// Built static so it runs in the busybox guest: gcc -static -O2 -o posixcheck posixcheck.c
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <linux/fs.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <sys/xattr.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char *name(int e) {
+    switch (e) {
+    case 0: return "OK";
+    case EPERM: return "EPERM";
+    case ENOENT: return "ENOENT";
+    case EACCES: return "EACCES";
+    case EAGAIN: return "EAGAIN";
+    case EEXIST: return "EEXIST";
+    case EXDEV: return "EXDEV";
+    case ENOTDIR: return "ENOTDIR";
+    case EISDIR: return "EISDIR";
+    case EINVAL: return "EINVAL";
+    case ENOTEMPTY: return "ENOTEMPTY";
+    case ELOOP: return "ELOOP";
+    case ENAMETOOLONG: return "ENAMETOOLONG";
+    case EROFS: return "EROFS";
+    case EBADF: return "EBADF";
+    case EOPNOTSUPP: return "EOPNOTSUPP";
+    case ENXIO: return "ENXIO";
+    case ENODATA: return "ENODATA";
+    case EINTR: return "EINTR";
+    default: return "E?";
+    }
+}
+
+#define SHOW(label, call) do { errno = 0; long r_ = (long)(call); printf("%s: %s\n", label, r_ < 0 ? name(errno) : "OK"); } while (0)
+
+static int cmd_errors(const char *dir) {
+    if (chdir(dir)) return 1;
+    char longname[300];
+    memset(longname, 'n', 299);
+    longname[299] = 0;
+    mkdir("e-dir", 0755);
+    close(open("e-dir/file", O_CREAT | O_WRONLY, 0644));
+    close(open("e-file", O_CREAT | O_WRONLY, 0644));
+    symlink("e-loop", "e-loop");
+    SHOW("open missing", open("e-missing", O_RDONLY));
+    SHOW("mkdir existing", mkdir("e-dir", 0755));
+    SHOW("create excl existing", open("e-file", O_CREAT | O_EXCL | O_WRONLY, 0644));
+    SHOW("rmdir non-empty", rmdir("e-dir"));
+    SHOW("rmdir a file", rmdir("e-file"));
+    SHOW("unlink a directory", unlink("e-dir"));
+    SHOW("open through a file", open("e-file/x", O_RDONLY));
+    SHOW("open dir for writing", open("e-dir", O_WRONLY));
+    SHOW("open O_DIRECTORY on a file", open("e-file", O_RDONLY | O_DIRECTORY));
+    SHOW("open symlink loop", open("e-loop", O_RDONLY));
+    SHOW("open symlink O_NOFOLLOW", open("e-loop", O_RDONLY | O_NOFOLLOW));
+    SHOW("name too long", open(longname, O_CREAT | O_WRONLY, 0644));
+    SHOW("rename dir over file", rename("e-dir", "e-file"));
+    SHOW("rename file over dir", rename("e-file", "e-dir"));
+    SHOW("rename dir into itself", rename("e-dir", "e-dir/sub"));
+    SHOW("link a directory", link("e-dir", "e-dirlink"));
+    SHOW("link existing name", link("e-file", "e-dir/file"));
+    SHOW("readlink a file", readlink("e-file", longname, sizeof longname));
+    SHOW("truncate a directory", truncate("e-dir", 0));
+    return 0;
+}
+
+static int cmd_rename2(const char *dir) {
+    if (chdir(dir)) return 1;
+    int fd = open("r-a", O_CREAT | O_WRONLY | O_TRUNC, 0644); write(fd, "A", 1); close(fd);
+    fd = open("r-b", O_CREAT | O_WRONLY | O_TRUNC, 0644); write(fd, "BB", 2); close(fd);
+    SHOW("noreplace onto existing", syscall(SYS_renameat2, AT_FDCWD, "r-a", AT_FDCWD, "r-b", RENAME_NOREPLACE));
+    SHOW("exchange", syscall(SYS_renameat2, AT_FDCWD, "r-a", AT_FDCWD, "r-b", RENAME_EXCHANGE));
+    struct stat st;
+    stat("r-a", &st);
+    printf("r-a size after exchange: %ld\n", (long)st.st_size);
+    SHOW("exchange with missing", syscall(SYS_renameat2, AT_FDCWD, "r-a", AT_FDCWD, "r-none", RENAME_EXCHANGE));
+    SHOW("noreplace onto new name", syscall(SYS_renameat2, AT_FDCWD, "r-a", AT_FDCWD, "r-c", RENAME_NOREPLACE));
+    return 0;
+}
+
+static int cmd_unlinked(const char *dir) {
+    if (chdir(dir)) return 1;
+    int fd = open("u-file", O_CREAT | O_RDWR | O_TRUNC, 0644);
+    write(fd, "still here", 10);
+    SHOW("unlink while open", unlink("u-file"));
+    char buf[16] = {0};
+    printf("read after unlink: %zd %s\n", pread(fd, buf, 10, 0), buf);
+    SHOW("write after unlink", pwrite(fd, "again", 5, 10));
+    struct stat st;
+    fstat(fd, &st);
+    printf("fstat after unlink: size %ld links %ld\n", (long)st.st_size, (long)st.st_nlink);
+    close(fd);
+    return 0;
+}
+
+static int cmd_sparse(const char *dir) {
+    if (chdir(dir)) return 1;
+    int fd = open("s-file", O_CREAT | O_RDWR | O_TRUNC, 0644);
+    pwrite(fd, "head", 4, 0);
+    pwrite(fd, "tail", 4, 4 << 20);
+    printf("data at 0: %ld\n", (long)lseek(fd, 0, SEEK_DATA));
+    printf("hole after 0: %ld\n", (long)lseek(fd, 0, SEEK_HOLE));
+    printf("data after 4096: %ld\n", (long)lseek(fd, 4096, SEEK_DATA));
+    errno = 0;
+    off_t past = lseek(fd, (4 << 20) + 100, SEEK_DATA);
+    printf("data past end: %ld %s\n", (long)past, past < 0 ? name(errno) : "");
+    SHOW("punch hole", fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 4 << 20, 4096));
+    struct stat st;
+    fstat(fd, &st);
+    printf("size after punch: %ld\n", (long)st.st_size);
+    SHOW("keep-size allocate", fallocate(fd, FALLOC_FL_KEEP_SIZE, 8 << 20, 4096));
+    fstat(fd, &st);
+    printf("size after keep-size: %ld\n", (long)st.st_size);
+    SHOW("allocate grows", fallocate(fd, 0, 0, 6 << 20));
+    fstat(fd, &st);
+    printf("size after allocate: %ld\n", (long)st.st_size);
+    close(fd);
+    return 0;
+}
+
+static int cmd_append(const char *dir, int writers) {
+    if (chdir(dir)) return 1;
+    unlink("a-log");
+    close(open("a-log", O_CREAT | O_WRONLY, 0644));
+    for (int w = 0; w < writers; w++) {
+        if (fork() == 0) {
+            int fd = open("a-log", O_WRONLY | O_APPEND);
+            char line[64];
+            for (int i = 0; i < 500; i++) {
+                int n = snprintf(line, sizeof line, "writer %02d line %04d ........................\n", w, i);
+                write(fd, line, n);
+            }
+            _exit(0);
+        }
+    }
+    while (wait(NULL) > 0) {}
+    FILE *f = fopen("a-log", "r");
+    char line[128];
+    int good = 0, bad = 0, counts[64] = {0};
+    while (fgets(line, sizeof line, f)) {
+        int w, i;
+        if (sscanf(line, "writer %d line %d", &w, &i) == 2 && strlen(line) == 46 && w < 64) { good++; counts[w]++; } else bad++;
+    }
+    fclose(f);
+    int even = 1;
+    for (int w = 0; w < writers; w++) even &= counts[w] == 500;
+    printf("append: %d whole lines, %d torn, every writer complete: %s\n", good, bad, even ? "yes" : "no");
+    return 0;
+}
+
+static int cmd_mmap(const char *dir) {
+    if (chdir(dir)) return 1;
+    int fd = open("m-file", O_CREAT | O_RDWR | O_TRUNC, 0644);
+    ftruncate(fd, 8192);
+    char *p = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) { printf("mmap: %s\n", name(errno)); return 0; }
+    memcpy(p + 4096, "written through mmap", 20);
+    SHOW("msync", msync(p, 8192, MS_SYNC));
+    munmap(p, 8192);
+    char buf[32] = {0};
+    pread(fd, buf, 20, 4096);
+    printf("read back: %s\n", buf);
+    close(fd);
+    return 0;
+}
+
+static int cmd_tmpfile(const char *dir) {
+    int fd = open(dir, O_TMPFILE | O_RDWR, 0600);
+    if (fd < 0) { printf("O_TMPFILE: %s\n", name(errno)); return 0; }
+    write(fd, "anonymous", 9);
+    struct stat st;
+    fstat(fd, &st);
+    printf("tmpfile links %ld size %ld\n", (long)st.st_nlink, (long)st.st_size);
+    char path[64], target[4096];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    snprintf(target, sizeof target, "%s/t-named", dir);
+    SHOW("link tmpfile into place", linkat(AT_FDCWD, path, AT_FDCWD, target, AT_SYMLINK_FOLLOW));
+    close(fd);
+    fd = open(target, O_RDONLY);
+    char buf[16] = {0};
+    read(fd, buf, 9);
+    printf("named tmpfile reads: %s\n", buf);
+    close(fd);
+    return 0;
+}
+
+static int cmd_times(const char *dir) {
+    if (chdir(dir)) return 1;
+    close(open("t-file", O_CREAT | O_WRONLY, 0644));
+    struct timespec set[2] = {{1000000000, 123456789}, {1200000000, 987654321}};
+    SHOW("utimensat both", utimensat(AT_FDCWD, "t-file", set, 0));
+    struct stat st;
+    stat("t-file", &st);
+    printf("atime %ld.%09ld mtime %ld.%09ld\n", (long)st.st_atim.tv_sec, st.st_atim.tv_nsec, (long)st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
+    struct timespec omit[2] = {{0, UTIME_OMIT}, {1300000000, 5}};
+    SHOW("utimensat omit atime", utimensat(AT_FDCWD, "t-file", omit, 0));
+    stat("t-file", &st);
+    printf("atime %ld mtime %ld.%09ld\n", (long)st.st_atim.tv_sec, (long)st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
+    struct timespec now[2] = {{0, UTIME_NOW}, {0, UTIME_OMIT}};
+    SHOW("utimensat now atime", utimensat(AT_FDCWD, "t-file", now, 0));
+    stat("t-file", &st);
+    printf("atime is recent: %s, mtime kept: %s\n", st.st_atim.tv_sec > 1600000000 ? "yes" : "no", st.st_mtim.tv_sec == 1300000000 ? "yes" : "no");
+    symlink("t-file", "t-link");
+    SHOW("lutimes on a symlink", utimensat(AT_FDCWD, "t-link", set, AT_SYMLINK_NOFOLLOW));
+    lstat("t-link", &st);
+    printf("symlink mtime %ld\n", (long)st.st_mtim.tv_sec);
+    return 0;
+}
+
+// Locks between two processes of this machine: the parent holds, the child probes.
+static int cmd_locks(const char *file) {
+    int fd = open(file, O_CREAT | O_RDWR, 0644);
+    struct flock wr = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 100};
+    SHOW("parent write-locks 0-99", fcntl(fd, F_SETLK, &wr));
+    SHOW("parent flock LOCK_EX", flock(fd, LOCK_EX | LOCK_NB));
+    pid_t child = fork();
+    if (child == 0) {
+        int cfd = open(file, O_RDWR);
+        struct flock probe = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 50, .l_len = 10};
+        SHOW("child F_SETLK on 50-59", fcntl(cfd, F_SETLK, &probe));
+        struct flock q = probe;
+        fcntl(cfd, F_GETLK, &q);
+        printf("child F_GETLK sees: %s %ld-%ld\n", q.l_type == F_WRLCK ? "write lock" : q.l_type == F_UNLCK ? "unlocked" : "?", (long)q.l_start, (long)(q.l_start + q.l_len - 1));
+        struct flock free_ = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 200, .l_len = 10};
+        SHOW("child F_SETLK on 200-209", fcntl(cfd, F_SETLK, &free_));
+        SHOW("child flock LOCK_EX|LOCK_NB", flock(cfd, LOCK_EX | LOCK_NB));
+        fflush(stdout);
+        // Now wait: the parent releases after a moment; F_SETLKW must then succeed.
+        struct timespec a, b;
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        SHOW("child F_SETLKW on 50-59", fcntl(cfd, F_SETLKW, &probe));
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        printf("child waited for the release: %s\n", (b.tv_sec - a.tv_sec) * 1000 + (b.tv_nsec - a.tv_nsec) / 1000000 >= 300 ? "yes" : "no");
+        _exit(0);
+    }
+    usleep(1000000);
+    // While the child waits, the file system still answers other requests.
+    struct stat st;
+    SHOW("parent stat while the child waits", stat(file, &st));
+    struct flock un = {.l_type = F_UNLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 100};
+    // The child prints as soon as it has the lock: report the unlock after it is done, for a fixed order.
+    errno = 0;
+    int unlocked = fcntl(fd, F_SETLK, &un);
+    int unlock_errno = errno;
+    waitpid(child, NULL, 0);
+    printf("parent unlocks: %s\n", unlocked < 0 ? name(unlock_errno) : "OK");
+    // Closing releases the owner's locks: a new process can take the whole file.
+    close(fd);
+    if (fork() == 0) {
+        int cfd = open(file, O_RDWR);
+        struct flock all = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+        SHOW("after close, a new process locks the whole file", fcntl(cfd, F_SETLK, &all));
+        _exit(0);
+    }
+    while (wait(NULL) > 0) {}
+    return 0;
+}
+
+// The guest probes a lock a host process holds (the host holds byte 0-9 with fcntl and the file with flock).
+static int cmd_probe(const char *file) {
+    int fd = open(file, O_RDWR);
+    struct flock probe = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 10};
+    SHOW("F_SETLK on a range a host process holds", fcntl(fd, F_SETLK, &probe));
+    SHOW("flock on a file a host process holds", flock(fd, LOCK_EX | LOCK_NB));
+    return 0;
+}
+
+// Holds a lock until killed (the host side of cmd_probe).
+static int cmd_hold(const char *file) {
+    int fd = open(file, O_CREAT | O_RDWR, 0644);
+    struct flock wr = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 10};
+    if (fcntl(fd, F_SETLK, &wr) || flock(fd, LOCK_EX | LOCK_NB)) { perror("hold"); return 1; }
+    printf("holding\n");
+    fflush(stdout);
+    pause();
+    return 0;
+}
+
+static int cmd_xattr(const char *file) {
+    close(open(file, O_CREAT | O_WRONLY, 0644));
+    SHOW("setxattr user.test", setxattr(file, "user.test", "value-1", 7, 0));
+    SHOW("setxattr create existing", setxattr(file, "user.test", "v", 1, XATTR_CREATE));
+    SHOW("setxattr replace missing", setxattr(file, "user.other", "v", 1, XATTR_REPLACE));
+    char buf[64] = {0};
+    printf("getxattr size query: %zd\n", getxattr(file, "user.test", NULL, 0));
+    errno = 0;
+    printf("getxattr into 3 bytes: %s\n", getxattr(file, "user.test", buf, 3) < 0 ? name(errno) : "OK");
+    printf("getxattr: %zd %s\n", getxattr(file, "user.test", buf, sizeof buf), buf);
+    SHOW("getxattr missing", getxattr(file, "user.missing", buf, sizeof buf));
+    char list[256];
+    ssize_t n = listxattr(file, list, sizeof list);
+    printf("listxattr has user.test: %s\n", n > 0 && memmem(list, n, "user.test", 10) ? "yes" : "no");
+    SHOW("removexattr", removexattr(file, "user.test"));
+    SHOW("removexattr again", removexattr(file, "user.test"));
+    return 0;
+}
+
+// Renames across a mount point (EXDEV) and compares devices.
+static int cmd_xdev(const char *from, const char *to) {
+    close(open(from, O_CREAT | O_WRONLY, 0644));
+    SHOW("rename across mounts", rename(from, to));
+    SHOW("link across mounts", link(from, to));
+    struct stat a, b;
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", to);
+    char *slash = strrchr(dir, '/');
+    if (slash) *slash = 0;
+    stat(from, &a);
+    stat(dir, &b);
+    printf("the submount has its own st_dev: %s\n", a.st_dev != b.st_dev ? "yes" : "no");
+    return 0;
+}
+
+// Runs a command as another user: posixcheck asuser UID GID command...
+static int cmd_asuser(int argc, char **argv) {
+    uid_t uid = atoi(argv[2]);
+    gid_t gid = atoi(argv[3]);
+    if (setgroups(0, NULL) || setgid(gid) || setuid(uid)) { perror("asuser"); return 1; }
+    execvp(argv[4], argv + 4);
+    perror("exec");
+    return 127;
+}
+
+int main(int argc, char **argv) {
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc >= 3 && !strcmp(argv[1], "errors")) return cmd_errors(argv[2]);
+    if (argc >= 3 && !strcmp(argv[1], "rename2")) return cmd_rename2(argv[2]);
+    if (argc >= 3 && !strcmp(argv[1], "unlinked")) return cmd_unlinked(argv[2]);
+    if (argc >= 3 && !strcmp(argv[1], "sparse")) return cmd_sparse(argv[2]);
+    if (argc >= 4 && !strcmp(argv[1], "append")) return cmd_append(argv[2], atoi(argv[3]));
+    if (argc >= 3 && !strcmp(argv[1], "mmap")) return cmd_mmap(argv[2]);
+    if (argc >= 3 && !strcmp(argv[1], "tmpfile")) return cmd_tmpfile(argv[2]);
+    if (argc >= 3 && !strcmp(argv[1], "times")) return cmd_times(argv[2]);
+    if (argc >= 3 && !strcmp(argv[1], "locks")) return cmd_locks(argv[2]);
+    if (argc >= 3 && !strcmp(argv[1], "probe")) return cmd_probe(argv[2]);
+    if (argc >= 3 && !strcmp(argv[1], "hold")) return cmd_hold(argv[2]);
+    if (argc >= 5 && !strcmp(argv[1], "asuser")) return cmd_asuser(argc, argv);
+    if (argc >= 3 && !strcmp(argv[1], "xattr")) return cmd_xattr(argv[2]);
+    if (argc >= 4 && !strcmp(argv[1], "xdev")) return cmd_xdev(argv[2], argv[3]);
+    fprintf(stderr, "usage: posixcheck errors|rename2|unlinked|sparse|append N|mmap|tmpfile|times|locks|probe|hold|xattr DIR-or-FILE\n"
+                    "       posixcheck xdev FILE FILE-ON-ANOTHER-MOUNT\n"
+                    "       posixcheck asuser UID GID command...\n");
+    return 2;
+}
