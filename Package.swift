@@ -97,8 +97,12 @@ let package = Package(
             name: "VhostUserTests",
             dependencies: ["VhostUser", "VirtqueueDriver", "GuestMemory", "VFSSystem", "CVirtioFS"]
         ),
-        .testTarget(name: "FUSETests", dependencies: ["FUSE", "VFSSystem", "CVirtioFS"]),
-        .testTarget(name: "PassthroughTests", dependencies: ["Passthrough", "FUSE", "VFSSystem", "CVirtioFS"]),
+        // Builds FUSE request frames and runs them through a session, for the tests of every layer above FUSE.
+        .target(name: "FUSETestSupport", dependencies: ["FUSE", "CVirtioFS"]),
+
+        .testTarget(name: "FUSETests", dependencies: ["FUSE", "FUSETestSupport", "VFSSystem", "CVirtioFS"]),
+        .testTarget(
+            name: "PassthroughTests", dependencies: ["Passthrough", "FUSE", "FUSETestSupport", "VFSSystem", "CVirtioFS"]),
         .testTarget(name: "IntegrationTests", dependencies: []),
     ]
 )

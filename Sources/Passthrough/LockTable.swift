@@ -63,6 +63,7 @@ final class LockTable: Sendable {
 
     /// Runs a blocking wait for request `unique`, which `interrupt(unique)` can cancel with EINTR.
     func wait(unique: UInt64, _ body: () throws(Errno) -> Void) throws(Errno) {
+        ThreadWakeup.allowOnCurrentThread()
         waiters.withLock { $0[unique] = Waiter(thread: ThreadWakeup.current, cancelled: false) }
         defer { _ = waiters.withLock { $0.removeValue(forKey: unique) } }
         while true {

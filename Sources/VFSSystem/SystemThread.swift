@@ -87,6 +87,15 @@ public enum ThreadWakeup {
         sigaction(signalNumber, &action, nil)
     }
 
+    /// Lets the wake-up signal reach the calling thread: a thread inherits its creator's signal mask, which
+    /// may block it.
+    public static func allowOnCurrentThread() {
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, signalNumber)
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
+    }
+
     /// The calling thread, as `wake` names it.
     public static var current: pthread_t { pthread_self() }
 

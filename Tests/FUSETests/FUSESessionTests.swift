@@ -4,6 +4,7 @@ import CVirtioFS
 import FUSE
 import Logging
 import Synchronization
+import FUSETestSupport
 import Testing
 import VFSSystem
 
@@ -52,67 +53,6 @@ final class FakeFileSystem: FileSystem {
         buffer.copyBytes(from: value)
         return value.count
     }
-}
-
-/// Guest-side buffers for one request: the frame to read and the reply space, as iovecs.
-struct Frame {
-    var request: [UInt8]
-    var replySegments: [Int]
-
-    /// Runs the frame through `session`; returns the bytes written and the reply bytes.
-    func run(_ session: FUSESession<FakeFileSystem>) -> (UInt32, [UInt8]) {
-        var request = self.request
-        let total = replySegments.reduce(0, +)
-        let reply = UnsafeMutableRawBufferPointer.allocate(byteCount: max(total, 1), alignment: 8)
-        defer { reply.deallocate() }
-        reply.initializeMemory(as: UInt8.self, repeating: 0xEE)
-        var writable: [iovec] = []
-        var offset = 0
-        for size in replySegments {
-            writable.append(iovec(iov_base: reply.baseAddress! + offset, iov_len: size))
-            offset += size
-        }
-        let written = request.withUnsafeMutableBytes { raw -> UInt32 in
-            var readable = [iovec(iov_base: raw.baseAddress, iov_len: raw.count)]
-            return readable.withUnsafeMutableBufferPointer { r in
-                writable.withUnsafeMutableBufferPointer { w in
-                    session.handle(readable: UnsafeBufferPointer(r), writable: w) ?? UInt32.max
-                }
-            }
-        }
-        return (written, Array(reply.prefix(Int(written))))
-    }
-}
-
-func bytes<T>(_ value: T) -> [UInt8] { withUnsafeBytes(of: value) { Array($0) } }
-
-func frame(_ opcode: FUSEOpcode, unique: UInt64 = 9, node: UInt64 = 1, _ body: [UInt8] = []) -> [UInt8] {
-    var header = fuse_in_header()
-    header.len = UInt32(40 + body.count)
-    header.opcode = opcode.rawValue
-    header.unique = unique
-    header.nodeid = node
-    header.uid = 1000
-    header.gid = 1000
-    return bytes(header) + body
-}
-
-func initFrame(major: UInt32 = 7, minor: UInt32, flags: UInt64) -> [UInt8] {
-    var input = fuse_init_in()
-    input.major = major
-    input.minor = minor
-    input.max_readahead = 131072
-    input.flags = UInt32(truncatingIfNeeded: flags)
-    input.flags2 = UInt32(truncatingIfNeeded: flags >> 32)
-    return frame(.`init`, bytes(input))
-}
-
-func outHeader(_ reply: [UInt8]) -> fuse_out_header {
-    reply.withUnsafeBytes { $0.loadUnaligned(as: fuse_out_header.self) }
-}
-
-func payload<T>(_ reply: [UInt8], as: T.Type) -> T {
-    reply.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 16, as: T.self) }
 }
 
 func makeSession() -> (FUSESession<FakeFileSystem>, FakeFileSystem) {
