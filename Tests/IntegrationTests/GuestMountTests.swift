@@ -11,14 +11,16 @@ let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
 let guestsCanRun = FileManager.default.isExecutableFile(atPath: "/usr/bin/qemu-system-x86_64")
     || ProcessInfo.processInfo.environment["CI"] != nil
 
-/// The back-end under test: $SWIFT_VIRTIOFSD, or the build of this checkout.
+/// The back-end under test: $SWIFT_VIRTIOFSD, or the newer of this checkout's release and debug builds.
 let backend: String = {
     if let path = ProcessInfo.processInfo.environment["SWIFT_VIRTIOFSD"] { return path }
-    for configuration in ["release", "debug"] {
-        let path = "\(repositoryRoot)/.build/\(configuration)/swift-virtiofsd"
-        if FileManager.default.isExecutableFile(atPath: path) { return path }
+    let builds = ["release", "debug"].map { "\(repositoryRoot)/.build/\($0)/swift-virtiofsd" }.filter {
+        FileManager.default.isExecutableFile(atPath: $0)
     }
-    return "\(repositoryRoot)/.build/debug/swift-virtiofsd"
+    func modified(_ path: String) -> Date {
+        (try? FileManager.default.attributesOfItem(atPath: path)[.modificationDate] as? Date) ?? .distantPast
+    }
+    return builds.max { modified($0) < modified($1) } ?? "\(repositoryRoot)/.build/debug/swift-virtiofsd"
 }()
 
 struct RunResult {

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <signal.h>
 #include <linux/fs.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -281,6 +282,9 @@ static int cmd_probe(const char *file) {
 
 // Holds a lock until killed (the host side of cmd_probe).
 static int cmd_hold(const char *file) {
+    sigset_t all;
+    sigfillset(&all);
+    sigprocmask(SIG_UNBLOCK, &all, NULL);  // whatever mask we inherited, a TERM must end us
     int fd = open(file, O_CREAT | O_RDWR, 0644);
     struct flock wr = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 10};
     if (fcntl(fd, F_SETLK, &wr) || flock(fd, LOCK_EX | LOCK_NB)) { perror("hold"); return 1; }
