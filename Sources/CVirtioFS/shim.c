@@ -77,6 +77,18 @@ const unsigned int CVFS_RENAME_NOREPLACE = RENAME_NOREPLACE;
 const unsigned int CVFS_RENAME_EXCHANGE = RENAME_EXCHANGE;
 const unsigned int CVFS_RENAME_WHITEOUT = RENAME_WHITEOUT;
 
+_Static_assert(sizeof(struct file_handle) == 8, "struct file_handle header");
+
+int cvfs_name_to_handle_at(int dirfd, const char *path, cvfs_file_handle *handle, int *mount_id, int flags) {
+    struct file_handle *fh = (struct file_handle *)handle->bytes;
+    fh->handle_bytes = MAX_HANDLE_SZ;
+    return name_to_handle_at(dirfd, path, fh, mount_id, flags);
+}
+
+int cvfs_open_by_handle_at(int mount_fd, const cvfs_file_handle *handle, int flags) {
+    return open_by_handle_at(mount_fd, (struct file_handle *)handle->bytes, flags);
+}
+
 pid_t cvfs_gettid(void) { return (pid_t)syscall(SYS_gettid); }
 
 #define CVFS_MAX_FDS 16

@@ -22,19 +22,52 @@ public struct InodeKey: Hashable, Sendable {
     }
 }
 
-/// A host file the guest knows by a node id: an `O_PATH` descriptor that never follows a symlink.
+/// A host file the guest knows by a node id: an `O_PATH` descriptor that never follows a symlink, or, with
+/// `--inode-file-handles`, a kernel file handle that holds no descriptor at all.
 public final class InodeData: Sendable {
     public let nodeID: UInt64
     public let key: InodeKey
     public let fileType: FileType
-    public let fd: OwnedFD
+    /// The `O_PATH` descriptor, or -1 when the node is held as `handle`.
+    let descriptor: CInt
+    /// The file handle, when the node holds no descriptor.
+    let handle: KernelFileHandle?
+    /// A descriptor on the handle's mount (owned by the file system's mount table), for open_by_handle_at.
+    let mountFD: CInt
 
     init(nodeID: UInt64, key: InodeKey, fileType: FileType, fd: consuming OwnedFD) {
         self.nodeID = nodeID
         self.key = key
         self.fileType = fileType
-        self.fd = fd
+        self.descriptor = fd.release()
+        self.handle = nil
+        self.mountFD = -1
     }
+
+    init(nodeID: UInt64, key: InodeKey, fileType: FileType, handle: KernelFileHandle, mountFD: CInt) {
+        self.nodeID = nodeID
+        self.key = key
+        self.fileType = fileType
+        self.descriptor = -1
+        self.handle = handle
+        self.mountFD = mountFD
+    }
+
+    /// The node's own descriptor (the root's, or any node held by descriptor).
+    func fd() -> FileDescriptor { FileDescriptor(rawValue: descriptor) }
+
+    /// Whether the node holds a descriptor (and not a handle).
+    public var holdsDescriptor: Bool { descriptor >= 0 }
+
+    deinit {
+        if descriptor >= 0 { _ = OwnedFD(taking: descriptor) }
+    }
+}
+
+/// How a new node is held: its descriptor, or a handle that replaces it.
+public enum NodeHolding: Sendable {
+    case descriptor
+    case handle(KernelFileHandle, mountFD: CInt)
 }
 
 /// The nodes the guest holds, with their lookup counts.
@@ -66,6 +99,7 @@ public final class InodeStore: Sendable {
     private let shards: [ShardBox]
 
     public init(root fd: consuming OwnedFD, stat: FileStat) {
+        // The root is always held by its descriptor.
         root = InodeData(nodeID: fuseRootID, key: InodeKey(stat), fileType: stat.fileType, fd: fd)
         shards = (0..<Self.shardCount).map { _ in ShardBox() }
     }
@@ -84,25 +118,37 @@ public final class InodeStore: Sendable {
         return shards[Int(nodeID & Self.shardMask)].state.withLock { $0.byID[nodeID]?.data }
     }
 
-    /// Adds one lookup to the node for `key`, creating it with `fd` if the guest does not hold it yet.
+    /// Adds one lookup to the node for `key`, creating it with `fd` if the guest does not hold it yet; `holding`
+    /// decides, for a new node only, whether it keeps `fd` or a file handle instead.
     /// - Returns: the node (a new `fd` that is not needed is closed).
-    public func lookup(key: InodeKey, fileType: FileType, fd: consuming OwnedFD) -> InodeData {
+    public func lookup(
+        key: InodeKey, fileType: FileType, fd: consuming OwnedFD,
+        holding: (FileDescriptor) throws(Errno) -> NodeHolding = { _ in .descriptor }
+    ) throws(Errno) -> InodeData {
         if key == root.key { return root }
         let shardIndex = Self.shard(of: key)
         var pending: OwnedFD? = fd
-        return shards[shardIndex].state.withLock { shard in
+        let result = shards[shardIndex].state.withLock { shard -> Result<InodeData, Errno> in
             if let id = shard.byKey[key], var node = shard.byID[id] {
                 node.lookups += 1
                 shard.byID[id] = node
-                return node.data
+                return .success(node.data)
             }
             let id = shard.nextCounter << Self.shardBits | UInt64(shardIndex)
+            let data: InodeData
+            let fd = pending.take()!
+            switch Result(catching: { () throws(Errno) -> NodeHolding in try holding(fd.borrowed) }) {
+            case .failure(let error): return .failure(error)
+            case .success(.descriptor): data = InodeData(nodeID: id, key: key, fileType: fileType, fd: fd)
+            case .success(.handle(let handle, let mountFD)):
+                data = InodeData(nodeID: id, key: key, fileType: fileType, handle: handle, mountFD: mountFD)
+            }
             shard.nextCounter += 1
-            let data = InodeData(nodeID: id, key: key, fileType: fileType, fd: pending.take()!)
             shard.byID[id] = Node(data: data, lookups: 1)
             shard.byKey[key] = id
-            return data
+            return .success(data)
         }
+        return try result.get()
     }
 
     /// Subtracts `count` lookups; the node goes away (and its fd is closed once unused) at zero.

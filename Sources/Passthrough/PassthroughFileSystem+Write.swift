@@ -8,6 +8,7 @@ import VFSSystem
 extension PassthroughFileSystem {
     /// Runs `body` as the guest user who sent the request, so that what it creates is theirs and the host
     /// kernel checks their permissions. Each queue thread switches on its own (raw setresuid/setresgid).
+    /// Resolve descriptors before: opening a file handle needs the daemon's own capabilities.
     func asGuestUser<T: ~Copyable>(_ context: RequestContext, _ body: () throws(Errno) -> T) throws(Errno) -> T {
         guard switchesCredentials, context.uid != 0 || context.gid != 0 else { return try body() }
         try ThreadCredentials.become(uid: context.uid, gid: context.gid)
@@ -41,23 +42,23 @@ extension PassthroughFileSystem {
     func register(created fd: consuming OwnedFD, parent: InodeData) throws(Errno) -> (Entry, OpenReply) {
         let path = try pathDescriptor(of: fd)
         let stat = try path.borrowed.statx("")
-        let data = inodes.lookup(key: InodeKey(stat), fileType: stat.fileType, fd: path)
+        let data = try node(for: path, stat)
         let handle = handles.insert(fd)
         return (entry(data, stat, parent: parent), OpenReply(handle: handle, flags: options.cache.fileOpenFlags))
     }
 
     public func mknod(_ context: RequestContext, parent: UInt64, name: FUSEName, mode: UInt32, device: UInt32, umask: UInt32) throws(Errno) -> Entry {
         let dir = try creationParent(parent, name)
-        try asGuestUser(context) { () throws(Errno) in
-            try dir.fd.borrowed.makeNode(name.cString, mode: mode & ~umask, device: dev_t(device))
+        try withPath(dir) { (fd) throws(Errno) in
+            try asGuestUser(context) { () throws(Errno) in try fd.makeNode(name.cString, mode: mode & ~umask, device: dev_t(device)) }
         }
         return try lookupEntry(dir, name.cString, isDotDot: false, isDot: false)
     }
 
     public func mkdir(_ context: RequestContext, parent: UInt64, name: FUSEName, mode: UInt32, umask: UInt32) throws(Errno) -> Entry {
         let dir = try creationParent(parent, name)
-        try asGuestUser(context) { () throws(Errno) in
-            try dir.fd.borrowed.makeDirectory(name.cString, mode: mode & ~umask)
+        try withPath(dir) { (fd) throws(Errno) in
+            try asGuestUser(context) { () throws(Errno) in try fd.makeDirectory(name.cString, mode: mode & ~umask) }
         }
         return try lookupEntry(dir, name.cString, isDotDot: false, isDot: false)
     }
@@ -65,8 +66,8 @@ extension PassthroughFileSystem {
     public func symlink(_ context: RequestContext, parent: UInt64, name: FUSEName, target: FUSEName) throws(Errno) -> Entry {
         let dir = try creationParent(parent, name)
         guard !target.bytes.isEmpty, target.bytes.count < 4096 else { throw target.bytes.isEmpty ? .noEntry : .nameTooLong }
-        try asGuestUser(context) { () throws(Errno) in
-            try dir.fd.borrowed.makeSymbolicLink(name.cString, target: target.cString)
+        try withPath(dir) { (fd) throws(Errno) in
+            try asGuestUser(context) { () throws(Errno) in try fd.makeSymbolicLink(name.cString, target: target.cString) }
         }
         return try lookupEntry(dir, name.cString, isDotDot: false, isDot: false)
     }
@@ -75,20 +76,20 @@ extension PassthroughFileSystem {
         let dir = try creationParent(newParent, newName)
         let existing = try self.node(node)
         guard existing.fileType != .directory else { throw .notPermitted }
-        try withProcPath(existing.fd.rawValue) { (path) throws(Errno) in
-            try PathCalls.link(path, in: dir.fd.borrowed, as: newName.cString)
+        try withProcPath(of: existing) { (path) throws(Errno) in
+            try withPath(dir) { (fd) throws(Errno) in try PathCalls.link(path, in: fd, as: newName.cString) }
         }
         return try lookupEntry(dir, newName.cString, isDotDot: false, isDot: false)
     }
 
     public func unlink(_ context: RequestContext, parent: UInt64, name: FUSEName) throws(Errno) {
         let dir = try creationParent(parent, name)
-        try dir.fd.borrowed.unlink(name.cString, directory: false)
+        try withPath(dir) { (fd) throws(Errno) in try fd.unlink(name.cString, directory: false) }
     }
 
     public func rmdir(_ context: RequestContext, parent: UInt64, name: FUSEName) throws(Errno) {
         let dir = try creationParent(parent, name)
-        try dir.fd.borrowed.unlink(name.cString, directory: true)
+        try withPath(dir) { (fd) throws(Errno) in try fd.unlink(name.cString, directory: true) }
     }
 
     public func rename(_ context: RequestContext, parent: UInt64, name: FUSEName, newParent: UInt64, newName: FUSEName, flags: UInt32) throws(Errno) {
@@ -97,8 +98,12 @@ extension PassthroughFileSystem {
         let known = CVFS_RENAME_NOREPLACE | CVFS_RENAME_EXCHANGE | CVFS_RENAME_WHITEOUT
         guard flags & ~known == 0 else { throw .invalidArgument }
         // WHITEOUT makes a character device: that needs the guest user's creation rights, as mknod.
-        try asGuestUser(flags & CVFS_RENAME_WHITEOUT != 0 ? context : RequestContext()) { () throws(Errno) in
-            try from.fd.borrowed.rename(name.cString, to: to.fd.borrowed, newName.cString, flags: flags)
+        try withPath(from) { (source) throws(Errno) in
+            try withPath(to) { (target) throws(Errno) in
+                try asGuestUser(flags & CVFS_RENAME_WHITEOUT != 0 ? context : RequestContext()) { () throws(Errno) in
+                    try source.rename(name.cString, to: target, newName.cString, flags: flags)
+                }
+            }
         }
     }
 
@@ -106,8 +111,10 @@ extension PassthroughFileSystem {
         let dir = try creationParent(parent, name)
         var hostFlags = hostOpenFlags(flags) | O_CREAT | CVFS_O_NOFOLLOW
         if CInt(bitPattern: flags) & O_EXCL != 0 { hostFlags |= O_EXCL }
-        let fd = try asGuestUser(context) { () throws(Errno) -> OwnedFD in
-            try dir.fd.borrowed.open(name.cString, flags: OpenFlags(rawValue: hostFlags), mode: mode_t(mode & ~umask & 0o7777))
+        let fd = try withPath(dir) { (dirFD) throws(Errno) -> OwnedFD in
+            try asGuestUser(context) { () throws(Errno) -> OwnedFD in
+                try dirFD.open(name.cString, flags: OpenFlags(rawValue: hostFlags), mode: mode_t(mode & ~umask & 0o7777))
+            }
         }
         return try register(created: fd, parent: dir)
     }
@@ -117,8 +124,10 @@ extension PassthroughFileSystem {
         let dir = try node(parent)
         guard dir.fileType == .directory else { throw .notDirectory }
         let hostFlags = hostOpenFlags(flags) | CVFS_O_TMPFILE
-        let fd = try asGuestUser(context) { () throws(Errno) -> OwnedFD in
-            try dir.fd.borrowed.open(".", flags: OpenFlags(rawValue: hostFlags), mode: mode_t(mode & ~umask & 0o7777))
+        let fd = try withPath(dir) { (dirFD) throws(Errno) -> OwnedFD in
+            try asGuestUser(context) { () throws(Errno) -> OwnedFD in
+                try dirFD.open(".", flags: OpenFlags(rawValue: hostFlags), mode: mode_t(mode & ~umask & 0o7777))
+            }
         }
         return try register(created: fd, parent: dir)
     }
@@ -132,11 +141,11 @@ extension PassthroughFileSystem {
                 try open.fd.borrowed.changeMode(mode_t(mode & 0o7777))
             } else {
                 guard data.fileType != .symbolicLink else { throw .notSupported }
-                try withProcPath(data.fd.rawValue) { (path) throws(Errno) in try PathCalls.changeMode(path, mode_t(mode & 0o7777)) }
+                try withProcPath(of: data) { (path) throws(Errno) in try PathCalls.changeMode(path, mode_t(mode & 0o7777)) }
             }
         }
         if changes.uid != nil || changes.gid != nil {
-            try data.fd.borrowed.changeOwner(uid: changes.uid ?? UInt32.max, gid: changes.gid ?? UInt32.max)
+            try withPath(data) { (fd) throws(Errno) in try fd.changeOwner(uid: changes.uid ?? UInt32.max, gid: changes.gid ?? UInt32.max) }
         }
         if let size = changes.size {
             guard size <= UInt64(Int64.max) else { throw .invalidArgument }
@@ -144,7 +153,7 @@ extension PassthroughFileSystem {
                 try open.fd.borrowed.truncate(to: Int64(size))
             } else {
                 switch data.fileType {
-                case .regular: try withProcPath(data.fd.rawValue) { (path) throws(Errno) in try PathCalls.truncate(path, to: Int64(size)) }
+                case .regular: try withProcPath(of: data) { (path) throws(Errno) in try PathCalls.truncate(path, to: Int64(size)) }
                 case .directory: throw .isDirectory
                 default: throw .invalidArgument
                 }
@@ -159,7 +168,8 @@ extension PassthroughFileSystem {
                 case .to(let t): timespec(tv_sec: Int(t.seconds), tv_nsec: Int(t.nanoseconds))
                 }
             }
-            try data.fd.borrowed.setTimes((spec(changes.accessTime), spec(changes.modificationTime)))
+            let times = (spec(changes.accessTime), spec(changes.modificationTime))
+            try withPath(data) { (fd) throws(Errno) in try fd.setTimes(times) }
         }
         return try getattr(context, node: node, handle: nil)
     }
@@ -168,12 +178,12 @@ extension PassthroughFileSystem {
     /// (FUSE_HANDLE_KILLPRIV_V2: the daemon, being root, would otherwise keep them).
     func clearSetIDBits(_ data: InodeData) throws(Errno) {
         guard data.fileType == .regular else { return }
-        let mode = try data.fd.borrowed.stat().mode
+        let mode = try withPath(data) { (fd) throws(Errno) -> FileStat in try fd.stat() }.mode
         // S_ISUID, S_ISGID and S_IXGRP are fixed by the Linux ABI.
         var cleared = mode & ~UInt32(0o4000)
         if mode & 0o010 != 0 { cleared &= ~UInt32(0o2000) }
         if cleared != mode {
-            try withProcPath(data.fd.rawValue) { (path) throws(Errno) in try PathCalls.changeMode(path, mode_t(cleared & 0o7777)) }
+            try withProcPath(of: data) { (path) throws(Errno) in try PathCalls.changeMode(path, mode_t(cleared & 0o7777)) }
         }
     }
 
@@ -215,7 +225,7 @@ extension PassthroughFileSystem {
         guard options.xattr else { throw .noFunction }
         try checkWritable()
         let data = try self.node(node)
-        try withProcPath(data.fd.rawValue) { (path) throws(Errno) in
+        try withProcPath(of: data) { (path) throws(Errno) in
             try PathCalls.setExtendedAttribute(path, name.cString, value, flags: CInt(bitPattern: flags))
         }
     }
@@ -224,7 +234,7 @@ extension PassthroughFileSystem {
         guard options.xattr else { throw .noFunction }
         try checkWritable()
         let data = try self.node(node)
-        try withProcPath(data.fd.rawValue) { (path) throws(Errno) in
+        try withProcPath(of: data) { (path) throws(Errno) in
             try PathCalls.removeExtendedAttribute(path, name.cString)
         }
     }

@@ -6,6 +6,17 @@ import Glibc
 import Logging
 import VFSSystem
 
+/// How nodes are held (`--inode-file-handles`).
+public enum InodeFileHandles: String, Sendable {
+    /// Every node holds an `O_PATH` descriptor.
+    case never
+    /// Nodes hold a kernel file handle where the file system has them, else a descriptor: the number of open
+    /// descriptors stays bounded however many files the guest has looked up.
+    case prefer
+    /// Every node holds a file handle; a lookup on a file system without handles fails.
+    case mandatory
+}
+
 /// Options of the passthrough file system.
 public struct PassthroughOptions: Sendable {
     public var sharedDirectory: String
@@ -26,12 +37,16 @@ public struct PassthroughOptions: Sendable {
     public var killprivV2: Bool
     /// FUSE_WRITEBACK_CACHE (`--writeback`).
     public var writeback: Bool
+    /// `--inode-file-handles`.
+    public var inodeFileHandles: InodeFileHandles
 
     public init(
         sharedDirectory: String, cache: CachePolicy = .auto, xattr: Bool = false, readOnly: Bool = false,
         locks: Bool = true, allowDirectIO: Bool = false, preserveNoatime: Bool = false,
-        announceSubmounts: Bool = true, killprivV2: Bool = false, writeback: Bool = false
+        announceSubmounts: Bool = true, killprivV2: Bool = false, writeback: Bool = false,
+        inodeFileHandles: InodeFileHandles = .never
     ) {
+        self.inodeFileHandles = inodeFileHandles
         self.sharedDirectory = sharedDirectory
         self.cache = cache
         self.xattr = xattr
@@ -57,6 +72,7 @@ public final class PassthroughFileSystem: FileSystem {
     let procSelfFD: OwnedFD
     let logger: Logger
     let lockTable = LockTable()
+    let mounts = MountTable()
     /// Whether requests can run as their guest user (the daemon runs as root).
     let switchesCredentials: Bool
 
@@ -70,6 +86,10 @@ public final class PassthroughFileSystem: FileSystem {
         procSelfFD = try FileDescriptor.open("/proc/self/fd", flags: [.path, .directory])
         switchesCredentials = ThreadCredentials.effectiveUID == 0
         LockTable.installWakeSignal()
+        if options.inodeFileHandles != .never {
+            // The shared directory's mount, so that its files can be held by handle from the first lookup.
+            _ = try? holding(inodes.root.fd(), stat)
+        }
     }
 
     // MARK: Helpers
@@ -91,12 +111,53 @@ public final class PassthroughFileSystem: FileSystem {
                      attributeTimeout: options.cache.timeout, isSubmount: submount)
     }
 
-    /// Opens a node's file for I/O through `/proc/self/fd/N`. Symlinks are refused: following the magic link of
-    /// a symlink would resolve its target on the host.
+    /// Opens a node's file for I/O: through `/proc/self/fd/N`, or from its file handle. Symlinks are refused:
+    /// following the magic link of a symlink would resolve its target on the host.
     func reopen(_ data: InodeData, flags: CInt) throws(Errno) -> OwnedFD {
         guard data.fileType != .symbolicLink else { throw .tooManySymbolicLinks }
-        return try withDecimal(data.fd.rawValue) { (name) throws(Errno) -> OwnedFD in
+        if let handle = data.handle {
+            return try FileDescriptor(rawValue: data.mountFD).open(handle: handle, flags: OpenFlags(rawValue: flags))
+        }
+        return try withDecimal(data.descriptor) { (name) throws(Errno) -> OwnedFD in
             try procSelfFD.borrowed.open(name, flags: OpenFlags(rawValue: flags))
+        }
+    }
+
+    /// Runs `body` with an `O_PATH` descriptor of the node: its own, or one opened from its handle for the call.
+    func withPath<T: ~Copyable>(_ data: InodeData, _ body: (FileDescriptor) throws(Errno) -> T) throws(Errno) -> T {
+        if data.descriptor >= 0 { return try body(FileDescriptor(rawValue: data.descriptor)) }
+        let fd = try FileDescriptor(rawValue: data.mountFD).open(handle: data.handle!, flags: [.path, .noFollow])
+        return try body(fd.borrowed)
+    }
+
+    /// Runs `body` with `/proc/self/fd/N` of the node's file.
+    func withProcPath<T>(of data: InodeData, _ body: (UnsafePointer<CChar>) throws(Errno) -> T) throws(Errno) -> T {
+        try withPath(data) { (fd) throws(Errno) -> T in try withProcPath(fd.rawValue, body) }
+    }
+
+    /// Decides how a new node is held, per `--inode-file-handles`. A file on a mount not seen yet, that is not
+    /// itself a directory to open the mount by, keeps its descriptor (or fails, with `mandatory`).
+    func holding(_ fd: FileDescriptor, _ stat: FileStat) throws(Errno) -> NodeHolding {
+        guard options.inodeFileHandles != .never else { return .descriptor }
+        do throws(Errno) {
+            let handle = try fd.fileHandle()
+            let mountFD = try mounts.descriptor(for: handle.mountID) { () throws(Errno) -> OwnedFD in
+                guard stat.fileType == .directory else { throw .notSupported }
+                return try withDecimal(fd.rawValue) { (name) throws(Errno) -> OwnedFD in
+                    try procSelfFD.borrowed.open(name, flags: [.directory])
+                }
+            }
+            return .handle(handle, mountFD: mountFD)
+        } catch {
+            if options.inodeFileHandles == .mandatory { throw error }
+            return .descriptor
+        }
+    }
+
+    /// Adds one lookup to the node of a file just opened as `fd`.
+    func node(for fd: consuming OwnedFD, _ stat: FileStat) throws(Errno) -> InodeData {
+        try inodes.lookup(key: InodeKey(stat), fileType: stat.fileType, fd: fd) { (fd) throws(Errno) -> NodeHolding in
+            try holding(fd, stat)
         }
     }
 
@@ -151,14 +212,13 @@ public final class PassthroughFileSystem: FileSystem {
         // ".." of the shared directory is the shared directory: the guest cannot climb out of it.
         if isDot || (isDotDot && parent.nodeID == fuseRootID) {
             let found = isDot ? parent : inodes.root
-            let stat = try found.fd.borrowed.statx("")
-            let data = inodes.lookup(key: InodeKey(stat), fileType: stat.fileType, fd: try found.fd.borrowed.duplicate())
-            return entry(data, stat)
+            let fd = try withPath(found) { (fd) throws(Errno) -> OwnedFD in try fd.duplicate() }
+            let stat = try fd.borrowed.statx("")
+            return entry(try node(for: fd, stat), stat)
         }
-        let fd = try parent.fd.borrowed.open(name, flags: [.path, .noFollow])
+        let fd = try withPath(parent) { (dir) throws(Errno) -> OwnedFD in try dir.open(name, flags: [.path, .noFollow]) }
         let stat = try fd.borrowed.statx("")
-        let data = inodes.lookup(key: InodeKey(stat), fileType: stat.fileType, fd: fd)
-        return entry(data, stat, parent: parent)
+        return entry(try node(for: fd, stat), stat, parent: parent)
     }
 
     public func forget(_ context: RequestContext, node: UInt64, count: UInt64) {
@@ -170,7 +230,7 @@ public final class PassthroughFileSystem: FileSystem {
         if let handle, let open = handles.get(handle) {
             stat = try open.fd.borrowed.stat()
         } else {
-            stat = try self.node(node).fd.borrowed.stat()
+            stat = try withPath(try self.node(node)) { (fd) throws(Errno) -> FileStat in try fd.stat() }
         }
         return AttributeReply(attributes: stat, timeout: options.cache.timeout)
     }
@@ -178,7 +238,7 @@ public final class PassthroughFileSystem: FileSystem {
     public func readlink(_ context: RequestContext, node: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
         let data = try self.node(node)
         guard data.fileType == .symbolicLink else { throw .invalidArgument }
-        return try data.fd.borrowed.readLink(into: buffer)
+        return try withPath(data) { (fd) throws(Errno) -> Int in try fd.readLink(into: buffer) }
     }
 
     /// The flags a guest open may pass to the host: no creation, no controlling terminal, no following of
@@ -234,7 +294,7 @@ public final class PassthroughFileSystem: FileSystem {
     }
 
     public func statfs(_ context: RequestContext, node: UInt64) throws(Errno) -> FileSystemStats {
-        try self.node(node).fd.borrowed.fileSystemStats()
+        try withPath(try self.node(node)) { (fd) throws(Errno) -> FileSystemStats in try fd.fileSystemStats() }
     }
 
     public func opendir(_ context: RequestContext, node: UInt64, flags: UInt32) throws(Errno) -> OpenReply {
@@ -307,7 +367,7 @@ public final class PassthroughFileSystem: FileSystem {
     }
 
     public func access(_ context: RequestContext, node: UInt64, mask: UInt32) throws(Errno) {
-        let stat = try self.node(node).fd.borrowed.stat()
+        let stat = try withPath(try self.node(node)) { (fd) throws(Errno) -> FileStat in try fd.stat() }
         let wanted = mask & 7
         guard wanted != 0 else { return }  // F_OK: it exists
         let mode = stat.mode
@@ -330,7 +390,7 @@ public final class PassthroughFileSystem: FileSystem {
     public func getxattr(_ context: RequestContext, node: UInt64, name: FUSEName, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
         guard options.xattr else { throw .noFunction }
         let data = try self.node(node)
-        return try withProcPath(data.fd.rawValue) { (path) throws(Errno) -> Int in
+        return try withProcPath(of: data) { (path) throws(Errno) -> Int in
             try ExtendedAttributes.get(path: path, name: name.cString, into: buffer)
         }
     }
@@ -338,7 +398,7 @@ public final class PassthroughFileSystem: FileSystem {
     public func listxattr(_ context: RequestContext, node: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
         guard options.xattr else { throw .noFunction }
         let data = try self.node(node)
-        return try withProcPath(data.fd.rawValue) { (path) throws(Errno) -> Int in
+        return try withProcPath(of: data) { (path) throws(Errno) -> Int in
             try ExtendedAttributes.list(path: path, into: buffer)
         }
     }

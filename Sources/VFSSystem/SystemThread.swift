@@ -69,6 +69,24 @@ public enum ProcessSettings {
         return UInt64(current.rlim_cur)
     }
 
+    /// Sets the soft limit on open descriptors to `limit` (raising the hard limit too where allowed); returns the
+    /// limit now in force.
+    @discardableResult
+    public static func setOpenFileLimit(_ limit: UInt64) -> UInt64 {
+        var current = rlimit()
+        guard getrlimit(CInt(RLIMIT_NOFILE.rawValue), &current) == 0 else { return 0 }
+        var wanted = current
+        wanted.rlim_cur = rlim_t(limit)
+        if UInt64(wanted.rlim_max) < limit { wanted.rlim_max = rlim_t(limit) }
+        if setrlimit(CInt(RLIMIT_NOFILE.rawValue), &wanted) != 0 {
+            wanted.rlim_max = current.rlim_max
+            wanted.rlim_cur = rlim_t(min(limit, UInt64(current.rlim_max)))
+            _ = setrlimit(CInt(RLIMIT_NOFILE.rawValue), &wanted)
+        }
+        _ = getrlimit(CInt(RLIMIT_NOFILE.rawValue), &current)
+        return UInt64(current.rlim_cur)
+    }
+
     /// Exits the process at once with `status`.
     public static func exit(_ status: CInt) -> Never { Glibc.exit(status) }
 }

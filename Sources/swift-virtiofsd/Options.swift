@@ -54,10 +54,10 @@ struct DaemonOptions: ParsableArguments {
     @Flag(name: .customLong("security-label"), help: "Security labels on creation (not available yet: refused at start-up).")
     var securityLabel = false
 
-    @Option(name: .customLong("inode-file-handles"), help: "never | prefer | mandatory: hold inodes as file handles (only never is available yet; prefer falls back to it).")
+    @Option(name: .customLong("inode-file-handles"), help: "never | prefer | mandatory: hold the guest's inodes as kernel file handles instead of open descriptors (default never).")
     var inodeFileHandles: String = "never"
 
-    @Option(name: .customLong("rlimit-nofile"), help: "Raise the open-file limit to this (0: leave it).")
+    @Option(name: .customLong("rlimit-nofile"), help: "Set the open-file limit to this (0: leave it; default: up to 1,000,000).")
     var rlimitNofile: UInt64?
 
     @Flag(name: .customLong("print-capabilities"), help: "Print the vhost-user back-end capabilities as JSON and exit.")
@@ -92,7 +92,10 @@ struct Configuration {
     var preserveNoatime: Bool
     var killprivV2: Bool
     var announceSubmounts: Bool
+    var inodeFileHandles: InodeFileHandles
     var openFileLimit: UInt64
+    /// Set the open-file limit to exactly `openFileLimit` (it was given), rather than only raise it.
+    var exactOpenFileLimit: Bool
 
     enum Listen {
         case path(String)
@@ -173,9 +176,11 @@ struct Configuration {
         guard options.threadPoolSize >= 0 else { throw Invalid(description: "--thread-pool-size must not be negative") }
         guard !options.posixACL else { throw Invalid(description: "--posix-acl is not available in this version") }
         guard !options.securityLabel else { throw Invalid(description: "--security-label is not available in this version") }
+        let inodeFileHandles: InodeFileHandles
         switch options.inodeFileHandles {
-        case "never", "prefer", "fallback": break
-        case "mandatory": throw Invalid(description: "--inode-file-handles=mandatory is not available in this version")
+        case "never": inodeFileHandles = .never
+        case "prefer", "fallback": inodeFileHandles = .prefer  // fallback: virtiofsd's older spelling
+        case "mandatory": inodeFileHandles = .mandatory
         default: throw Invalid(description: "--inode-file-handles takes never, prefer or mandatory")
         }
         self.readOnly = readOnly
@@ -185,11 +190,13 @@ struct Configuration {
         self.preserveNoatime = options.preserveNoatime
         self.killprivV2 = killprivV2
         self.announceSubmounts = announceSubmounts
+        self.inodeFileHandles = inodeFileHandles
         self.sharedDirectory = sharedDirectory
         self.cache = cache
         self.xattr = xattr
         self.readdirplus = readdirplus && cache.allowsReaddirplus
         self.threadPoolSize = options.threadPoolSize
         self.openFileLimit = options.rlimitNofile ?? 1_000_000
+        self.exactOpenFileLimit = options.rlimitNofile != nil
     }
 }

@@ -67,7 +67,10 @@ struct Daemon {
             try? ThreadCredentials.clearSupplementaryGroups()
         }
         if config.openFileLimit > 0 {
-            ProcessSettings.raiseOpenFileLimit(to: config.openFileLimit)
+            let limit = config.exactOpenFileLimit
+                ? ProcessSettings.setOpenFileLimit(config.openFileLimit)
+                : ProcessSettings.raiseOpenFileLimit(to: config.openFileLimit)
+            logger.debug("open-file limit: \(limit)")
         }
         let fileSystem: PassthroughFileSystem
         do {
@@ -76,7 +79,8 @@ struct Daemon {
                     sharedDirectory: config.sharedDirectory, cache: config.cache, xattr: config.xattr,
                     readOnly: config.readOnly, locks: config.locks, allowDirectIO: config.allowDirectIO,
                     preserveNoatime: config.preserveNoatime, announceSubmounts: config.announceSubmounts,
-                    killprivV2: config.killprivV2, writeback: config.writeback),
+                    killprivV2: config.killprivV2, writeback: config.writeback,
+                    inodeFileHandles: config.inodeFileHandles),
                 logger: logger)
         } catch {
             logger.error("cannot open shared directory \(config.sharedDirectory): \(error)")

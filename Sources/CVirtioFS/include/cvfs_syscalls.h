@@ -79,6 +79,16 @@ extern const unsigned int CVFS_RENAME_NOREPLACE;
 extern const unsigned int CVFS_RENAME_EXCHANGE;
 extern const unsigned int CVFS_RENAME_WHITEOUT;
 
+/// A `struct file_handle` with room for the largest handle (MAX_HANDLE_SZ bytes), as a plain value.
+typedef struct {
+    unsigned char bytes[8 + 128];
+} cvfs_file_handle;
+
+/// name_to_handle_at(2) into `handle`; `*mount_id` receives the mount id.
+int cvfs_name_to_handle_at(int dirfd, const char *path, cvfs_file_handle *handle, int *mount_id, int flags);
+/// open_by_handle_at(2): needs CAP_DAC_READ_SEARCH; `mount_fd` is any descriptor on the handle's mount.
+int cvfs_open_by_handle_at(int mount_fd, const cvfs_file_handle *handle, int flags);
+
 /// Thread id of the caller (gettid(2)).
 pid_t cvfs_gettid(void);
 

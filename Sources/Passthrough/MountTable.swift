@@ -1,0 +1,28 @@
+// SPDX-License-Identifier: Apache-2.0
+
+import Synchronization
+import VFSSystem
+
+/// One descriptor per host mount that file handles were taken on, for open_by_handle_at (which takes no
+/// `O_PATH` descriptor: these are directories opened for reading). Kept for the life of the file system;
+/// nodes keep the raw number, so no request looks this table up.
+final class MountTable: Sendable {
+    final class Mount: Sendable {
+        let fd: OwnedFD
+        init(fd: consuming OwnedFD) { self.fd = fd }
+    }
+
+    private let mounts = Mutex<[Int32: Mount]>([:])
+
+    /// The descriptor for `mountID`; the first time, `open` makes one (a directory on that mount, opened for
+    /// reading), and may fail when the file at hand is not a directory.
+    func descriptor(for mountID: Int32, open: () throws(Errno) -> OwnedFD) throws(Errno) -> CInt {
+        if let known = mounts.withLock({ $0[mountID]?.fd.rawValue }) { return known }
+        let mount = Mount(fd: try open())
+        return mounts.withLock { mounts in
+            if let raced = mounts[mountID] { return raced.fd.rawValue }
+            mounts[mountID] = mount
+            return mount.fd.rawValue
+        }
+    }
+}
