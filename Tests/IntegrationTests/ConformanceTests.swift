@@ -15,6 +15,7 @@ struct ConformanceTests {
     @Test("every case observes on the mount what it observes on local ext4", arguments: [
         ["--kernel", "6.12"],
         ["--kernel", "6.1", "--cpus", "1"],
+        ["--kernel", "6.12", "--inode-file-handles=prefer"],
     ])
     func suiteMatchesLocal(options: [String]) throws {
         let result = try run(["\(repositoryRoot)/qemu/conformance/run", "--backend", backend] + options)
