@@ -5,6 +5,7 @@
 #include "cvfs_vhost_user.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <sys/sysmacros.h>
 #include <string.h>
@@ -88,6 +89,8 @@ int cvfs_name_to_handle_at(int dirfd, const char *path, cvfs_file_handle *handle
 int cvfs_open_by_handle_at(int mount_fd, const cvfs_file_handle *handle, int flags) {
     return open_by_handle_at(mount_fd, (struct file_handle *)handle->bytes, flags);
 }
+
+int cvfs_unshare_fs(void) { return unshare(CLONE_FS); }
 
 pid_t cvfs_gettid(void) { return (pid_t)syscall(SYS_gettid); }
 

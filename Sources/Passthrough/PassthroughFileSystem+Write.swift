@@ -16,6 +16,20 @@ extension PassthroughFileSystem {
         return try body()
     }
 
+    /// Creates as the guest user, with the guest's umask: applied by the host kernel on this thread when POSIX
+    /// ACLs are on (so that a parent's default ACL replaces it, as locally), or here otherwise (where the guest
+    /// kernel has applied it already and `umask` is 0).
+    func creating<T: ~Copyable>(
+        _ context: RequestContext, mode: UInt32, umask: UInt32, _ body: (mode_t) throws(Errno) -> T
+    ) throws(Errno) -> T {
+        guard options.posixACL else {
+            return try asGuestUser(context) { () throws(Errno) -> T in try body(mode_t(mode & ~umask & 0o7777)) }
+        }
+        let previous = try ThreadCredentials.setThreadUmask(mode_t(umask & 0o777))
+        defer { _ = try? ThreadCredentials.setThreadUmask(previous) }
+        return try asGuestUser(context) { () throws(Errno) -> T in try body(mode_t(mode & 0o7777)) }
+    }
+
     /// The parent directory of a creating request, after the checks every such request shares.
     func creationParent(_ parent: UInt64, _ name: FUSEName) throws(Errno) -> InodeData {
         try checkWritable()
@@ -50,7 +64,10 @@ extension PassthroughFileSystem {
     public func mknod(_ context: RequestContext, parent: UInt64, name: FUSEName, mode: UInt32, device: UInt32, umask: UInt32) throws(Errno) -> Entry {
         let dir = try creationParent(parent, name)
         try withPath(dir) { (fd) throws(Errno) in
-            try asGuestUser(context) { () throws(Errno) in try fd.makeNode(name.cString, mode: mode & ~umask, device: dev_t(device)) }
+            // `creating` keeps the permission bits; the file-type bits go back on for mknod.
+            try creating(context, mode: mode, umask: umask) { (m) throws(Errno) in
+                try fd.makeNode(name.cString, mode: m | (mode & 0o170000), device: dev_t(device))
+            }
         }
         return try lookupEntry(dir, name.cString, isDotDot: false, isDot: false)
     }
@@ -58,7 +75,7 @@ extension PassthroughFileSystem {
     public func mkdir(_ context: RequestContext, parent: UInt64, name: FUSEName, mode: UInt32, umask: UInt32) throws(Errno) -> Entry {
         let dir = try creationParent(parent, name)
         try withPath(dir) { (fd) throws(Errno) in
-            try asGuestUser(context) { () throws(Errno) in try fd.makeDirectory(name.cString, mode: mode & ~umask) }
+            try creating(context, mode: mode, umask: umask) { (m) throws(Errno) in try fd.makeDirectory(name.cString, mode: m) }
         }
         return try lookupEntry(dir, name.cString, isDotDot: false, isDot: false)
     }
@@ -112,8 +129,8 @@ extension PassthroughFileSystem {
         var hostFlags = hostOpenFlags(flags) | O_CREAT | CVFS_O_NOFOLLOW
         if CInt(bitPattern: flags) & O_EXCL != 0 { hostFlags |= O_EXCL }
         let fd = try withPath(dir) { (dirFD) throws(Errno) -> OwnedFD in
-            try asGuestUser(context) { () throws(Errno) -> OwnedFD in
-                try dirFD.open(name.cString, flags: OpenFlags(rawValue: hostFlags), mode: mode_t(mode & ~umask & 0o7777))
+            try creating(context, mode: mode, umask: umask) { (m) throws(Errno) -> OwnedFD in
+                try dirFD.open(name.cString, flags: OpenFlags(rawValue: hostFlags), mode: m)
             }
         }
         return try register(created: fd, parent: dir)
@@ -125,8 +142,8 @@ extension PassthroughFileSystem {
         guard dir.fileType == .directory else { throw .notDirectory }
         let hostFlags = hostOpenFlags(flags) | CVFS_O_TMPFILE
         let fd = try withPath(dir) { (dirFD) throws(Errno) -> OwnedFD in
-            try asGuestUser(context) { () throws(Errno) -> OwnedFD in
-                try dirFD.open(".", flags: OpenFlags(rawValue: hostFlags), mode: mode_t(mode & ~umask & 0o7777))
+            try creating(context, mode: mode, umask: umask) { (m) throws(Errno) -> OwnedFD in
+                try dirFD.open(".", flags: OpenFlags(rawValue: hostFlags), mode: m)
             }
         }
         return try register(created: fd, parent: dir)
@@ -227,6 +244,13 @@ extension PassthroughFileSystem {
         let data = try self.node(node)
         try withProcPath(of: data) { (path) throws(Errno) in
             try PathCalls.setExtendedAttribute(path, name.cString, value, flags: CInt(bitPattern: flags))
+        }
+        // Setting an access ACL: the guest kernel found that the set-group-id bit must go, as it would locally.
+        if killSGID {
+            let mode = try withPath(data) { (fd) throws(Errno) -> FileStat in try fd.stat() }.mode
+            if mode & 0o2000 != 0 {
+                try withProcPath(of: data) { (path) throws(Errno) in try PathCalls.changeMode(path, mode_t(mode & 0o5777)) }
+            }
         }
     }
 

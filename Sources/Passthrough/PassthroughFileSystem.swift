@@ -39,17 +39,21 @@ public struct PassthroughOptions: Sendable {
     public var writeback: Bool
     /// `--inode-file-handles`.
     public var inodeFileHandles: InodeFileHandles
+    /// POSIX ACLs (`--posix-acl`): the guest kernel applies them and sends the umask (DONT_MASK), which the
+    /// host kernel then applies, or a parent's default ACL instead, as on a local file system. Implies xattr.
+    public var posixACL: Bool
 
     public init(
         sharedDirectory: String, cache: CachePolicy = .auto, xattr: Bool = false, readOnly: Bool = false,
         locks: Bool = true, allowDirectIO: Bool = false, preserveNoatime: Bool = false,
         announceSubmounts: Bool = true, killprivV2: Bool = false, writeback: Bool = false,
-        inodeFileHandles: InodeFileHandles = .never
+        inodeFileHandles: InodeFileHandles = .never, posixACL: Bool = false
     ) {
         self.inodeFileHandles = inodeFileHandles
+        self.posixACL = posixACL
         self.sharedDirectory = sharedDirectory
         self.cache = cache
-        self.xattr = xattr
+        self.xattr = xattr || posixACL
         self.readOnly = readOnly
         self.locks = locks
         self.allowDirectIO = allowDirectIO
@@ -191,6 +195,14 @@ public final class PassthroughFileSystem: FileSystem {
         if options.announceSubmounts { flags.insert(.submounts) }
         if options.killprivV2 { flags.insert(.handleKillprivV2) }
         if options.writeback { flags.insert(.writebackCache) }
+        if options.posixACL {
+            let needed: FUSEInitFlags = [.posixACL, .dontMask, .setxattrExtended]
+            guard request.flags.isSuperset(of: needed) else {
+                logger.error("--posix-acl needs POSIX_ACL, DONT_MASK and SETXATTR_EXT, which this guest kernel does not offer")
+                throw .protocolError
+            }
+            flags.formUnion(needed)
+        }
         return flags
     }
 

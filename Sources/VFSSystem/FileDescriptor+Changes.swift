@@ -170,6 +170,14 @@ public enum ThreadCredentials {
     }
 }
 
+extension ThreadCredentials {
+    /// Sets the calling thread's own umask (after giving it its own fs state); returns the previous mask.
+    public static func setThreadUmask(_ mask: mode_t) throws(Errno) -> mode_t {
+        try nothingOrErrno { cvfs_unshare_fs() }
+        return umask(mask)
+    }
+}
+
 extension ProcessSettings {
     /// Sets the process's file-creation mask; returns the previous one.
     @discardableResult

@@ -48,7 +48,7 @@ struct DaemonOptions: ParsableArguments {
     @Flag(name: [.customLong("announce-submounts")], inversion: .prefixedNo, help: "Give each host submount its own device in the guest (default on).")
     var announceSubmounts = true
 
-    @Flag(name: .customLong("posix-acl"), help: "POSIX ACLs (not available yet: refused at start-up).")
+    @Flag(name: .customLong("posix-acl"), help: "POSIX ACLs, applied by the guest kernel (implies --xattr; the guest must offer POSIX_ACL, DONT_MASK and SETXATTR_EXT).")
     var posixACL = false
 
     @Flag(name: .customLong("security-label"), help: "Security labels on creation (not available yet: refused at start-up).")
@@ -93,6 +93,7 @@ struct Configuration {
     var killprivV2: Bool
     var announceSubmounts: Bool
     var inodeFileHandles: InodeFileHandles
+    var posixACL: Bool
     var openFileLimit: UInt64
     /// Set the open-file limit to exactly `openFileLimit` (it was given), rather than only raise it.
     var exactOpenFileLimit: Bool
@@ -118,6 +119,7 @@ struct Configuration {
         var killprivV2 = options.killprivV2
         var announceSubmounts = options.announceSubmounts
         var allowDirectIO = options.allowDirectIO
+        var posixACL = options.posixACL
         for group in options.compat {
             for item in group.split(separator: ",").map(String.init) {
                 let parts = item.split(separator: "=", maxSplits: 1).map(String.init)
@@ -131,6 +133,8 @@ struct Configuration {
                 case ("no_readdirplus", nil): readdirplus = false
                 case ("log_level", let level?): logLevelText = level
                 case ("readonly", nil): readOnly = true
+                case ("posix_acl", nil): posixACL = true
+                case ("no_posix_acl", nil): posixACL = false
                 case ("writeback", nil): writeback = true
                 case ("no_writeback", nil): writeback = false
                 case ("killpriv_v2", nil): killprivV2 = true
@@ -174,7 +178,7 @@ struct Configuration {
         default: throw Invalid(description: "--log-level takes error, warn, info, debug, trace or off")
         }
         guard options.threadPoolSize >= 0 else { throw Invalid(description: "--thread-pool-size must not be negative") }
-        guard !options.posixACL else { throw Invalid(description: "--posix-acl is not available in this version") }
+
         guard !options.securityLabel else { throw Invalid(description: "--security-label is not available in this version") }
         let inodeFileHandles: InodeFileHandles
         switch options.inodeFileHandles {
@@ -191,6 +195,7 @@ struct Configuration {
         self.killprivV2 = killprivV2
         self.announceSubmounts = announceSubmounts
         self.inodeFileHandles = inodeFileHandles
+        self.posixACL = posixACL
         self.sharedDirectory = sharedDirectory
         self.cache = cache
         self.xattr = xattr

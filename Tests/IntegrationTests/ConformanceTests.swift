@@ -7,7 +7,7 @@ import Testing
 let conformanceCases = [
     "files", "directories", "errors", "rename", "links", "unlink_open", "truncate", "sparse", "append", "mmap",
     "tmpfile", "attributes", "special_files", "permissions", "setuid_cleared", "locks", "build_like", "xattr",
-    "cross_mount", "host_lock", "readonly",
+    "acl", "cross_mount", "host_lock", "readonly",
 ]
 
 @Suite("POSIX conformance in a guest, against a local file system", .serialized, .enabled(if: guestsCanRun, "needs qemu-system-x86_64"))

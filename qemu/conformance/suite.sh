@@ -161,6 +161,7 @@ case_build_like() {
 # Cases that need a set-up the runner makes: --xattr, a tmpfs mounted at DIR/submount, a host process holding
 # locks on DIR/held (posixcheck hold), and a read-only share.
 case_xattr() { posixcheck xattr ./file; }
+case_acl() { posixcheck acl .; }
 case_cross_mount() { posixcheck xdev ./file "$root/submount/file"; }
 case_host_lock() { posixcheck probe "$root/held"; }
 # On a read-only share (DIR holds a file "existing"): every change fails, reading works.
