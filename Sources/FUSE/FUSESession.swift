@@ -113,15 +113,13 @@ public final class FUSESession<FS: FileSystem> {
         return UInt32(cursor.written)
     }
 
-    /// READ: the host file is read straight into the guest's buffers after the out header.
-    func read(_ context: RequestContext, _ reader: inout ByteReader, writable: UnsafeMutableBufferPointer<iovec>, writableLength: Int) throws(Errno) -> UInt32 {
-        guard let input = reader.read(fuse_read_in.self) else { throw .invalidArgument }
-        let wanted = min(Int(input.size), writableLength - Self.headerSize, Int(server.options.maxWrite))
-        // The data buffers: the writable buffers minus the first 16 bytes, cut at `wanted` bytes.
-        var skip = Self.headerSize
+    /// The guest's data buffers for READ or WRITE, as `iovec`s in the session's scratch list: `buffers` without
+    /// their first `skip` bytes (the headers), cut at `wanted` bytes or at the list's capacity.
+    func dataBuffers(_ buffers: UnsafeBufferPointer<iovec>, skipping skip: Int, upTo wanted: Int) -> (UnsafeBufferPointer<iovec>, Int) {
+        var skip = skip
         var count = 0
         var length = 0
-        for v in writable where length < wanted {
+        for v in buffers where length < wanted && count < dataVectors.count {
             var base = v.iov_base!
             var size = v.iov_len
             if skip > 0 {
@@ -131,13 +129,20 @@ public final class FUSESession<FS: FileSystem> {
                 size -= s
             }
             guard size > 0 else { continue }
-            guard count < dataVectors.count else { break }
             let take = min(size, wanted - length)
             dataVectors[count] = iovec(iov_base: base, iov_len: take)
             count += 1
             length += take
         }
-        let destination = ReadDestination(buffers: UnsafeBufferPointer(rebasing: dataVectors[0..<count]), length: length)
+        return (UnsafeBufferPointer(rebasing: dataVectors[0..<count]), length)
+    }
+
+    /// READ: the host file is read straight into the guest's buffers after the out header.
+    func read(_ context: RequestContext, _ reader: inout ByteReader, writable: UnsafeMutableBufferPointer<iovec>, writableLength: Int) throws(Errno) -> UInt32 {
+        guard let input = reader.read(fuse_read_in.self) else { throw .invalidArgument }
+        let wanted = min(Int(input.size), writableLength - Self.headerSize, Int(server.options.maxWrite))
+        let (buffers, length) = dataBuffers(UnsafeBufferPointer(writable), skipping: Self.headerSize, upTo: wanted)
+        let destination = ReadDestination(buffers: buffers, length: length)
         let n = try server.fileSystem.read(context, node: context.nodeID, handle: input.fh, offset: input.offset, into: destination)
         var header = fuse_out_header(len: UInt32(Self.headerSize + n), error: 0, unique: context.unique)
         var cursor = WriteCursor(writable)
@@ -149,28 +154,11 @@ public final class FUSESession<FS: FileSystem> {
     func write(_ context: RequestContext, _ reader: inout ByteReader, readable: UnsafeBufferPointer<iovec>, into reply: inout ReplyBuilder) throws(Errno) {
         guard let input = reader.read(fuse_write_in.self) else { throw .invalidArgument }
         guard input.size <= server.options.maxWrite else { throw .invalidArgument }
-        var skip = MemoryLayout<fuse_in_header>.size + MemoryLayout<fuse_write_in>.size
-        var count = 0
-        var length = 0
         let wanted = Int(input.size)
-        for v in readable where length < wanted {
-            var base = v.iov_base!
-            var size = v.iov_len
-            if skip > 0 {
-                let s = min(skip, size)
-                skip -= s
-                base += s
-                size -= s
-            }
-            guard size > 0 else { continue }
-            guard count < dataVectors.count else { throw .invalidArgument }
-            let take = min(size, wanted - length)
-            dataVectors[count] = iovec(iov_base: base, iov_len: take)
-            count += 1
-            length += take
-        }
+        let (buffers, length) = dataBuffers(
+            readable, skipping: MemoryLayout<fuse_in_header>.size + MemoryLayout<fuse_write_in>.size, upTo: wanted)
         guard length == wanted else { throw .invalidArgument }
-        let source = WriteSource(buffers: UnsafeBufferPointer(rebasing: dataVectors[0..<count]), length: length)
+        let source = WriteSource(buffers: buffers, length: length)
         let killSetID = input.write_flags & UInt32(FUSE_WRITE_KILL_SUIDGID) != 0
         let n = try server.fileSystem.write(context, node: context.nodeID, handle: input.fh, offset: input.offset, from: source, killSetIDBits: killSetID)
         reply.append(fuse_write_out(size: UInt32(n), padding: 0))

@@ -46,6 +46,15 @@ final class FakeFileSystem: FileSystem {
         }
     }
 
+    let written = Mutex<[UInt8]>([])
+
+    func write(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, from source: WriteSource, killSetIDBits: Bool) throws(Errno) -> Int {
+        var data: [UInt8] = []
+        for v in source.buffers { data += UnsafeRawBufferPointer(start: v.iov_base, count: v.iov_len) }
+        written.withLock { $0 = data }
+        return data.count
+    }
+
     func getxattr(_ context: RequestContext, node: UInt64, name: FUSEName, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
         let value = Array("value".utf8)
         if buffer.isEmpty { return value.count }
@@ -190,6 +199,26 @@ struct FUSESessionTests {
         let (w2, r2) = Frame(request: frame(.read, node: 42, bytes(input)), replySegments: [1024, 4096]).run(session)
         #expect(w2 == 16 + 1000 && outHeader(r2).len == 1016)
         #expect(r2[16] == 10 && r2[1015] == UInt8(truncatingIfNeeded: 10 + 999))
+    }
+
+    @Test("WRITE hands the data after its arguments to the file system, and refuses data shorter than its size")
+    func write() {
+        let (session, fs) = initializedSession()
+        var input = fuse_write_in()
+        input.fh = 3
+        input.size = 1000
+        let data = (0..<1000).map { UInt8(truncatingIfNeeded: $0 * 7) }
+        let (written, reply) = Frame(request: frame(.write, node: 42, bytes(input) + data), replySegments: [16, 8]).run(session)
+        #expect(written == 24 && outHeader(reply).error == 0)
+        #expect(payload(reply, as: fuse_write_out.self).size == 1000)
+        #expect(fs.written.withLock { $0 } == data)
+
+        input.size = 2000  // claims more than the frame carries
+        let (_, short) = Frame(request: frame(.write, node: 42, bytes(input) + data), replySegments: [24]).run(session)
+        #expect(outHeader(short).error == -Errno.invalidArgument.rawValue)
+        input.size = (1 << 20) + 1  // over max_write
+        let (_, big) = Frame(request: frame(.write, node: 42, bytes(input)), replySegments: [24]).run(session)
+        #expect(outHeader(big).error == -Errno.invalidArgument.rawValue)
     }
 
     @Test("READDIR encodes padded fuse_dirents and stops at the requested size")
