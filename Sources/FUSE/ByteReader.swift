@@ -21,6 +21,13 @@ struct ByteReader {
         return value
     }
 
+    /// Skips `count` bytes; nil when there are fewer.
+    mutating func read(bytes count: Int) -> UnsafeRawBufferPointer? {
+        guard count >= 0, remainingCount >= count else { return nil }
+        defer { offset += count }
+        return UnsafeRawBufferPointer(rebasing: bytes[offset..<offset + count])
+    }
+
     /// Reads a NUL-terminated name; nil when there is no NUL before the end.
     mutating func readName() -> FUSEName? {
         let rest = remaining

@@ -53,6 +53,14 @@ public enum FUSEOpcode: UInt32, Sendable, CaseIterable {
     case tmpfile = 51
     case statx = 52
 
+    /// Requests that make a new file, which may carry a security context.
+    public var createsNode: Bool {
+        switch self {
+        case .create, .mknod, .mkdir, .symlink, .tmpfile: true
+        default: false
+        }
+    }
+
     /// Requests the guest does not expect an answer to.
     public var hasReply: Bool {
         switch self {

@@ -62,7 +62,11 @@ public final class FUSESession<FS: FileSystem> {
             server.logger.warning("FUSE request \(header.unique): no room for a reply; dropped")
             return 0
         }
-        let context = RequestContext(unique: header.unique, nodeID: header.nodeid, uid: header.uid, gid: header.gid, pid: header.pid)
+        var context = RequestContext(unique: header.unique, nodeID: header.nodeid, uid: header.uid, gid: header.gid, pid: header.pid)
+        if header.total_extlen > 0, let opcode, opcode.createsNode, server.flags.contains(.securityContext) {
+            let extensions = UnsafeRawBufferPointer(rebasing: requestStorage[max(MemoryLayout<fuse_in_header>.size, declared)..<min(gathered, Int(header.len))])
+            context.securityContext = Self.securityContext(in: extensions)
+        }
         var reply = ReplyBuilder(storage: replyStorage, limit: writableLength - Self.headerSize)
         var status: Errno?
         do throws(Errno) {
@@ -86,6 +90,24 @@ public final class FUSESession<FS: FileSystem> {
             status = error == .tooManyOpenFiles ? .tooManyOpenFilesInSystem : error
         }
         return finish(unique: header.unique, error: status, payload: status == nil ? reply.bytes : UnsafeRawBufferPointer(start: nil, count: 0), into: writable)
+    }
+
+    /// The first security context among a request's extensions (`fuse_secctx_header`, then `fuse_secctx`,
+    /// name and value), or nil when there is none or it is malformed.
+    static func securityContext(in extensions: UnsafeRawBufferPointer) -> SecurityContext? {
+        var reader = ByteReader(extensions)
+        while let header = reader.read(fuse_ext_header.self) {
+            let size = Int(header.size)
+            guard size >= MemoryLayout<fuse_ext_header>.size, size - MemoryLayout<fuse_ext_header>.size <= reader.remainingCount else { return nil }
+            var body = ByteReader(UnsafeRawBufferPointer(rebasing: reader.remaining.prefix(size - MemoryLayout<fuse_ext_header>.size)))
+            // Extension types 0...FUSE_MAX_NR_SECCTX are a fuse_secctx_header: the type is the context count.
+            if header.type >= 1, header.type <= UInt32(FUSE_MAX_NR_SECCTX.rawValue),
+               let item = body.read(fuse_secctx.self), let name = body.readName(), body.remainingCount >= Int(item.size) {
+                return SecurityContext(name: name.bytes, value: UnsafeRawBufferPointer(rebasing: body.remaining.prefix(Int(item.size))))
+            }
+            _ = reader.read(bytes: size - MemoryLayout<fuse_ext_header>.size)
+        }
+        return nil
     }
 
     /// Copies the first `limit` request bytes out of guest memory (once: the guest may change them meanwhile).

@@ -6,6 +6,25 @@ import VFSSystem
 /// The node id of the root directory (`FUSE_ROOT_ID`).
 public let fuseRootID: UInt64 = 1
 
+/// A security label the guest wants on a file it creates (FUSE_SECURITY_CTX): an xattr name and its value.
+/// Valid only during the request.
+public struct SecurityContext: @unchecked Sendable, Equatable {
+    public let name: UnsafeRawBufferPointer
+    public let value: UnsafeRawBufferPointer
+
+    public init(name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) {
+        self.name = name
+        self.value = value
+    }
+
+    /// The name as a C string (it is NUL-terminated in the request).
+    public var nameCString: UnsafePointer<CChar> { name.baseAddress!.assumingMemoryBound(to: CChar.self) }
+
+    public static func == (a: SecurityContext, b: SecurityContext) -> Bool {
+        a.name.elementsEqual(b.name) && a.value.elementsEqual(b.value)
+    }
+}
+
 /// Who sent a request, from its `fuse_in_header`.
 public struct RequestContext: Sendable, Equatable {
     public var unique: UInt64
@@ -13,6 +32,8 @@ public struct RequestContext: Sendable, Equatable {
     public var uid: UInt32
     public var gid: UInt32
     public var pid: UInt32
+    /// The label for what a creating request makes, when the guest sent one.
+    public var securityContext: SecurityContext?
 
     public init(unique: UInt64 = 0, nodeID: UInt64 = 0, uid: UInt32 = 0, gid: UInt32 = 0, pid: UInt32 = 0) {
         self.unique = unique

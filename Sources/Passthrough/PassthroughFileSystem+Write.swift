@@ -52,8 +52,36 @@ extension PassthroughFileSystem {
         }
     }
 
+    /// Gives a new file the security label the guest sent with its creation (`--security-label`). The label is
+    /// set just after the file is made: if it cannot be set, the request fails and the file stays, unlabelled.
+    /// Symlinks are not labelled (their xattrs cannot be reached through `/proc/self/fd`).
+    func label(_ path: UnsafePointer<CChar>, _ context: RequestContext) throws(Errno) {
+        guard options.securityLabel, let label = context.securityContext else { return }
+        try PathCalls.setExtendedAttribute(path, label.nameCString, label.value, flags: 0)
+    }
+
+    /// Labels a node just looked up after its creation.
+    func label(_ entry: Entry, _ context: RequestContext) throws(Errno) {
+        guard options.securityLabel, context.securityContext != nil, let data = inodes.get(entry.nodeID),
+              data.fileType != .symbolicLink
+        else { return }
+        try withProcPath(of: data) { (path) throws(Errno) in try label(path, context) }
+    }
+
+    /// Labels `entry` (see `label`) and returns it; on failure its lookup is given back.
+    func labelled(_ entry: Entry, _ context: RequestContext) throws(Errno) -> Entry {
+        do throws(Errno) {
+            try label(entry, context)
+        } catch {
+            inodes.forget(entry.nodeID, count: 1)
+            throw error
+        }
+        return entry
+    }
+
     /// Registers a file just created through `fd` as a node, and `fd` as a handle.
-    func register(created fd: consuming OwnedFD, parent: InodeData) throws(Errno) -> (Entry, OpenReply) {
+    func register(created fd: consuming OwnedFD, parent: InodeData, context: RequestContext) throws(Errno) -> (Entry, OpenReply) {
+        try withProcPath(fd.rawValue) { (path) throws(Errno) in try label(path, context) }
         let path = try pathDescriptor(of: fd)
         let stat = try path.borrowed.statx("")
         let data = try node(for: path, stat)
@@ -69,7 +97,7 @@ extension PassthroughFileSystem {
                 try fd.makeNode(name.cString, mode: m | (mode & 0o170000), device: dev_t(device))
             }
         }
-        return try lookupEntry(dir, name.cString, isDotDot: false, isDot: false)
+        return try labelled(lookupEntry(dir, name.cString, isDotDot: false, isDot: false), context)
     }
 
     public func mkdir(_ context: RequestContext, parent: UInt64, name: FUSEName, mode: UInt32, umask: UInt32) throws(Errno) -> Entry {
@@ -77,7 +105,7 @@ extension PassthroughFileSystem {
         try withPath(dir) { (fd) throws(Errno) in
             try creating(context, mode: mode, umask: umask) { (m) throws(Errno) in try fd.makeDirectory(name.cString, mode: m) }
         }
-        return try lookupEntry(dir, name.cString, isDotDot: false, isDot: false)
+        return try labelled(lookupEntry(dir, name.cString, isDotDot: false, isDot: false), context)
     }
 
     public func symlink(_ context: RequestContext, parent: UInt64, name: FUSEName, target: FUSEName) throws(Errno) -> Entry {
@@ -133,7 +161,7 @@ extension PassthroughFileSystem {
                 try dirFD.open(name.cString, flags: OpenFlags(rawValue: hostFlags), mode: m)
             }
         }
-        return try register(created: fd, parent: dir)
+        return try register(created: fd, parent: dir, context: context)
     }
 
     public func tmpfile(_ context: RequestContext, parent: UInt64, flags: UInt32, mode: UInt32, umask: UInt32) throws(Errno) -> (Entry, OpenReply) {
@@ -146,7 +174,7 @@ extension PassthroughFileSystem {
                 try dirFD.open(".", flags: OpenFlags(rawValue: hostFlags), mode: m)
             }
         }
-        return try register(created: fd, parent: dir)
+        return try register(created: fd, parent: dir, context: context)
     }
 
     public func setattr(_ context: RequestContext, node: UInt64, changes: AttributeChanges) throws(Errno) -> AttributeReply {

@@ -42,18 +42,21 @@ public struct PassthroughOptions: Sendable {
     /// POSIX ACLs (`--posix-acl`): the guest kernel applies them and sends the umask (DONT_MASK), which the
     /// host kernel then applies, or a parent's default ACL instead, as on a local file system. Implies xattr.
     public var posixACL: Bool
+    /// Security labels on creation (`--security-label`, FUSE_SECURITY_CTX).
+    public var securityLabel: Bool
 
     public init(
         sharedDirectory: String, cache: CachePolicy = .auto, xattr: Bool = false, readOnly: Bool = false,
         locks: Bool = true, allowDirectIO: Bool = false, preserveNoatime: Bool = false,
         announceSubmounts: Bool = true, killprivV2: Bool = false, writeback: Bool = false,
-        inodeFileHandles: InodeFileHandles = .never, posixACL: Bool = false
+        inodeFileHandles: InodeFileHandles = .never, posixACL: Bool = false, securityLabel: Bool = false
     ) {
+        self.securityLabel = securityLabel
         self.inodeFileHandles = inodeFileHandles
         self.posixACL = posixACL
         self.sharedDirectory = sharedDirectory
         self.cache = cache
-        self.xattr = xattr || posixACL
+        self.xattr = xattr || posixACL || securityLabel
         self.readOnly = readOnly
         self.locks = locks
         self.allowDirectIO = allowDirectIO
@@ -195,6 +198,13 @@ public final class PassthroughFileSystem: FileSystem {
         if options.announceSubmounts { flags.insert(.submounts) }
         if options.killprivV2 { flags.insert(.handleKillprivV2) }
         if options.writeback { flags.insert(.writebackCache) }
+        if options.securityLabel {
+            guard request.flags.contains(.securityContext) else {
+                logger.error("--security-label needs FUSE_SECURITY_CTX, which this guest kernel does not offer")
+                throw .protocolError
+            }
+            flags.insert(.securityContext)
+        }
         if options.posixACL {
             let needed: FUSEInitFlags = [.posixACL, .dontMask, .setxattrExtended]
             guard request.flags.isSuperset(of: needed) else {

@@ -51,7 +51,7 @@ struct DaemonOptions: ParsableArguments {
     @Flag(name: .customLong("posix-acl"), help: "POSIX ACLs, applied by the guest kernel (implies --xattr; the guest must offer POSIX_ACL, DONT_MASK and SETXATTR_EXT).")
     var posixACL = false
 
-    @Flag(name: .customLong("security-label"), help: "Security labels on creation (not available yet: refused at start-up).")
+    @Flag(name: .customLong("security-label"), help: "Label new files with the security context the guest sends (FUSE_SECURITY_CTX; implies --xattr).")
     var securityLabel = false
 
     @Option(name: .customLong("inode-file-handles"), help: "never | prefer | mandatory: hold the guest's inodes as kernel file handles instead of open descriptors (default never).")
@@ -94,6 +94,7 @@ struct Configuration {
     var announceSubmounts: Bool
     var inodeFileHandles: InodeFileHandles
     var posixACL: Bool
+    var securityLabel: Bool
     var openFileLimit: UInt64
     /// Set the open-file limit to exactly `openFileLimit` (it was given), rather than only raise it.
     var exactOpenFileLimit: Bool
@@ -179,7 +180,7 @@ struct Configuration {
         }
         guard options.threadPoolSize >= 0 else { throw Invalid(description: "--thread-pool-size must not be negative") }
 
-        guard !options.securityLabel else { throw Invalid(description: "--security-label is not available in this version") }
+
         let inodeFileHandles: InodeFileHandles
         switch options.inodeFileHandles {
         case "never": inodeFileHandles = .never
@@ -196,6 +197,7 @@ struct Configuration {
         self.announceSubmounts = announceSubmounts
         self.inodeFileHandles = inodeFileHandles
         self.posixACL = posixACL
+        self.securityLabel = options.securityLabel
         self.sharedDirectory = sharedDirectory
         self.cache = cache
         self.xattr = xattr

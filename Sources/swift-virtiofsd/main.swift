@@ -80,7 +80,8 @@ struct Daemon {
                     readOnly: config.readOnly, locks: config.locks, allowDirectIO: config.allowDirectIO,
                     preserveNoatime: config.preserveNoatime, announceSubmounts: config.announceSubmounts,
                     killprivV2: config.killprivV2, writeback: config.writeback,
-                    inodeFileHandles: config.inodeFileHandles, posixACL: config.posixACL),
+                    inodeFileHandles: config.inodeFileHandles, posixACL: config.posixACL,
+                    securityLabel: config.securityLabel),
                 logger: logger)
         } catch {
             logger.error("cannot open shared directory \(config.sharedDirectory): \(error)")
