@@ -11,6 +11,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "swift-virtiofsd", targets: ["swift-virtiofsd"]),
+        .executable(name: "swift-virtiofsd-bench", targets: ["swift-virtiofsd-bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -79,6 +80,14 @@ let package = Package(
                 "VFSSystem", "VhostUser", "FUSE", "Passthrough", "VirtioFSDevice",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // The host-side load generator: plays the VMM and the guest against a back-end, no QEMU in the way.
+        .executableTarget(
+            name: "swift-virtiofsd-bench",
+            dependencies: [
+                "CVirtioFS", "VFSSystem", "GuestMemory", "VhostUser", "VirtqueueDriver", "FUSE",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         // Builds real split rings in test memory (the driver's side), for tests and the load generator.
