@@ -118,10 +118,11 @@ final class VringWorker: @unchecked Sendable {
         if thread != nil { _ = stopAndJoin() }
     }
 
-    /// What runs on the worker thread. Everything in it belongs to that thread alone.
+    /// What runs on the worker thread. Everything in it belongs to that thread alone, so its mutable state
+    /// opts out of dynamic exclusivity checks, which would otherwise run on every request.
     private final class WorkerBody: @unchecked Sendable {
         let index: Int
-        var queue: SplitQueue
+        @exclusivity(unchecked) var queue: SplitQueue
         let addresses: VringAddresses
         let kick: OwnedFD
         let stop: CInt
@@ -131,8 +132,8 @@ final class VringWorker: @unchecked Sendable {
         let completions: DeferredCompletions
         let logger: Logger
         let chain: DescriptorChain
-        var memoryGeneration: UInt64 = 0
-        var broken = false
+        @exclusivity(unchecked) var memoryGeneration: UInt64 = 0
+        @exclusivity(unchecked) var broken = false
 
         init(
             index: Int, queue: SplitQueue, addresses: VringAddresses, kick: CInt, stop: CInt, wake: CInt,

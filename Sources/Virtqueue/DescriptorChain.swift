@@ -4,21 +4,24 @@ import CVirtioFS
 
 /// The buffers of one descriptor chain, split into the device-readable and device-writable parts, as host
 /// `iovec`s into guest memory. One instance is allocated per queue worker and reused for every request.
+///
+/// Only its worker thread ever touches an instance, so its counters opt out of dynamic exclusivity checks
+/// (`@exclusivity(unchecked)`): on the request path those checks cost more than the counting itself.
 public final class DescriptorChain {
     /// Device-readable buffers, in chain order.
     public let readable: UnsafeMutableBufferPointer<iovec>
     /// Device-writable buffers, in chain order.
     public let writable: UnsafeMutableBufferPointer<iovec>
     /// How many of `readable` are in use.
-    public internal(set) var readableCount = 0
+    @exclusivity(unchecked) public internal(set) var readableCount = 0
     /// How many of `writable` are in use.
-    public internal(set) var writableCount = 0
+    @exclusivity(unchecked) public internal(set) var writableCount = 0
     /// Total bytes of the readable buffers.
-    public internal(set) var readableLength: UInt64 = 0
+    @exclusivity(unchecked) public internal(set) var readableLength: UInt64 = 0
     /// Total bytes of the writable buffers.
-    public internal(set) var writableLength: UInt64 = 0
+    @exclusivity(unchecked) public internal(set) var writableLength: UInt64 = 0
     /// The head descriptor index, which goes back into the used ring.
-    public internal(set) var head: UInt16 = 0
+    @exclusivity(unchecked) public internal(set) var head: UInt16 = 0
 
     /// Room for `capacity` buffers on each side.
     public init(capacity: Int) {

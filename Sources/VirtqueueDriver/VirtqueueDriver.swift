@@ -165,6 +165,33 @@ public final class VirtqueueDriver {
         return id
     }
 
+    /// Fast path for a load generator: publishes a fixed pair of descriptors `2 * slot` and `2 * slot + 1`
+    /// (a readable request and a writable reply) without allocating. Do not mix with `makeChain` on one queue.
+    public func publishPair(slot: Int, request: GuestAddress, requestLength: UInt32, reply: GuestAddress, replyLength: UInt32) -> UInt16 {
+        let head = UInt16(2 * slot)
+        if replyLength > 0 {
+            setDescriptor(index: head, address: request.rawValue, length: requestLength, flags: 1, next: head + 1)
+            setDescriptor(index: head + 1, address: reply.rawValue, length: replyLength, flags: 2, next: 0)
+        } else {
+            setDescriptor(index: head, address: request.rawValue, length: requestLength, flags: 0, next: 0)
+        }
+        publish(head)
+        return head
+    }
+
+    /// Calls `body` with each completion published since the last call, without allocating (pairs only).
+    public func drainUsed(_ body: (Completion) -> Void) {
+        let end = usedIndex
+        while lastUsed != end {
+            let slot = UInt64(lastUsed & (size - 1))
+            let p = pointer(GuestAddress(usedAddress + 4 + 8 * slot))
+            let head = UInt16(truncatingIfNeeded: UInt32(littleEndian: p.loadUnaligned(as: UInt32.self)))
+            let length = UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 4, as: UInt32.self))
+            lastUsed &+= 1
+            body(Completion(head: head, length: length))
+        }
+    }
+
     /// Makes `head` available to the device: writes the ring slot, then publishes avail.idx (release).
     public func publish(_ head: UInt16) {
         let slot = UInt64(availableIndex & (size - 1))
