@@ -8,8 +8,13 @@ public final class HandleData: Sendable {
     public let fd: OwnedFD
     /// Serialises READDIR on one directory handle: its position is shared state.
     let directoryLock = Mutex(())
+    /// The node whose version is recorded when this handle, open for writing, is released (`--cache auto`).
+    let writer: InodeData?
 
-    init(fd: consuming OwnedFD) { self.fd = fd }
+    init(fd: consuming OwnedFD, writer: InodeData? = nil) {
+        self.fd = fd
+        self.writer = writer
+    }
 }
 
 /// Open handles, sharded by handle number. A handle number is never a raw descriptor, so the guest cannot
@@ -35,9 +40,9 @@ public final class HandleTable: Sendable {
         shards = (0..<Self.shardCount).map { _ in ShardBox() }
     }
 
-    /// Stores an open descriptor and returns its handle number.
-    public func insert(_ fd: consuming OwnedFD) -> UInt64 {
-        let data = HandleData(fd: fd)
+    /// Stores an open descriptor and returns its handle number; `writer` is the node of a file opened for writing.
+    public func insert(_ fd: consuming OwnedFD, writer: InodeData? = nil) -> UInt64 {
+        let data = HandleData(fd: fd, writer: writer)
         let shardIndex = nextShard.wrappingAdd(1, ordering: .relaxed).oldValue & Self.shardMask
         return shards[Int(shardIndex)].state.withLock { shard in
             let handle = shard.nextCounter << Self.shardBits | shardIndex
@@ -53,10 +58,10 @@ public final class HandleTable: Sendable {
         shards[Int(handle & Self.shardMask)].state.withLock { $0.handles[handle] }
     }
 
-    /// Removes a handle; its descriptor is closed once no request uses it.
+    /// Removes a handle and returns it; its descriptor is closed once no request uses it.
     @discardableResult
-    public func remove(_ handle: UInt64) -> Bool {
-        shards[Int(handle & Self.shardMask)].state.withLock { $0.handles.removeValue(forKey: handle) != nil }
+    public func remove(_ handle: UInt64) -> HandleData? {
+        shards[Int(handle & Self.shardMask)].state.withLock { $0.handles.removeValue(forKey: handle) }
     }
 
     public func clear() {

@@ -34,6 +34,9 @@ public final class InodeData: Sendable {
     let handle: KernelFileHandle?
     /// A descriptor on the handle's mount (owned by the file system's mount table), for open_by_handle_at.
     let mountFD: CInt
+    /// What the file looked like when the guest last had it open (`--cache auto`): if it still looks the same
+    /// at the next open, the guest may keep its page cache.
+    let lastSeen = Mutex<FileVersion?>(nil)
 
     init(nodeID: UInt64, key: InodeKey, fileType: FileType, fd: consuming OwnedFD) {
         self.nodeID = nodeID
@@ -61,6 +64,19 @@ public final class InodeData: Sendable {
 
     deinit {
         if descriptor >= 0 { _ = OwnedFD(taking: descriptor) }
+    }
+}
+
+/// The parts of a file's attributes that change whenever its data does.
+public struct FileVersion: Equatable, Sendable {
+    public var size: Int64
+    public var modificationTime: FileTime
+    public var changeTime: FileTime
+
+    public init(_ stat: FileStat) {
+        size = stat.size
+        modificationTime = stat.modificationTime
+        changeTime = stat.changeTime
     }
 }
 

@@ -85,7 +85,7 @@ extension PassthroughFileSystem {
         let path = try pathDescriptor(of: fd)
         let stat = try path.borrowed.statx("")
         let data = try node(for: path, stat)
-        let handle = handles.insert(fd)
+        let handle = handles.insert(fd, writer: options.cache == .auto ? data : nil)
         return (entry(data, stat, parent: parent), OpenReply(handle: handle, flags: options.cache.fileOpenFlags))
     }
 

@@ -292,7 +292,19 @@ public final class PassthroughFileSystem: FileSystem {
         guard data.fileType != .directory || accessMode == O_RDONLY else { throw .isDirectory }
         if accessMode != O_RDONLY || CInt(bitPattern: flags) & O_TRUNC != 0 { try checkWritable() }
         let fd = try reopen(data, flags: hostOpenFlags(flags))
-        return OpenReply(handle: handles.insert(fd), flags: options.cache.fileOpenFlags)
+        let writing = accessMode != O_RDONLY
+        var openFlags = options.cache.fileOpenFlags
+        if options.cache == .auto && data.fileType == .regular {
+            // Close-to-open, without re-reading what did not change: the guest keeps its page cache when the
+            // file is as it was at the guest's last open or last write (size, mtime and ctime, to the ns).
+            let now = FileVersion(try fd.borrowed.stat())
+            let unchanged = data.lastSeen.withLock { seen in
+                defer { seen = now }
+                return seen == now
+            }
+            if unchanged { openFlags.insert(.keepCache) }
+        }
+        return OpenReply(handle: handles.insert(fd, writer: writing && options.cache == .auto ? data : nil), flags: openFlags)
     }
 
     public func read(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, into destination: ReadDestination) throws(Errno) -> Int {
@@ -312,7 +324,11 @@ public final class PassthroughFileSystem: FileSystem {
         if flags & 2 != 0, let open = handles.get(handle) {  // FUSE_RELEASE_FLOCK_UNLOCK
             try? open.fd.borrowed.flock(LOCK_UN)
         }
-        handles.remove(handle)
+        if let released = handles.remove(handle), let node = released.writer,
+           let stat = try? released.fd.borrowed.stat() {
+            // The guest's own writes are in its cache already: what it wrote is the version it knows.
+            node.lastSeen.withLock { $0 = FileVersion(stat) }
+        }
     }
 
     public func statfs(_ context: RequestContext, node: UInt64) throws(Errno) -> FileSystemStats {

@@ -1,0 +1,36 @@
+// SPDX-License-Identifier: Apache-2.0
+
+import Foundation
+import Testing
+
+@Suite("Cache consistency", .serialized, .enabled(if: guestsCanRun, "needs qemu-system-x86_64"))
+struct CacheTests {
+    /// The guest reads a file, the host rewrites it with other bytes of the same size, the guest reads again.
+    static let script = """
+        cat /mnt/data; cat /mnt/data > /dev/null
+        touch /mnt/ready
+        i=0; while [ ! -e /mnt/done ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+        cat /mnt/data
+        """
+
+    @Test("a file changed on the host is read fresh at the next open, whatever the guest cached", arguments: ["auto", "never", "metadata"])
+    func hostChangeSeen(cache: String) throws {
+        let dir = NSTemporaryDirectory() + "cache-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try "first version\n".write(toFile: dir + "/data", atomically: false, encoding: .utf8)
+        // The host's side: once the guest has read, rewrite the file in place, same size, other bytes.
+        let writer = Thread {
+            for _ in 0..<1200 where !FileManager.default.fileExists(atPath: dir + "/ready") { usleep(50_000) }
+            if let handle = FileHandle(forWritingAtPath: dir + "/data") {
+                handle.write("other version\n".data(using: .utf8)!)
+                try? handle.close()
+            }
+            _ = FileManager.default.createFile(atPath: dir + "/done", contents: nil)
+        }
+        writer.start()
+        let result = try runGuest(dir, ["--cache", cache], Self.script)
+        #expect(result.status == 0, "\(result.errors)")
+        #expect(result.output == "first version\nother version\n", "\(result.output)")
+    }
+}
