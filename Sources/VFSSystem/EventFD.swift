@@ -23,6 +23,17 @@ public struct EventFD: ~Copyable, Sendable {
     @discardableResult
     public func drain() -> UInt64 { EventFD.drain(fd.borrowed) }
 
+    /// A blocking counter in semaphore mode: each read takes one (a job queue's "work available").
+    public static func semaphore() throws(Errno) -> OwnedFD {
+        OwnedFD(taking: try valueOrErrno { eventfd(0, CInt(EFD_CLOEXEC | EFD_SEMAPHORE)) })
+    }
+
+    /// Blocks until the semaphore eventfd `fd` is above zero, and takes one.
+    public static func waitSemaphore(_ fd: FileDescriptor) {
+        var value: UInt64 = 0
+        while Glibc.read(fd.rawValue, &value, 8) < 0 && errno == EINTR {}
+    }
+
     /// Adds one to the counter of the eventfd `fd`.
     public static func signal(_ fd: FileDescriptor) {
         var one: UInt64 = 1

@@ -13,9 +13,12 @@ public final class VirtioFSBackend<FS: FileSystem>: VhostUserBackend {
 
     public let server: FUSEServer<FS>
     let logger: Logger
+    /// Pool threads per request queue (`--thread-pool-size`); 0 serves requests on the queue's own thread.
+    let threadPoolSize: Int
 
-    public init(server: FUSEServer<FS>, logger: Logger) {
+    public init(server: FUSEServer<FS>, threadPoolSize: Int = 0, logger: Logger) {
         self.server = server
+        self.threadPoolSize = threadPoolSize
         self.logger = logger
     }
 
@@ -24,9 +27,19 @@ public final class VirtioFSBackend<FS: FileSystem>: VhostUserBackend {
     public var deviceFeatures: UInt64 { 0 }
 
     public func makeRequestHandler(queue index: Int, completions: DeferredCompletions) -> any VringRequestHandler {
-        QueueHandler(session: FUSESession(server: server) { token, length in
+        let session = FUSESession(server: server) { token, length in
             completions.complete(head: UInt16(truncatingIfNeeded: token), length: length)
-        })
+        }
+        // The hiprio queue (0) carries only FORGETs: it never needs a pool.
+        var pool: RequestPool<FS>? = nil
+        if threadPoolSize > 0 && index > 0 {
+            do {
+                pool = try RequestPool(size: threadPoolSize, server: server, completions: completions, logger: logger, queue: index)
+            } catch {
+                logger.error("queue \(index): cannot start the thread pool (\(error)); serving requests inline")
+            }
+        }
+        return QueueHandler(session: session, pool: pool)
     }
 
     public func reset() {
@@ -37,11 +50,16 @@ public final class VirtioFSBackend<FS: FileSystem>: VhostUserBackend {
     /// writable ones receive the reply.
     final class QueueHandler: VringRequestHandler {
         let session: FUSESession<FS>
+        let pool: RequestPool<FS>?
 
-        init(session: FUSESession<FS>) { self.session = session }
+        init(session: FUSESession<FS>, pool: RequestPool<FS>?) {
+            self.session = session
+            self.pool = pool
+        }
 
         func handle(_ chain: DescriptorChain) -> UInt32? {
-            session.handle(readable: chain.readableBuffers, writable: chain.writableBuffers, token: UInt64(chain.head))
+            if let pool, pool.submit(chain) { return nil }
+            return session.handle(readable: chain.readableBuffers, writable: chain.writableBuffers, token: UInt64(chain.head))
         }
     }
 }

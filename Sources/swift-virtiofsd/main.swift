@@ -87,12 +87,9 @@ struct Daemon {
             logger.error("cannot open shared directory \(config.sharedDirectory): \(error)")
             return 1
         }
-        if config.threadPoolSize > 0 {
-            logger.notice("--thread-pool-size \(config.threadPoolSize): requests are served on their queue's thread in this version")
-        }
         let server = FUSEServer(
             fileSystem: fileSystem, options: FUSEServerOptions(readdirplus: config.readdirplus), logger: logger)
-        let backend = VirtioFSBackend(server: server, logger: logger)
+        let backend = VirtioFSBackend(server: server, threadPoolSize: config.threadPoolSize, logger: logger)
 
         let connection: VhostUserConnection
         do {

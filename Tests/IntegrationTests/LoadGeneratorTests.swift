@@ -8,9 +8,13 @@ let loadGenerator = URL(fileURLWithPath: backend).deletingLastPathComponent().ap
 
 @Suite("The host-side load generator against the back-end", .serialized)
 struct LoadGeneratorTests {
-    @Test("every operation of the plan completes without an error, on one queue and on two", arguments: [1, 2])
-    func everyOperation(queues: Int) throws {
-        let result = try run([loadGenerator, "--backend", backend, "--scale", "0.01", "--depth", "8", "--queues", "\(queues)"])
+    @Test("every operation of the plan completes without an error: one queue, two, and with a thread pool",
+          arguments: [(1, 0), (2, 0), (1, 2), (2, 2)])
+    func everyOperation(queues: Int, pool: Int) throws {
+        let result = try run([
+            loadGenerator, "--backend", "\(backend) --thread-pool-size \(pool)", "--scale", "0.01", "--depth", "8",
+            "--queues", "\(queues)",
+        ])
         #expect(result.status == 0, "\(result.errors)")
         let rows = result.output.split(separator: "\n").filter { $0.hasPrefix("| ") && !$0.hasPrefix("| operation") }
         for operation in ["getattr", "lookup", "readdirplus", "read-4k", "read-1m", "write-1m", "create-release-unlink"] {
