@@ -391,6 +391,24 @@ static int cmd_xdev(const char *from, const char *to) {
     return 0;
 }
 
+// Random 4 KiB reads for the cache benchmark: posixcheck randread FILE COUNT SEED (prints nothing).
+static int cmd_randread(const char *file, long count, unsigned long seed) {
+    int fd = open(file, O_RDONLY);
+    if (fd < 0) { perror("randread"); return 1; }
+    struct stat st;
+    fstat(fd, &st);
+    long blocks = st.st_size / 4096;
+    if (blocks < 1) return 1;
+    char buf[4096];
+    unsigned long x = seed | 1;
+    for (long i = 0; i < count; i++) {
+        x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+        if (pread(fd, buf, sizeof buf, (off_t)(x % blocks) * 4096) < 0) { perror("pread"); return 1; }
+    }
+    close(fd);
+    return 0;
+}
+
 // Runs a command as another user: posixcheck asuser UID GID command...
 static int cmd_asuser(int argc, char **argv) {
     uid_t uid = atoi(argv[2]);
@@ -417,6 +435,7 @@ int main(int argc, char **argv) {
     if (argc >= 5 && !strcmp(argv[1], "asuser")) return cmd_asuser(argc, argv);
     if (argc >= 3 && !strcmp(argv[1], "xattr")) return cmd_xattr(argv[2]);
     if (argc >= 3 && !strcmp(argv[1], "acl")) return cmd_acl(argv[2]);
+    if (argc >= 5 && !strcmp(argv[1], "randread")) return cmd_randread(argv[2], atol(argv[3]), strtoul(argv[4], NULL, 10));
     if (argc >= 4 && !strcmp(argv[1], "xdev")) return cmd_xdev(argv[2], argv[3]);
     fprintf(stderr, "usage: posixcheck errors|rename2|unlinked|sparse|append N|mmap|tmpfile|times|locks|probe|hold|xattr DIR-or-FILE\n"
                     "       posixcheck xdev FILE FILE-ON-ANOTHER-MOUNT\n"
