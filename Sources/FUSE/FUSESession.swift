@@ -264,12 +264,7 @@ public final class FUSESession<FS: FileSystem> {
         case .getattr:
             guard let input = reader.read(fuse_getattr_in.self) else { throw .invalidArgument }
             let handle: UInt64? = input.getattr_flags & UInt32(FUSE_GETATTR_FH) != 0 ? input.fh : nil
-            let attributes = try fs.getattr(context, node: node, handle: handle)
-            var out = fuse_attr_out()
-            out.attr_valid = attributes.timeout.seconds
-            out.attr_valid_nsec = attributes.timeout.nanoseconds
-            out.attr = FUSEEncoding.attr(attributes.attributes)
-            reply.append(out)
+            reply.append(FUSEEncoding.attrOut(try fs.getattr(context, node: node, handle: handle)))
         case .readlink:
             let buffer = reply.unused(upTo: 4096)
             let n = try fs.readlink(context, node: node, into: buffer)
@@ -347,12 +342,7 @@ public final class FUSESession<FS: FileSystem> {
                 accessTime: time(UInt32(FATTR_ATIME), UInt32(FATTR_ATIME_NOW), input.atime, input.atimensec),
                 modificationTime: time(UInt32(FATTR_MTIME), UInt32(FATTR_MTIME_NOW), input.mtime, input.mtimensec),
                 killSetIDBits: valid & UInt32(FATTR_KILL_SUIDGID) != 0)
-            let attributes = try fs.setattr(context, node: node, changes: changes)
-            var out = fuse_attr_out()
-            out.attr_valid = attributes.timeout.seconds
-            out.attr_valid_nsec = attributes.timeout.nanoseconds
-            out.attr = FUSEEncoding.attr(attributes.attributes)
-            reply.append(out)
+            reply.append(FUSEEncoding.attrOut(try fs.setattr(context, node: node, changes: changes)))
         case .mknod:
             guard let input = reader.read(fuse_mknod_in.self), let name = reader.readName() else { throw .invalidArgument }
             let entry = try fs.mknod(context, parent: node, name: name, mode: input.mode, device: input.rdev, umask: umask(input.umask))
@@ -465,6 +455,15 @@ enum FUSEEncoding {
         a.rdev = UInt32(truncatingIfNeeded: s.specialDevice)
         a.blksize = UInt32(truncatingIfNeeded: s.blockSize)
         return a
+    }
+
+    /// The reply of GETATTR and SETATTR.
+    static func attrOut(_ reply: AttributeReply) -> fuse_attr_out {
+        var out = fuse_attr_out()
+        out.attr_valid = reply.timeout.seconds
+        out.attr_valid_nsec = reply.timeout.nanoseconds
+        out.attr = attr(reply.attributes)
+        return out
     }
 
     static func entryOut(_ entry: Entry) -> fuse_entry_out {

@@ -221,15 +221,9 @@ public final class VirtqueueDriver {
     /// Reads the completions published since the last call and frees their descriptors.
     public func takeUsed() -> [Completion] {
         var result: [Completion] = []
-        let end = usedIndex
-        while lastUsed != end {
-            let slot = UInt64(lastUsed & (size - 1))
-            let p = pointer(GuestAddress(usedAddress + 4 + 8 * slot))
-            let head = UInt16(truncatingIfNeeded: UInt32(littleEndian: p.loadUnaligned(as: UInt32.self)))
-            let length = UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 4, as: UInt32.self))
-            result.append(Completion(head: head, length: length))
-            if let ids = chains.removeValue(forKey: head) { freeDescriptors.append(contentsOf: ids.reversed()) }
-            lastUsed &+= 1
+        drainUsed { completion in
+            result.append(completion)
+            if let ids = chains.removeValue(forKey: completion.head) { freeDescriptors.append(contentsOf: ids.reversed()) }
         }
         return result
     }
