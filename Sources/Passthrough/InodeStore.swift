@@ -167,6 +167,17 @@ public final class InodeStore: Sendable {
         return try result.get()
     }
 
+    /// Adds one lookup to the node for `key` if the guest holds it already; nil otherwise.
+    public func lookupExisting(key: InodeKey) -> InodeData? {
+        if key == root.key { return root }
+        return shards[Self.shard(of: key)].state.withLock { shard in
+            guard let id = shard.byKey[key], var node = shard.byID[id] else { return nil }
+            node.lookups += 1
+            shard.byID[id] = node
+            return node.data
+        }
+    }
+
     /// Subtracts `count` lookups; the node goes away (and its fd is closed once unused) at zero.
     public func forget(_ nodeID: UInt64, count: UInt64) {
         guard nodeID != fuseRootID else { return }

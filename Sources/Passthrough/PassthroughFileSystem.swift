@@ -238,9 +238,16 @@ public final class PassthroughFileSystem: FileSystem {
             let stat = try fd.borrowed.statx("")
             return entry(try node(for: fd, stat), stat)
         }
-        let fd = try withPath(parent) { (dir) throws(Errno) -> OwnedFD in try dir.open(name, flags: [.path, .noFollow]) }
-        let stat = try fd.borrowed.statx("")
-        return entry(try node(for: fd, stat), stat, parent: parent)
+        return try withPath(parent) { (dir) throws(Errno) -> Entry in
+            // A node the guest holds already is found by its identity: one statx, no descriptor opened.
+            let seen = try dir.statx(name)
+            if let known = inodes.lookupExisting(key: InodeKey(seen)) {
+                return entry(known, seen, parent: parent)
+            }
+            let fd = try dir.open(name, flags: [.path, .noFollow])
+            let stat = try fd.borrowed.statx("")
+            return entry(try node(for: fd, stat), stat, parent: parent)
+        }
     }
 
     public func forget(_ context: RequestContext, node: UInt64, count: UInt64) {
