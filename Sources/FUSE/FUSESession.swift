@@ -127,12 +127,18 @@ public final class FUSESession<FS: FileSystem> {
 
     /// Writes the out header and `payload` into the guest's buffers; returns the bytes written.
     func finish(unique: UInt64, error: Errno?, payload: UnsafeRawBufferPointer, into writable: UnsafeMutableBufferPointer<iovec>) -> UInt32 {
-        let length = Self.headerSize + payload.count
+        var cursor = Self.writeHeader(into: writable, length: Self.headerSize + payload.count, error: error, unique: unique)
+        cursor.write(payload)
+        return UInt32(cursor.written)
+    }
+
+    /// Writes a `fuse_out_header` announcing `length` reply bytes at the start of the guest's buffers; the
+    /// returned cursor continues after it. Every reply, inline, zero-copy or deferred, starts here.
+    static func writeHeader(into writable: UnsafeMutableBufferPointer<iovec>, length: Int, error: Errno?, unique: UInt64) -> WriteCursor {
         var header = fuse_out_header(len: UInt32(length), error: -(error?.rawValue ?? 0), unique: unique)
         var cursor = WriteCursor(writable)
         withUnsafeBytes(of: &header) { cursor.write($0) }
-        cursor.write(payload)
-        return UInt32(cursor.written)
+        return cursor
     }
 
     /// The guest's data buffers for READ or WRITE, as `iovec`s in the session's scratch list: `buffers` without
@@ -166,9 +172,7 @@ public final class FUSESession<FS: FileSystem> {
         let (buffers, length) = dataBuffers(UnsafeBufferPointer(writable), skipping: Self.headerSize, upTo: wanted)
         let destination = ReadDestination(buffers: buffers, length: length)
         let n = try server.fileSystem.read(context, node: context.nodeID, handle: input.fh, offset: input.offset, into: destination)
-        var header = fuse_out_header(len: UInt32(Self.headerSize + n), error: 0, unique: context.unique)
-        var cursor = WriteCursor(writable)
-        withUnsafeBytes(of: &header) { cursor.write($0) }
+        _ = Self.writeHeader(into: writable, length: Self.headerSize + n, error: nil, unique: context.unique)
         return UInt32(Self.headerSize + n)
     }
 
@@ -202,18 +206,15 @@ public final class FUSESession<FS: FileSystem> {
         let flock = input.lk_flags & UInt32(FUSE_LK_FLOCK) != 0
         do {
             try SystemThread.detached(name: "lock-wait") {
-                var status: CInt = 0
+                var status: Errno? = nil
                 do throws(Errno) {
                     try fs.setlk(context, node: context.nodeID, handle: input.fh, owner: input.owner, lock: lock, flock: flock, wait: true)
                 } catch {
-                    status = error.rawValue
+                    status = error
                 }
-                var header = fuse_out_header(len: UInt32(Self.headerSize), error: -status, unique: context.unique)
                 var copy = buffers.writable
                 let written = copy.withUnsafeMutableBufferPointer { vectors in
-                    var cursor = WriteCursor(vectors)
-                    withUnsafeBytes(of: &header) { cursor.write($0) }
-                    return cursor.written
+                    Self.writeHeader(into: vectors, length: Self.headerSize, error: status, unique: context.unique).written
                 }
                 complete(token, UInt32(written))
             }

@@ -104,6 +104,14 @@ public final class InodeStore: Sendable {
         var byID: [UInt64: Node] = [:]
         var byKey: [InodeKey: UInt64] = [:]
         var nextCounter: UInt64 = 1
+
+        /// Adds one lookup to the node for `key`, if this shard holds it.
+        mutating func addLookup(_ key: InodeKey) -> InodeData? {
+            guard let id = byKey[key], var node = byID[id] else { return nil }
+            node.lookups += 1
+            byID[id] = node
+            return node.data
+        }
     }
 
     final class ShardBox: Sendable {
@@ -145,11 +153,7 @@ public final class InodeStore: Sendable {
         let shardIndex = Self.shard(of: key)
         var pending: OwnedFD? = fd
         let result = shards[shardIndex].state.withLock { shard -> Result<InodeData, Errno> in
-            if let id = shard.byKey[key], var node = shard.byID[id] {
-                node.lookups += 1
-                shard.byID[id] = node
-                return .success(node.data)
-            }
+            if let known = shard.addLookup(key) { return .success(known) }
             let id = shard.nextCounter << Self.shardBits | UInt64(shardIndex)
             let data: InodeData
             let fd = pending.take()!
@@ -170,12 +174,7 @@ public final class InodeStore: Sendable {
     /// Adds one lookup to the node for `key` if the guest holds it already; nil otherwise.
     public func lookupExisting(key: InodeKey) -> InodeData? {
         if key == root.key { return root }
-        return shards[Self.shard(of: key)].state.withLock { shard in
-            guard let id = shard.byKey[key], var node = shard.byID[id] else { return nil }
-            node.lookups += 1
-            shard.byID[id] = node
-            return node.data
-        }
+        return shards[Self.shard(of: key)].state.withLock { $0.addLookup(key) }
     }
 
     /// Subtracts `count` lookups; the node goes away (and its fd is closed once unused) at zero.

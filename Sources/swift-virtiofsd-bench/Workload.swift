@@ -177,7 +177,7 @@ final class QueueLoad: @unchecked Sendable {
 
         func issue(_ slot: Int) {
             unique += 1
-            let bytes: [UInt8]
+            let frame: [UInt8]
             let replyLength: Int
             var trailing = 0
             switch operation {
@@ -197,29 +197,29 @@ final class QueueLoad: @unchecked Sendable {
                 started[slot] = monotonicNanoseconds()
                 return
             case .lookup:
-                bytes = request(.lookup, unique: unique, node: fuseRootID, Array("file".utf8) + [0])
+                frame = request(.lookup, unique: unique, node: fuseRootID, Array("file".utf8) + [0])
                 replyLength = 16 + MemoryLayout<fuse_entry_out>.size
             case .readdirplus:
                 var input = fuse_read_in()
                 input.fh = fixture.dirHandle
                 input.size = 4096
-                bytes = request(.readdirplus, unique: unique, node: fixture.dir, Workload.bytes(input))
+                frame = request(.readdirplus, unique: unique, node: fixture.dir, bytes(input))
                 replyLength = 16 + 4096
             case .read1m:
                 var input = fuse_read_in()
                 input.fh = fixture.bigHandle
                 input.size = UInt32(operation.dataBytes)
                 input.offset = (next() % UInt64(Fixture.bigSize / operation.dataBytes)) * UInt64(operation.dataBytes)
-                bytes = request(.read, unique: unique, node: fixture.big, Workload.bytes(input))
+                frame = request(.read, unique: unique, node: fixture.big, bytes(input))
                 replyLength = 16 + operation.dataBytes
             case .write1m:
                 var input = fuse_write_in()
                 input.fh = fixture.targetHandle
                 input.size = UInt32(operation.dataBytes)
                 input.offset = (next() % UInt64(Fixture.bigSize / operation.dataBytes)) * UInt64(operation.dataBytes)
-                var header = request(.write, unique: unique, node: fixture.target, Workload.bytes(input))
+                var header = request(.write, unique: unique, node: fixture.target, bytes(input))
                 header.withUnsafeMutableBytes { $0.storeBytes(of: UInt32(writeArguments + operation.dataBytes), as: UInt32.self) }
-                bytes = header
+                frame = header
                 trailing = operation.dataBytes
                 replyLength = 16 + MemoryLayout<fuse_write_out>.size
             case .create:
@@ -228,19 +228,19 @@ final class QueueLoad: @unchecked Sendable {
                     var input = fuse_create_in()
                     input.flags = UInt32(O_CREAT | O_RDWR | O_TRUNC)
                     input.mode = 0o100644
-                    bytes = request(.create, unique: unique, node: fuseRootID, Workload.bytes(input) + name(slot))
+                    frame = request(.create, unique: unique, node: fuseRootID, bytes(input) + name(slot))
                     replyLength = 16 + MemoryLayout<fuse_entry_out>.size + MemoryLayout<fuse_open_out>.size
                 case 1:
                     var input = fuse_release_in()
                     input.fh = createdHandle[slot]
-                    bytes = request(.release, unique: unique, node: createdNode[slot], Workload.bytes(input))
+                    frame = request(.release, unique: unique, node: createdNode[slot], bytes(input))
                     replyLength = 16
                 default:
-                    bytes = request(.unlink, unique: unique, node: fuseRootID, name(slot))
+                    frame = request(.unlink, unique: unique, node: fuseRootID, name(slot))
                     replyLength = 16
                 }
             }
-            let head = submit(slot: slot, bytes, trailing: trailing, replyLength: replyLength)
+            let head = submit(slot: slot, frame, trailing: trailing, replyLength: replyLength)
             headToSlot[Int(head)] = slot
             if stage[slot] == 0 { started[slot] = monotonicNanoseconds() }
         }
@@ -298,7 +298,6 @@ final class QueueLoad: @unchecked Sendable {
 }
 
 enum Workload {
-    static func bytes<T>(_ value: T) -> [UInt8] { withUnsafeBytes(of: value) { Array($0) } }
     /// The data every WRITE sends.
     static let payload: [UInt8] = (0..<(1 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 2654435761) }
 }
