@@ -42,6 +42,9 @@ struct Bench: ParsableCommand {
     @Option(help: "Queue size (descriptors per ring).")
     var queueSize: UInt16 = 1024
 
+    @Option(help: "Rounds of the whole plan (back-ends alternating); tables show each figure's median.")
+    var rounds: Int = 1
+
     func run() throws {
         let plan = try operations.split(separator: ",").map { name in
             guard let op = Operation(rawValue: String(name)) else { throw ValidationError("unknown operation \(name)") }
@@ -52,19 +55,27 @@ struct Bench: ParsableCommand {
         let fixtureDir = try makeFixtureDirectory()
         defer { try? FileManager.default.removeItem(atPath: fixtureDir) }
 
-        let host = try HostBaseline.measure(directory: fixtureDir, buffers: depth)
-        print("host: fstat \(format(host.fstatNanoseconds / 1000, 3)) µs, pread 1 MiB \(format(host.preadMBps, 0)) MB/s, pwrite 1 MiB \(format(host.pwriteMBps, 0)) MB/s (page cache, \(depth) rotating 1 MiB buffers in shared memory, as the guest's)")
-        print("plan: \(queues) request queue(s), depth \(depth), cache=\(cache)\n")
+        let host = try HostBaseline(directory: fixtureDir, buffers: depth)
+        print("host baseline, measured again next to each back-end's GETATTR, READ 1 MiB and WRITE 1 MiB: fstat on the file; pread and pwrite of 1 MiB at random offsets between it (page cache) and \(depth) rotating 1 MiB buffers in shared memory, as the guest's")
+        print("plan: \(queues) request queue(s), depth \(depth), cache=\(cache), \(rounds) round(s), medians shown\n")
 
-        let first = try measure(command: ours, plan: plan, directory: fixtureDir)
-        printTable(ours, first, host: host)
+        var firstRounds: [[Result]] = []
+        var secondRounds: [[Result]] = []
+        for round in 1...rounds {
+            if rounds > 1 { FileHandle.standardError.write("round \(round) of \(rounds)\n".data(using: .utf8)!) }
+            firstRounds.append(try measure(command: ours, plan: plan, directory: fixtureDir, host: host))
+            if let compare { secondRounds.append(try measure(command: compare, plan: plan, directory: fixtureDir, host: host)) }
+        }
+        printTable(ours, firstRounds)
         if let compare {
-            let second = try measure(command: compare, plan: plan, directory: fixtureDir)
-            printTable(compare, second, host: host)
+            printTable(compare, secondRounds)
             print("| operation | ops/s, first / second | back-end CPU per op, second / first |")
             print("|---|---|---|")
-            for (a, b) in zip(first, second) {
-                print("| \(a.operation.rawValue) | \(format(a.opsPerSecond / b.opsPerSecond, 2))x | \(format(b.cpuMicroseconds / a.cpuMicroseconds, 2))x |")
+            for (i, op) in plan.enumerated() {
+                // Paired per round (both back-ends ran back to back), then the median over rounds.
+                let speed = median(zip(firstRounds, secondRounds).map { $0[i].opsPerSecond / $1[i].opsPerSecond })
+                let cpu = median(zip(firstRounds, secondRounds).map { $1[i].cpuMicroseconds / $0[i].cpuMicroseconds })
+                print("| \(op.rawValue) | \(format(speed, 2))x | \(format(cpu, 2))x |")
             }
         }
     }
@@ -81,7 +92,7 @@ struct Bench: ParsableCommand {
         return max(queues, Int(Double(base) * scale))
     }
 
-    func measure(command: String, plan: [Operation], directory: String) throws -> [Result] {
+    func measure(command: String, plan: [Operation], directory: String, host: HostBaseline) throws -> [Result] {
         let socket = NSTemporaryDirectory() + "bench-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
         let parts = command.split(separator: " ").map(String.init)
         let process = Process()
@@ -115,6 +126,13 @@ struct Bench: ParsableCommand {
                 $0.errors = 0
                 $0.firstError = 0
             }
+            // The host's own syscall, measured right before the operation it is compared with.
+            let baseline: Double? = switch op {
+            case .getattr: host.fstatNanoseconds()
+            case .read1m: host.preadMBps()
+            case .write1m: host.pwriteMBps()
+            default: nil
+            }
             let cpuBefore = cpuTime(pid: process.processIdentifier)
             let start = monotonicNanoseconds()
             let threads = try loads.enumerated().map { (i, load) in
@@ -134,7 +152,7 @@ struct Bench: ParsableCommand {
                 operation: op, opsPerSecond: Double(done) / elapsed,
                 megabytesPerSecond: Double(done * op.dataBytes) / elapsed / 1e6,
                 p50: Double(latencies[latencies.count / 2]) / 1000, p99: Double(latencies[latencies.count * 99 / 100]) / 1000,
-                cpuMicroseconds: cpu * 1e6 / Double(done), errors: errors, firstError: firstError))
+                cpuMicroseconds: cpu * 1e6 / Double(done), errors: errors, firstError: firstError, host: baseline))
             loads.forEach {
                 $0.latencies.removeAll(keepingCapacity: true)
                 $0.errors = 0
@@ -201,25 +219,43 @@ struct Bench: ParsableCommand {
         return dir
     }
 
-    func printTable(_ command: String, _ results: [Result], host: HostBaseline) {
+    /// One back-end's table: each figure the median over rounds; the ratios to the host, medians of each
+    /// round's ratio to its own baseline.
+    func printTable(_ command: String, _ rounds: [[Result]]) {
         print("\(command):\n")
         print("| operation | ops/s | MB/s | p50 µs | p99 µs | back-end CPU µs/op | errors |")
         print("|---|---|---|---|---|---|---|")
-        for r in results {
-            let errors = r.errors == 0 ? "0" : "\(r.errors) (first: errno \(-r.firstError))"
-            print("| \(r.operation.rawValue) | \(format(r.opsPerSecond, 0)) | \(r.operation.dataBytes > 0 ? format(r.megabytesPerSecond, 0) : "-") | \(format(r.p50, 1)) | \(format(r.p99, 1)) | \(format(r.cpuMicroseconds, 2)) | \(errors) |")
+        for (i, first) in rounds[0].enumerated() {
+            func m(_ field: (Result) -> Double) -> Double { median(rounds.map { field($0[i]) }) }
+            let errors = rounds.reduce(0) { $0 + $1[i].errors }
+            let firstError = rounds.first { $0[i].firstError != 0 }?[i].firstError ?? 0
+            let errorText = errors == 0 ? "0" : "\(errors) (first: errno \(-firstError))"
+            print("| \(first.operation.rawValue) | \(format(m(\.opsPerSecond), 0)) | \(first.operation.dataBytes > 0 ? format(m(\.megabytesPerSecond), 0) : "-") | \(format(m(\.p50), 1)) | \(format(m(\.p99), 1)) | \(format(m(\.cpuMicroseconds), 2)) | \(errorText) |")
         }
-        if let getattr = results.first(where: { $0.operation == .getattr }) {
-            print("\nback-end CPU per GETATTR / host fstat: \(format(getattr.cpuMicroseconds * 1000 / host.fstatNanoseconds, 2))x")
-        }
-        if let read = results.first(where: { $0.operation == .read1m }) {
-            print("READ 1 MiB / host pread: \(format(read.megabytesPerSecond / host.preadMBps * 100, 0))%")
-        }
-        if let write = results.first(where: { $0.operation == .write1m }) {
-            print("WRITE 1 MiB / host pwrite: \(format(write.megabytesPerSecond / host.pwriteMBps * 100, 0))%")
+        print()
+        for (i, first) in rounds[0].enumerated() {
+            let hostFigure = median(rounds.compactMap { $0[i].host })
+            switch first.operation {
+            case .getattr:
+                let ratio = median(rounds.compactMap { r in r[i].host.map { r[i].cpuMicroseconds * 1000 / $0 } })
+                print("back-end CPU per GETATTR / host fstat (\(format(hostFigure / 1000, 3)) µs): \(format(ratio, 2))x")
+            case .read1m:
+                let ratio = median(rounds.compactMap { r in r[i].host.map { r[i].megabytesPerSecond / $0 } })
+                print("READ 1 MiB / host pread (\(format(hostFigure, 0)) MB/s): \(format(ratio * 100, 0))%")
+            case .write1m:
+                let ratio = median(rounds.compactMap { r in r[i].host.map { r[i].megabytesPerSecond / $0 } })
+                print("WRITE 1 MiB / host pwrite (\(format(hostFigure, 0)) MB/s): \(format(ratio * 100, 0))%")
+            default: break
+            }
         }
         print()
     }
+}
+
+func median(_ values: [Double]) -> Double {
+    guard !values.isEmpty else { return 0 }
+    let sorted = values.sorted()
+    return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
 }
 
 struct Result {
@@ -231,46 +267,57 @@ struct Result {
     var cpuMicroseconds: Double
     var errors: Int
     var firstError: Int32
+    /// The host syscall's figure measured next to this operation: fstat ns (GETATTR), pread or pwrite MB/s.
+    var host: Double?
 }
 
-/// The host's own cost of what the back-end does, measured in the same run.
-struct HostBaseline {
-    var fstatNanoseconds: Double
-    var preadMBps: Double
-    var pwriteMBps: Double
+/// The host's own cost of what the back-end does, measured on the same machine next to each comparison.
+final class HostBaseline {
+    let bigFile: CInt
+    let targetFile: CInt
+    let mapping: MemoryMapping
+    let buffers: Int
 
     /// fstat on the big file; pread and pwrite of 1 MiB between it and `buffers` rotating 1 MiB buffers in a
     /// shared memory file, the same working set the back-end copies into guest memory.
-    static func measure(directory: String, buffers: Int) throws -> HostBaseline {
-        let fd = open(directory + "/big", O_RDONLY)
-        defer { close(fd) }
+    init(directory: String, buffers: Int) throws {
+        bigFile = open(directory + "/big", O_RDONLY)
+        targetFile = open(directory + "/target", O_WRONLY)
+        guard bigFile >= 0, targetFile >= 0 else { throw ValidationError("cannot open the fixture's files") }
+        let memory = try makeMemoryFile(name: "host-baseline", size: buffers << 20)
+        mapping = try MemoryMapping(fd: memory.borrowed, length: buffers << 20)
+        mapping.base.initializeMemory(as: UInt8.self, repeating: 0, count: buffers << 20)
+        self.buffers = buffers
+    }
+
+    deinit {
+        close(bigFile)
+        close(targetFile)
+    }
+
+    func fstatNanoseconds() -> Double {
         var st = stat()
         let iterations = 500_000
         let start = monotonicNanoseconds()
-        for _ in 0..<iterations { fstat(fd, &st) }
-        let fstatNs = Double(monotonicNanoseconds() - start) / Double(iterations)
+        for _ in 0..<iterations { fstat(bigFile, &st) }
+        return Double(monotonicNanoseconds() - start) / Double(iterations)
+    }
 
-        let memory = try makeMemoryFile(name: "host-baseline", size: buffers << 20)
-        let mapping = try MemoryMapping(fd: memory.borrowed, length: buffers << 20)
-        mapping.base.initializeMemory(as: UInt8.self, repeating: 0, count: buffers << 20)
+    func preadMBps() -> Double { copy(rounds: 8) { pread(self.bigFile, $0, 1 << 20, $1) } }
+    func pwriteMBps() -> Double { copy(rounds: 4) { pwrite(self.targetFile, $0, 1 << 20, $1) } }
+
+    /// Random 1 MiB offsets, as the load generator's READ and WRITE use.
+    private func copy(rounds: Int, _ body: (UnsafeMutableRawPointer, off_t) -> Int) -> Double {
         let chunks = Fixture.bigSize >> 20
-        // Random 1 MiB offsets, as the load generator's READ and WRITE use.
-        func run(_ rounds: Int, _ body: (UnsafeMutableRawPointer, off_t) -> Int) -> Double {
-            var total = 0
-            var x: UInt64 = 0x9E37_79B9
-            _ = body(mapping.base, 0)  // warm
-            let start = monotonicNanoseconds()
-            for i in 0..<(rounds * chunks) {
-                x ^= x << 13; x ^= x >> 7; x ^= x << 17
-                total += body(mapping.base + (i % buffers) << 20, off_t(x % UInt64(chunks)) << 20)
-            }
-            return Double(total) / (Double(monotonicNanoseconds() - start) / 1e9) / 1e6
+        var total = 0
+        var x: UInt64 = 0x9E37_79B9
+        _ = body(mapping.base, 0)  // warm
+        let start = monotonicNanoseconds()
+        for i in 0..<(rounds * chunks) {
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17
+            total += body(mapping.base + (i % buffers) << 20, off_t(x % UInt64(chunks)) << 20)
         }
-        let readMBps = run(8) { pread(fd, $0, 1 << 20, $1) }
-        let out = open(directory + "/target", O_WRONLY)
-        defer { close(out) }
-        let writeMBps = run(4) { pwrite(out, $0, 1 << 20, $1) }
-        return HostBaseline(fstatNanoseconds: fstatNs, preadMBps: readMBps, pwriteMBps: writeMBps)
+        return Double(total) / (Double(monotonicNanoseconds() - start) / 1e9) / 1e6
     }
 }
 
