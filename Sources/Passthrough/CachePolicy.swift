@@ -10,6 +10,8 @@ import FUSE
 /// | metadata | 86400 s | DIRECT_IO | KEEP_CACHE, CACHE_DIR |
 /// | auto | 1 s | close-to-open: no flags | - |
 /// | always | 86400 s | KEEP_CACHE | KEEP_CACHE, CACHE_DIR |
+///
+/// With KEEP_CACHE and CACHE_DIR on directories, the guest does not open them at all (`opensDirectories`).
 public enum CachePolicy: String, Sendable, CaseIterable {
     case never
     case metadata
@@ -50,6 +52,12 @@ public enum CachePolicy: String, Sendable, CaseIterable {
         case .metadata, .always: [.keepCache, .cacheDirectory]
         }
     }
+
+    /// Whether the guest should send OPENDIR and RELEASEDIR. When a directory's open flags would be KEEP_CACHE
+    /// and CACHE_DIR anyway, OPENDIR answers ENOSYS: the kernel then assumes exactly those flags for every
+    /// directory, stops sending OPENDIR and RELEASEDIR (two round trips per directory a walk visits), and
+    /// sends READDIR with handle 0, which we serve from a descriptor opened for that request.
+    public var opensDirectories: Bool { directoryOpenFlags != [.keepCache, .cacheDirectory] }
 
     /// Whether READDIRPLUS may be offered (never with `never`, as virtiofsd).
     public var allowsReaddirplus: Bool { self != .never }

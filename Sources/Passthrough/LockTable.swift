@@ -134,6 +134,9 @@ extension PassthroughFileSystem {
     public func setlk(_ context: RequestContext, node: UInt64, handle: UInt64, owner: UInt64, lock: FileLock, flock: Bool, wait: Bool) throws(Errno) {
         guard options.locks else { throw .noFunction }
         if flock {
+            // A directory the guest did not open (CachePolicy.opensDirectories) has no open file description
+            // whose release would end the lock: refuse rather than hold a lock nobody can release.
+            if handle == 0 && !options.cache.opensDirectories { throw .noLocksAvailable }
             let open = try self.handle(handle)
             let operation: CInt
             switch CInt(lock.type) {

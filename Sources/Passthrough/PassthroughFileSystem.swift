@@ -345,6 +345,7 @@ public final class PassthroughFileSystem: FileSystem {
     public func opendir(_ context: RequestContext, node: UInt64, flags: UInt32) throws(Errno) -> OpenReply {
         let data = try self.node(node)
         guard data.fileType == .directory else { throw .notDirectory }
+        guard options.cache.opensDirectories else { throw .noFunction }
         let fd = try reopen(data, flags: O_RDONLY | CVFS_O_DIRECTORY | CVFS_O_CLOEXEC)
         return OpenReply(handle: handles.insert(fd), flags: options.cache.directoryOpenFlags)
     }
@@ -357,6 +358,12 @@ public final class PassthroughFileSystem: FileSystem {
         _ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, plus: Bool, into sink: inout Sink
     ) throws(Errno) {
         let parent = try self.node(node)
+        if handle == 0 && !options.cache.opensDirectories {
+            // The guest does not open directories (see CachePolicy.opensDirectories): a descriptor per READDIR.
+            guard parent.fileType == .directory else { throw .notDirectory }
+            let fd = try reopen(parent, flags: O_RDONLY | CVFS_O_DIRECTORY | CVFS_O_CLOEXEC)
+            return try readDirectory(parent: parent, fd: fd.borrowed, offset: offset, plus: plus, into: &sink)
+        }
         let open = try self.handle(handle)
         try open.directoryLock.withLock { _ throws(Errno) in
             try readDirectory(parent: parent, fd: open.fd.borrowed, offset: offset, plus: plus, into: &sink)

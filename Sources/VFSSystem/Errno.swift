@@ -24,6 +24,7 @@ public struct Errno: RawRepresentable, Error, Hashable, Sendable, CustomStringCo
     public static let interrupted = Errno(rawValue: EINTR)
     public static let ioError = Errno(rawValue: EIO)
     public static let badFileDescriptor = Errno(rawValue: EBADF)
+    public static let noLocksAvailable = Errno(rawValue: ENOLCK)
     public static let wouldBlock = Errno(rawValue: EAGAIN)
     public static let noMemory = Errno(rawValue: ENOMEM)
     public static let permissionDenied = Errno(rawValue: EACCES)

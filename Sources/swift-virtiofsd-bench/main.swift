@@ -134,6 +134,7 @@ struct Bench: ParsableCommand {
             default: nil
             }
             let cpuBefore = cpuTime(pid: process.processIdentifier)
+            let ownBefore = ownCPUTime()
             let start = monotonicNanoseconds()
             let threads = try loads.enumerated().map { (i, load) in
                 try SystemThread(name: "bench-q\(i + 1)") {
@@ -143,6 +144,7 @@ struct Bench: ParsableCommand {
             threads.forEach { $0.join() }
             let elapsed = Double(monotonicNanoseconds() - start) / 1e9
             let cpu = cpuTime(pid: process.processIdentifier) - cpuBefore
+            let own = ownCPUTime() - ownBefore
             var latencies = loads.flatMap(\.latencies).sorted()
             if latencies.isEmpty { latencies = [0] }
             let done = latencies.count
@@ -152,7 +154,8 @@ struct Bench: ParsableCommand {
                 operation: op, opsPerSecond: Double(done) / elapsed,
                 megabytesPerSecond: Double(done * op.dataBytes) / elapsed / 1e6,
                 p50: Double(latencies[latencies.count / 2]) / 1000, p99: Double(latencies[latencies.count * 99 / 100]) / 1000,
-                cpuMicroseconds: cpu * 1e6 / Double(done), errors: errors, firstError: firstError, host: baseline))
+                cpuMicroseconds: cpu * 1e6 / Double(done), errors: errors, firstError: firstError, host: baseline,
+                generatorMicroseconds: own * 1e6 / Double(done)))
             loads.forEach {
                 $0.latencies.removeAll(keepingCapacity: true)
                 $0.errors = 0
@@ -223,14 +226,14 @@ struct Bench: ParsableCommand {
     /// round's ratio to its own baseline.
     func printTable(_ command: String, _ rounds: [[Result]]) {
         print("\(command):\n")
-        print("| operation | ops/s | MB/s | p50 µs | p99 µs | back-end CPU µs/op | errors |")
-        print("|---|---|---|---|---|---|---|")
+        print("| operation | ops/s | MB/s | p50 µs | p99 µs | back-end CPU µs/op | generator CPU µs/op | errors |")
+        print("|---|---|---|---|---|---|---|---|")
         for (i, first) in rounds[0].enumerated() {
             func m(_ field: (Result) -> Double) -> Double { median(rounds.map { field($0[i]) }) }
             let errors = rounds.reduce(0) { $0 + $1[i].errors }
             let firstError = rounds.first { $0[i].firstError != 0 }?[i].firstError ?? 0
             let errorText = errors == 0 ? "0" : "\(errors) (first: errno \(-firstError))"
-            print("| \(first.operation.rawValue) | \(format(m(\.opsPerSecond), 0)) | \(first.operation.dataBytes > 0 ? format(m(\.megabytesPerSecond), 0) : "-") | \(format(m(\.p50), 1)) | \(format(m(\.p99), 1)) | \(format(m(\.cpuMicroseconds), 2)) | \(errorText) |")
+            print("| \(first.operation.rawValue) | \(format(m(\.opsPerSecond), 0)) | \(first.operation.dataBytes > 0 ? format(m(\.megabytesPerSecond), 0) : "-") | \(format(m(\.p50), 1)) | \(format(m(\.p99), 1)) | \(format(m(\.cpuMicroseconds), 2)) | \(format(m(\.generatorMicroseconds), 2)) | \(errorText) |")
         }
         print()
         for (i, first) in rounds[0].enumerated() {
@@ -269,6 +272,8 @@ struct Result {
     var firstError: Int32
     /// The host syscall's figure measured next to this operation: fstat ns (GETATTR), pread or pwrite MB/s.
     var host: Double?
+    /// The load generator's own CPU time per operation (its threads share the machine's cores with the back-end).
+    var generatorMicroseconds: Double
 }
 
 /// The host's own cost of what the back-end does, measured on the same machine next to each comparison.
@@ -352,6 +357,13 @@ func cpuTime(pid: Int32) -> Double {
         }
     }
     return Double(nanoseconds) / 1e9
+}
+
+/// CPU seconds used by this process's own threads (not its children: the back-end is one).
+func ownCPUTime() -> Double {
+    var usage = rusage()
+    getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage)
+    return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
 }
 
 func format(_ value: Double, _ digits: Int) -> String {

@@ -17,6 +17,7 @@ struct ConformanceTests {
         ["--kernel", "6.1", "--cpus", "1"],
         ["--kernel", "6.12", "--inode-file-handles=prefer"],
         ["--kernel", "6.12", "--queues", "2", "--thread-pool-size=2"],
+        ["--kernel", "6.12", "--cache", "always"],
     ])
     func suiteMatchesLocal(options: [String]) throws {
         let result = try run(["\(repositoryRoot)/qemu/conformance/run", "--backend", backend] + options)

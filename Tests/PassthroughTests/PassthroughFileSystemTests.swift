@@ -189,6 +189,55 @@ struct PassthroughFileSystemTests {
         try fs.releasedir(context, node: dir.nodeID, handle: handle)
     }
 
+    @Test("with directories cached (metadata, always), OPENDIR answers ENOSYS and READDIR and FSYNCDIR serve handle 0",
+          arguments: [CachePolicy.metadata, .always])
+    func directoriesWithoutOpen(cache: CachePolicy) throws {
+        let tree = TemporaryTree()
+        tree.mkdir("d")
+        for i in 0..<300 { tree.write("d/f\(i)", "") }
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let fs = try PassthroughFileSystem(options: PassthroughOptions(sharedDirectory: tree.path, cache: cache), logger: logger)
+        let dir = try fs.lookup(fuseRootID, "d")
+        #expect(throws: Errno.noFunction) { try fs.opendir(context, node: dir.nodeID, flags: 0) }
+        var seen: [String] = []
+        var offset: UInt64 = 0
+        while true {
+            var sink = CollectingSink(capacity: 41)
+            try fs.readdir(context, node: dir.nodeID, handle: 0, offset: offset, plus: true, into: &sink)
+            if sink.names.isEmpty { break }
+            seen += sink.names
+            offset = sink.offsets.last!
+        }
+        #expect(seen.count == 302 && Set(seen).count == 302)
+        #expect(fs.handles.count == 0)
+        try fs.fsync(context, node: dir.nodeID, handle: 0, dataOnly: false, directory: true)
+        // A file is not a directory, and handle 0 stays invalid for files.
+        let file = try fs.lookup(dir.nodeID, "f0")
+        var sink = CollectingSink(capacity: 1)
+        #expect(throws: Errno.notDirectory) { try fs.readdir(context, node: file.nodeID, handle: 0, offset: 0, plus: false, into: &sink) }
+        #expect(throws: Errno.badFileDescriptor) { try fs.fsync(context, node: file.nodeID, handle: 0, dataOnly: false, directory: false) }
+        // flock on a directory nobody opened has no release to end it.
+        #expect(throws: Errno.noLocksAvailable) {
+            try fs.setlk(context, node: dir.nodeID, handle: 0, owner: 1, lock: FileLock(start: 0, end: 0, type: UInt32(F_WRLCK), pid: 0), flock: true, wait: false)
+        }
+    }
+
+    @Test("with auto and never, directories are opened and handle 0 is no handle", arguments: [CachePolicy.auto, .never])
+    func directoriesWithOpen(cache: CachePolicy) throws {
+        let tree = TemporaryTree()
+        tree.mkdir("d")
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let fs = try PassthroughFileSystem(options: PassthroughOptions(sharedDirectory: tree.path, cache: cache), logger: logger)
+        let dir = try fs.lookup(fuseRootID, "d")
+        let handle = try fs.opendir(context, node: dir.nodeID, flags: 0).handle
+        #expect(handle != 0)
+        var sink = CollectingSink(capacity: 10)
+        #expect(throws: Errno.badFileDescriptor) { try fs.readdir(context, node: dir.nodeID, handle: 0, offset: 0, plus: false, into: &sink) }
+        try fs.releasedir(context, node: dir.nodeID, handle: handle)
+    }
+
     @Test("READDIRPLUS looks up each entry (not '.' and '..'), and an entry that does not fit is not counted")
     func readdirplusCounts() throws {
         let tree = TemporaryTree()
