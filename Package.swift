@@ -65,6 +65,18 @@ let package = Package(
             ],
             swiftSettings: strictMemory
         ),
+        // libseccomp and libcap-ng, through pkg-config.
+        .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp", providers: [.apt(["libseccomp-dev"])]),
+        .systemLibrary(name: "CCapNG", pkgConfig: "libcap-ng", providers: [.apt(["libcap-ng-dev"])]),
+        // The sandbox: namespaces or chroot, the seccomp allowlist, the capabilities kept.
+        .target(
+            name: "Sandbox",
+            dependencies: [
+                "VFSSystem", "CSeccomp", "CCapNG",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictMemory
+        ),
         // Joins vhost-user to the FUSE server.
         .target(
             name: "VirtioFSDevice",
@@ -77,7 +89,7 @@ let package = Package(
         .executableTarget(
             name: "swift-virtiofsd",
             dependencies: [
-                "VFSSystem", "VhostUser", "FUSE", "Passthrough", "VirtioFSDevice",
+                "VFSSystem", "VhostUser", "FUSE", "Passthrough", "VirtioFSDevice", "Sandbox",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -112,6 +124,7 @@ let package = Package(
         .testTarget(name: "FUSETests", dependencies: ["FUSE", "FUSETestSupport", "VFSSystem", "CVirtioFS"]),
         .testTarget(
             name: "PassthroughTests", dependencies: ["Passthrough", "FUSE", "FUSETestSupport", "VFSSystem", "CVirtioFS"]),
+        .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "VFSSystem"]),
         .testTarget(name: "IntegrationTests", dependencies: []),
     ]
 )

@@ -11,6 +11,9 @@
 #include <string.h>
 #include <sys/syscall.h>
 #include <linux/fs.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <signal.h>
 
 int cvfs_errno(void) { return errno; }
 void cvfs_set_errno(int value) { errno = value; }
@@ -91,6 +94,36 @@ int cvfs_open_by_handle_at(int mount_fd, const cvfs_file_handle *handle, int fla
 }
 
 int cvfs_unshare_fs(void) { return unshare(CLONE_FS); }
+
+pid_t cvfs_fork(void) { return fork(); }
+
+int cvfs_unshare_namespaces(int user, int rest) {
+    int flags = (user ? CLONE_NEWUSER : 0) | (rest ? (CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET) : 0);
+    return unshare(flags);
+}
+
+int cvfs_mount(const char *source, const char *target, const char *type, unsigned long flags, const void *data) {
+    return mount(source, target, type, flags, data);
+}
+
+int cvfs_make_mounts_private(void) { return mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL); }
+
+int cvfs_mount_proc(const char *target) {
+    return mount("proc", target, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RELATIME, NULL);
+}
+
+int cvfs_bind_self(const char *path) { return mount(path, path, NULL, MS_BIND | MS_REC, NULL); }
+
+int cvfs_pivot_to_cwd(void) {
+    if (syscall(SYS_pivot_root, ".", ".") != 0) return -1;
+    /* The old root is now stacked on the new one at "/": detach it. */
+    if (umount2(".", MNT_DETACH) != 0) return -1;
+    return chdir("/");
+}
+
+int cvfs_set_parent_death_signal(int signal) { return prctl(PR_SET_PDEATHSIG, signal, 0, 0, 0); }
+int cvfs_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
+int cvfs_set_no_new_privs(void) { return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); }
 
 pid_t cvfs_gettid(void) { return (pid_t)syscall(SYS_gettid); }
 

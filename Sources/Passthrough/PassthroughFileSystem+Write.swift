@@ -10,8 +10,9 @@ extension PassthroughFileSystem {
     /// kernel checks their permissions. Each queue thread switches on its own (raw setresuid/setresgid).
     /// Resolve descriptors before: opening a file handle needs the daemon's own capabilities.
     func asGuestUser<T: ~Copyable>(_ context: RequestContext, _ body: () throws(Errno) -> T) throws(Errno) -> T {
-        guard switchesCredentials, context.uid != 0 || context.gid != 0 else { return try body() }
-        try ThreadCredentials.become(uid: context.uid, gid: context.gid)
+        let (uid, gid) = try hostCredentials(context)
+        guard switchesCredentials, uid.rawValue != 0 || gid.rawValue != 0 else { return try body() }
+        try ThreadCredentials.become(uid: uid.rawValue, gid: gid.rawValue)
         defer { ThreadCredentials.restoreRoot() }
         return try body()
     }
@@ -190,7 +191,18 @@ extension PassthroughFileSystem {
             }
         }
         if changes.uid != nil || changes.gid != nil {
-            try withPath(data) { (fd) throws(Errno) in try fd.changeOwner(uid: changes.uid ?? UInt32.max, gid: changes.gid ?? UInt32.max) }
+            // The new owner and group are guest ids; a forbidden one is EPERM, as chown to an id one may not use.
+            var uid = UInt32.max
+            var gid = UInt32.max
+            if let guest = changes.uid {
+                guard case .id(let host) = options.uidMap.toHost(GuestUID(guest)) else { throw .notPermitted }
+                uid = host.rawValue
+            }
+            if let guest = changes.gid {
+                guard case .id(let host) = options.gidMap.toHost(GuestGID(guest)) else { throw .notPermitted }
+                gid = host.rawValue
+            }
+            try withPath(data) { (fd) throws(Errno) in try fd.changeOwner(uid: uid, gid: gid) }
         }
         if let size = changes.size {
             guard size <= UInt64(Int64.max) else { throw .invalidArgument }

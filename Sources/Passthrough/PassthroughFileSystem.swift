@@ -44,13 +44,27 @@ public struct PassthroughOptions: Sendable {
     public var posixACL: Bool
     /// Security labels on creation (`--security-label`, FUSE_SECURITY_CTX).
     public var securityLabel: Bool
+    /// `--translate-uid` and `--translate-gid`: applied to the credentials of every request and to uid and gid
+    /// arguments on the way in, and to every attribute on the way out.
+    public var uidMap: UIDMap
+    public var gidMap: GIDMap
+    /// An already open `/proc/self/fd` (a sandbox opens it before the shared directory becomes the root).
+    public var procSelfFD: CInt?
+    /// Whether requests run as their guest user (nil: when the daemon runs as root).
+    public var switchCredentials: Bool?
 
     public init(
         sharedDirectory: String, cache: CachePolicy = .auto, xattr: Bool = false, readOnly: Bool = false,
         locks: Bool = true, allowDirectIO: Bool = false, preserveNoatime: Bool = false,
         announceSubmounts: Bool = true, killprivV2: Bool = false, writeback: Bool = false,
-        inodeFileHandles: InodeFileHandles = .never, posixACL: Bool = false, securityLabel: Bool = false
+        inodeFileHandles: InodeFileHandles = .never, posixACL: Bool = false, securityLabel: Bool = false,
+        uidMap: UIDMap = UIDMap.identity, gidMap: GIDMap = GIDMap.identity, procSelfFD: CInt? = nil,
+        switchCredentials: Bool? = nil
     ) {
+        self.switchCredentials = switchCredentials
+        self.uidMap = uidMap
+        self.gidMap = gidMap
+        self.procSelfFD = procSelfFD
         self.securityLabel = securityLabel
         self.inodeFileHandles = inodeFileHandles
         self.posixACL = posixACL
@@ -90,8 +104,13 @@ public final class PassthroughFileSystem: FileSystem {
         let root = try FileDescriptor.open(options.sharedDirectory, flags: [.path, .directory])
         let stat = try root.borrowed.statx("")
         inodes = InodeStore(root: root, stat: stat)
-        procSelfFD = try FileDescriptor.open("/proc/self/fd", flags: [.path, .directory])
-        switchesCredentials = ThreadCredentials.effectiveUID == 0
+        if let given = options.procSelfFD {
+            procSelfFD = OwnedFD(taking: given)
+        } else {
+            procSelfFD = try FileDescriptor.open("/proc/self/fd", flags: [.path, .directory])
+        }
+        try ProcessControl.changeDirectory(to: procSelfFD.borrowed)
+        switchesCredentials = options.switchCredentials ?? (ThreadCredentials.effectiveUID == 0)
         LockTable.installWakeSignal()
         if options.inodeFileHandles != .never {
             // The shared directory's mount, so that its files can be held by handle from the first lookup.
@@ -111,10 +130,28 @@ public final class PassthroughFileSystem: FileSystem {
         return data
     }
 
+    /// Attributes as the guest sees them: owner and group through the id maps.
+    @inline(__always)
+    func guestView(_ stat: FileStat) -> FileStat {
+        if options.uidMap.isIdentity && options.gidMap.isIdentity { return stat }
+        var view = stat
+        view.uid = options.uidMap.toGuest(HostUID(stat.uid)).rawValue
+        view.gid = options.gidMap.toGuest(HostGID(stat.gid)).rawValue
+        return view
+    }
+
+    /// The host ids a request's guest credentials stand for; EPERM for a forbidden guest id.
+    func hostCredentials(_ context: RequestContext) throws(Errno) -> (HostUID, HostGID) {
+        guard case .id(let uid) = options.uidMap.toHost(GuestUID(context.uid)),
+              case .id(let gid) = options.gidMap.toHost(GuestGID(context.gid))
+        else { throw .notPermitted }
+        return (uid, gid)
+    }
+
     func entry(_ data: InodeData, _ stat: FileStat, parent: InodeData? = nil) -> Entry {
         let submount = options.announceSubmounts && stat.fileType == .directory && parent != nil
             && stat.mountID != parent!.key.mountID
-        return Entry(nodeID: data.nodeID, attributes: stat, entryTimeout: options.cache.timeout,
+        return Entry(nodeID: data.nodeID, attributes: guestView(stat), entryTimeout: options.cache.timeout,
                      attributeTimeout: options.cache.timeout, isSubmount: submount)
     }
 
@@ -137,7 +174,7 @@ public final class PassthroughFileSystem: FileSystem {
         return try body(fd.borrowed)
     }
 
-    /// Runs `body` with `/proc/self/fd/N` of the node's file.
+    /// Runs `body` with the `/proc/self/fd` path of the node's file (see `withProcPath(_:_:)`).
     func withProcPath<T>(of data: InodeData, _ body: (UnsafePointer<CChar>) throws(Errno) -> T) throws(Errno) -> T {
         try withPath(data) { (fd) throws(Errno) -> T in try withProcPath(fd.rawValue, body) }
     }
@@ -168,18 +205,12 @@ public final class PassthroughFileSystem: FileSystem {
         }
     }
 
-    /// Runs `body` with `/proc/self/fd/N` for a descriptor, formatted without allocating.
+    /// Runs `body` with the path of a descriptor's file for the calls that only take a path (xattrs, truncate,
+    /// chmod): its number "N", relative to the working directory, which `init` made `/proc/self/fd` (the
+    /// absolute `/proc/self/fd/N` does not exist inside the sandbox, where the shared directory is the root).
+    /// Threads that unshare their file-system state later copy that directory with it.
     func withProcPath<T>(_ fd: CInt, _ body: (UnsafePointer<CChar>) throws(Errno) -> T) throws(Errno) -> T {
-        let prefix: StaticString = "/proc/self/fd/"
-        return try withUnsafeTemporaryAllocation(of: CChar.self, capacity: 40) { (buffer) throws(Errno) -> T in
-            let p = buffer.baseAddress!
-            let prefixLength = prefix.utf8CodeUnitCount
-            prefix.withUTF8Buffer { utf8 in
-                for i in 0..<prefixLength { p[i] = CChar(bitPattern: utf8[i]) }
-            }
-            writeDecimal(fd, into: p + prefixLength)
-            return try body(p)
-        }
+        try withDecimal(fd) { (name) throws(Errno) -> T in try body(name) }
     }
 
     /// Runs `body` with the decimal digits of `value` as a C string.
@@ -261,7 +292,7 @@ public final class PassthroughFileSystem: FileSystem {
         } else {
             stat = try withPath(try self.node(node)) { (fd) throws(Errno) -> FileStat in try fd.stat() }
         }
-        return AttributeReply(attributes: stat, timeout: options.cache.timeout)
+        return AttributeReply(attributes: guestView(stat), timeout: options.cache.timeout)
     }
 
     public func readlink(_ context: RequestContext, node: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
@@ -419,7 +450,7 @@ public final class PassthroughFileSystem: FileSystem {
     }
 
     public func access(_ context: RequestContext, node: UInt64, mask: UInt32) throws(Errno) {
-        let stat = try withPath(try self.node(node)) { (fd) throws(Errno) -> FileStat in try fd.stat() }
+        let stat = guestView(try withPath(try self.node(node)) { (fd) throws(Errno) -> FileStat in try fd.stat() })
         let wanted = mask & 7
         guard wanted != 0 else { return }  // F_OK: it exists
         let mode = stat.mode

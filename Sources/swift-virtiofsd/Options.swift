@@ -3,6 +3,7 @@
 import ArgumentParser
 import Logging
 import Passthrough
+import Sandbox
 
 /// The command line, in virtiofsd's spelling (and the C virtiofsd's `-o` compat form).
 struct DaemonOptions: ParsableArguments {
@@ -60,6 +61,27 @@ struct DaemonOptions: ParsableArguments {
     @Option(name: .customLong("rlimit-nofile"), help: "Set the open-file limit to this (0: leave it; default: up to 1,000,000).")
     var rlimitNofile: UInt64?
 
+    @Option(name: .customLong("sandbox"), help: "namespace | chroot | none: how the daemon shuts itself in with the shared directory (default namespace).")
+    var sandbox: String?
+
+    @Option(name: .customLong("seccomp"), help: "kill | log | trap | none: what a system call outside the daemon's allowlist does (default kill).")
+    var seccomp: String = "kill"
+
+    @Option(name: .customLong("modcaps"), help: "Edit the capabilities kept when running as root: +cap:-cap (e.g. -mknod:+sys_admin).")
+    var modcaps: String?
+
+    @Option(name: .customLong("uid-map"), help: ArgumentHelp("Started as a normal user with --sandbox namespace: map uids of the user namespace, :namespace_id:host_id:count: (newuidmap, /etc/subuid). Repeatable.", valueName: ":ns:host:count:"))
+    var uidMap: [String] = []
+
+    @Option(name: .customLong("gid-map"), help: ArgumentHelp("As --uid-map, for gids (newgidmap, /etc/subgid). Repeatable.", valueName: ":ns:host:count:"))
+    var gidMap: [String] = []
+
+    @Option(name: .customLong("translate-uid"), help: ArgumentHelp("Translate uids between guest and host in the daemon: map:GUEST:HOST:COUNT, guest:GUEST:HOST:COUNT, host:HOST:GUEST:COUNT, squash-guest:GUEST:HOST:COUNT, squash-host:HOST:GUEST:COUNT, forbid-guest:GUEST:COUNT. Repeatable.", valueName: "type:..."))
+    var translateUID: [String] = []
+
+    @Option(name: .customLong("translate-gid"), help: ArgumentHelp("As --translate-uid, for gids. Repeatable.", valueName: "type:..."))
+    var translateGID: [String] = []
+
     @Flag(name: .customLong("print-capabilities"), help: "Print the vhost-user back-end capabilities as JSON and exit.")
     var printCapabilities = false
 
@@ -96,6 +118,13 @@ struct Configuration {
     var posixACL: Bool
     var securityLabel: Bool
     var openFileLimit: UInt64
+    var sandbox: SandboxMode
+    var seccomp: SeccompAction
+    var capabilities: [String]
+    var uidMaps: [NamespaceIDMap]
+    var gidMaps: [NamespaceIDMap]
+    var uidTranslation: UIDMap
+    var gidTranslation: GIDMap
     /// Set the open-file limit to exactly `openFileLimit` (it was given), rather than only raise it.
     var exactOpenFileLimit: Bool
 
@@ -121,6 +150,7 @@ struct Configuration {
         var announceSubmounts = options.announceSubmounts
         var allowDirectIO = options.allowDirectIO
         var posixACL = options.posixACL
+        var sandboxText = options.sandbox ?? "namespace"
         for group in options.compat {
             for item in group.split(separator: ",").map(String.init) {
                 let parts = item.split(separator: "=", maxSplits: 1).map(String.init)
@@ -146,8 +176,9 @@ struct Configuration {
                 // The C virtiofsd's lock switches: locks are on by default here, and either "no_" turns them off.
                 case ("flock", nil), ("posix_lock", nil): break
                 case ("no_flock", nil), ("no_posix_lock", nil): locks = false
-                // Accepted for compatibility; sandboxing comes with its own issue.
-                case ("sandbox", _), ("timeout", _):
+                case ("sandbox", let mode?): sandboxText = mode
+                // Accepted for compatibility: the C daemon's cache timeout has no equivalent here.
+                case ("timeout", _):
                     break
                 default:
                     throw Invalid(description: "unknown -o option '\(item)'")
@@ -188,6 +219,37 @@ struct Configuration {
         case "mandatory": inodeFileHandles = .mandatory
         default: throw Invalid(description: "--inode-file-handles takes never, prefer or mandatory")
         }
+        guard let sandbox = SandboxMode(rawValue: sandboxText) else {
+            throw Invalid(description: "--sandbox takes namespace, chroot or none, not '\(sandboxText)'")
+        }
+        guard let seccomp = SeccompAction(rawValue: options.seccomp) else {
+            throw Invalid(description: "--seccomp takes kill, log, trap or none, not '\(options.seccomp)'")
+        }
+        do {
+            capabilities = try Capabilities.set(fileHandles: inodeFileHandles != .never, modifications: options.modcaps)
+            uidMaps = try options.uidMap.map { (text) throws(NamespaceIDMap.Invalid) in try NamespaceIDMap(parsing: text) }
+            gidMaps = try options.gidMap.map { (text) throws(NamespaceIDMap.Invalid) in try NamespaceIDMap(parsing: text) }
+        } catch let error as Capabilities.Invalid {
+            throw Invalid(description: error.description)
+        } catch let error as NamespaceIDMap.Invalid {
+            throw Invalid(description: "--uid-map/--gid-map: \(error.description)")
+        }
+        do {
+            uidTranslation = try UIDMap(options.translateUID.map { (text) throws(IDRule.Invalid) in try IDRule(parsing: text) })
+        } catch {
+            throw Invalid(description: "--translate-uid \(error.description)")
+        }
+        do {
+            gidTranslation = try GIDMap(options.translateGID.map { (text) throws(IDRule.Invalid) in try IDRule(parsing: text) })
+        } catch {
+            throw Invalid(description: "--translate-gid \(error.description)")
+        }
+        if posixACL && !(uidTranslation.isIdentity && gidTranslation.isIdentity) {
+            // ACL entries name host ids that the guest would see untranslated.
+            throw Invalid(description: "--posix-acl cannot be used with --translate-uid or --translate-gid")
+        }
+        self.sandbox = sandbox
+        self.seccomp = seccomp
         self.readOnly = readOnly
         self.locks = locks
         self.writeback = writeback

@@ -4,6 +4,7 @@ import ArgumentParser
 import FUSE
 import Logging
 import Passthrough
+import Sandbox
 import VFSSystem
 import VhostUser
 import VirtioFSDevice
@@ -72,19 +73,59 @@ struct Daemon {
                 : ProcessSettings.raiseOpenFileLimit(to: config.openFileLimit)
             logger.debug("open-file limit: \(limit)")
         }
+        // The socket first: its path is out of reach once the shared directory is the root.
+        let listener: OwnedFD
+        do {
+            switch config.listen {
+            case .path(let path):
+                listener = try UnixSocket.listen(path: path)
+                logger.info("waiting for the front-end on \(path)")
+            case .fd(let fd):
+                listener = OwnedFD(taking: fd)
+                logger.info("waiting for the front-end on fd \(fd)")
+            }
+        } catch {
+            logger.error("cannot listen for the front-end: \(error)")
+            return 1
+        }
+        let sandbox: SandboxResult
+        do {
+            sandbox = try Sandbox.enter(
+                config.sandbox, sharedDirectory: config.sharedDirectory, uidMaps: config.uidMaps,
+                gidMaps: config.gidMaps, logger: logger)
+        } catch {
+            logger.error("\(error)")
+            return 1
+        }
         let fileSystem: PassthroughFileSystem
         do {
             fileSystem = try PassthroughFileSystem(
                 options: PassthroughOptions(
-                    sharedDirectory: config.sharedDirectory, cache: config.cache, xattr: config.xattr,
+                    sharedDirectory: sandbox.sharedDirectory, cache: config.cache, xattr: config.xattr,
                     readOnly: config.readOnly, locks: config.locks, allowDirectIO: config.allowDirectIO,
                     preserveNoatime: config.preserveNoatime, announceSubmounts: config.announceSubmounts,
                     killprivV2: config.killprivV2, writeback: config.writeback,
                     inodeFileHandles: config.inodeFileHandles, posixACL: config.posixACL,
-                    securityLabel: config.securityLabel),
+                    securityLabel: config.securityLabel, uidMap: config.uidTranslation, gidMap: config.gidTranslation,
+                    procSelfFD: sandbox.procSelfFD, switchCredentials: sandbox.canSwitchCredentials),
                 logger: logger)
         } catch {
             logger.error("cannot open shared directory \(config.sharedDirectory): \(error)")
+            return 1
+        }
+        // Still one thread: what is set here holds for every thread started later.
+        if ThreadCredentials.effectiveUID == 0 {
+            do {
+                try Capabilities.drop(keeping: config.capabilities)
+            } catch {
+                logger.error("capabilities: \(error)")
+                return 1
+            }
+        }
+        do {
+            try Seccomp.install(config.seccomp)
+        } catch {
+            logger.error("\(error)")
             return 1
         }
         let server = FUSEServer(
@@ -93,16 +134,7 @@ struct Daemon {
 
         let connection: VhostUserConnection
         do {
-            switch config.listen {
-            case .path(let path):
-                let listener = try UnixSocket.listen(path: path)
-                logger.info("waiting for the front-end on \(path)")
-                connection = VhostUserConnection(socket: try UnixSocket.accept(listener.borrowed))
-            case .fd(let fd):
-                let listener = OwnedFD(taking: fd)
-                logger.info("waiting for the front-end on fd \(fd)")
-                connection = VhostUserConnection(socket: try UnixSocket.accept(listener.borrowed))
-            }
+            connection = VhostUserConnection(socket: try UnixSocket.accept(listener.borrowed))
         } catch {
             logger.error("cannot accept a front-end connection: \(error)")
             return 1

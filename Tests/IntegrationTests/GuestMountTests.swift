@@ -37,6 +37,8 @@ func run(_ arguments: [String], environment: [String: String] = [:]) throws -> R
     var env = ProcessInfo.processInfo.environment
     env.merge(environment) { $1 }
     process.environment = env
+    // Not the test process's own working directory: the file systems it creates in other tests move that.
+    process.currentDirectoryURL = URL(fileURLWithPath: NSTemporaryDirectory())
     let out = Pipe()
     // Standard error goes to a file, so that a chatty child never blocks on a second full pipe.
     let errPath = NSTemporaryDirectory() + "run-stderr-" + UUID().uuidString

@@ -92,6 +92,28 @@ int cvfs_open_by_handle_at(int mount_fd, const cvfs_file_handle *handle, int fla
 /// Gives the calling thread its own umask and working directory (unshare(CLONE_FS)); cheap once done.
 int cvfs_unshare_fs(void);
 
+/// Sandbox set-up: the calls Swift cannot import (fork is unavailable in Swift) or imports poorly.
+/// fork(2); only while the process has one thread.
+pid_t cvfs_fork(void);
+/// unshare(2) with CLONE_NEWUSER (user), CLONE_NEWPID, CLONE_NEWNS and CLONE_NEWNET (the rest) as chosen.
+int cvfs_unshare_namespaces(int user, int rest);
+/// mount(2).
+int cvfs_mount(const char *source, const char *target, const char *type, unsigned long flags, const void *data);
+/// Makes every mount of this namespace a slave (MS_REC | MS_SLAVE on "/"), so nothing propagates back.
+int cvfs_make_mounts_private(void);
+/// Mounts a new proc at `target` (nosuid, nodev, noexec).
+int cvfs_mount_proc(const char *target);
+/// Bind-mounts `path` on itself, recursively.
+int cvfs_bind_self(const char *path);
+/// With the working directory at the new root: pivot_root(".", "."), then detaches the old root.
+int cvfs_pivot_to_cwd(void);
+/// prctl(PR_SET_PDEATHSIG, signal).
+int cvfs_set_parent_death_signal(int signal);
+/// pipe2(fds, O_CLOEXEC).
+int cvfs_pipe_cloexec(int fds[2]);
+/// prctl(PR_SET_NO_NEW_PRIVS, 1).
+int cvfs_set_no_new_privs(void);
+
 /// Thread id of the caller (gettid(2)).
 pid_t cvfs_gettid(void);
 

@@ -1,0 +1,107 @@
+// SPDX-License-Identifier: Apache-2.0
+
+import CVirtioFS
+import Glibc
+
+/// The process-level calls of sandbox set-up: namespaces, mounts, a new root, child processes.
+public enum ProcessControl {
+    public static var processID: pid_t { getpid() }
+    public static var effectiveGroupID: gid_t { getegid() }
+
+    /// Forks; `nil` in the child, the child's pid in the parent. Only while the process has a single thread.
+    public static func fork() throws(Errno) -> pid_t? {
+        let pid = try valueOrErrno { cvfs_fork() }
+        return pid == 0 ? nil : pid
+    }
+
+    /// Waits for `pid` to end; its exit status, or 128 + the signal that ended it.
+    public static func waitForExit(_ pid: pid_t) -> Int32 {
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) == -1 {
+            if errno != EINTR { return 1 }
+        }
+        if status & 0x7f == 0 { return (status >> 8) & 0xff }  // WIFEXITED, WEXITSTATUS
+        return 128 + (status & 0x7f)  // WTERMSIG
+    }
+
+    /// Ends the process at once, without running atexit handlers (a forked parent that only waited).
+    public static func exitNow(_ status: Int32) -> Never { _exit(status) }
+
+    /// Enters a new user namespace (`user`) and/or new pid, mount and net namespaces (`others`).
+    public static func unshare(user: Bool, others: Bool) throws(Errno) {
+        try nothingOrErrno { cvfs_unshare_namespaces(user ? 1 : 0, others ? 1 : 0) }
+    }
+
+    public static func makeMountsPrivate() throws(Errno) { try nothingOrErrno { cvfs_make_mounts_private() } }
+    public static func mountProc(at path: String) throws(Errno) { try nothingOrErrno { cvfs_mount_proc(path) } }
+    public static func bindOnItself(_ path: String) throws(Errno) { try nothingOrErrno { cvfs_bind_self(path) } }
+
+    /// Makes `path` the root of this mount namespace and detaches the old root.
+    public static func pivotRoot(to path: String) throws(Errno) {
+        try nothingOrErrno { chdir(path) }
+        try nothingOrErrno { cvfs_pivot_to_cwd() }
+    }
+
+    /// chroot(2) to `path`, then to its "/".
+    public static func changeRoot(to path: String) throws(Errno) {
+        try nothingOrErrno { chdir(path) }
+        try nothingOrErrno { chroot(".") }
+        try nothingOrErrno { chdir("/") }
+    }
+
+    /// The process working directory; every thread that has not unshared its file-system state shares it.
+    public static func changeDirectory(to fd: FileDescriptor) throws(Errno) {
+        try nothingOrErrno { fchdir(fd.rawValue) }
+    }
+
+    public static func setParentDeathSignal(_ signal: Int32) throws(Errno) {
+        try nothingOrErrno { cvfs_set_parent_death_signal(signal) }
+    }
+
+    public static func setNoNewPrivileges() throws(Errno) { try nothingOrErrno { cvfs_set_no_new_privs() } }
+
+    /// Writes `text` to an existing file such as /proc/PID/uid_map, in one write(2).
+    public static func writeFile(_ path: String, _ text: String) throws(Errno) {
+        let fd = try valueOrErrno { open(path, O_WRONLY | O_CLOEXEC) }
+        defer { close(fd) }
+        var bytes = Array(text.utf8)
+        let written = try valueOrErrno { write(fd, &bytes, bytes.count) }
+        guard written == bytes.count else { throw .ioError }
+    }
+
+    /// Runs a program found on PATH (newuidmap, newgidmap) and waits for it; its exit status.
+    public static func run(_ arguments: [String]) throws(Errno) -> Int32 {
+        var pid: pid_t = 0
+        var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        let result = posix_spawnp(&pid, arguments[0], nil, nil, &argv, environ)
+        guard result == 0 else { throw Errno(rawValue: result) }
+        return waitForExit(pid)
+    }
+}
+
+/// A pipe for a parent and its child to wait for each other during set-up.
+public struct SyncPipe: ~Copyable {
+    public let readEnd: OwnedFD
+    public let writeEnd: OwnedFD
+
+    public init() throws(Errno) {
+        var fds: [CInt] = [0, 0]
+        try nothingOrErrno { cvfs_pipe_cloexec(&fds) }
+        readEnd = OwnedFD(taking: fds[0])
+        writeEnd = OwnedFD(taking: fds[1])
+    }
+
+    /// Sends one byte.
+    public func signal(_ value: UInt8 = 1) throws(Errno) {
+        var byte = value
+        _ = try valueOrErrno { write(writeEnd.rawValue, &byte, 1) }
+    }
+
+    /// Waits for one byte; nil when the other side closed its end first.
+    public func wait() throws(Errno) -> UInt8? {
+        var byte: UInt8 = 0
+        let n = try valueOrErrno { read(readEnd.rawValue, &byte, 1) }
+        return n == 1 ? byte : nil
+    }
+}
