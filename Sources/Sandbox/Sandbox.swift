@@ -97,7 +97,11 @@ public enum Sandbox {
             var child: pid_t? = nil
             try step("fork") { child = try ProcessControl.fork() }
             if let child {
-                ProcessControl.exitNow(ProcessControl.waitForExit(child))
+                let status = ProcessControl.waitForExit(child)
+                if status == 128 + SIGSYS {
+                    logger.error("the daemon was killed by SIGSYS: a system call outside the seccomp allowlist (try --seccomp log to find it)")
+                }
+                ProcessControl.exitNow(status)
             }
             try step("parent-death signal") { try ProcessControl.setParentDeathSignal(SIGKILL) }
             try step("make mounts private") { try ProcessControl.makeMountsPrivate() }

@@ -24,7 +24,7 @@ public enum Seccomp {
         "preadv", "pwritev", "preadv2", "pwritev2", "lseek", "fstat", "newfstatat", "statx", "fstatfs", "statfs",
         "getdents64", "readlinkat", "mkdirat", "mknodat", "symlinkat", "linkat", "unlinkat", "renameat",
         "renameat2", "fchmod", "fchmodat", "fchown", "fchownat", "ftruncate", "truncate", "utimensat", "fallocate",
-        "fsync", "fdatasync", "syncfs", "copy_file_range", "flock", "fcntl", "faccessat", "faccessat2", "fchdir",
+        "fsync", "fdatasync", "syncfs", "copy_file_range", "flock", "fcntl", "faccessat", "faccessat2", "fchdir", "chmod",
         "name_to_handle_at", "open_by_handle_at", "ioctl", "dup", "dup3",
         "getxattr", "lgetxattr", "fgetxattr", "setxattr", "lsetxattr", "fsetxattr", "listxattr", "llistxattr",
         "flistxattr", "removexattr", "lremovexattr", "fremovexattr",

@@ -24,6 +24,9 @@ public enum ProcessControl {
         return 128 + (status & 0x7f)  // WTERMSIG
     }
 
+    /// getppid(2), a call the seccomp allowlist leaves out on purpose (the `--seccomp-probe` test hook).
+    public static func callOutsideAllowlist() { _ = getppid() }
+
     /// Ends the process at once, without running atexit handlers (a forked parent that only waited).
     public static func exitNow(_ status: Int32) -> Never { _exit(status) }
 

@@ -56,6 +56,14 @@ public enum ProcessSettings {
         signal(SIGPIPE, SIG_IGN)
     }
 
+    /// Unblocks every signal of the calling thread, so that SIGTERM works whatever mask the starting program left
+    /// (a program started from a libdispatch worker inherits that worker's mask, which blocks nearly all).
+    public static func unblockAllSignals() {
+        var none = sigset_t()
+        sigemptyset(&none)
+        pthread_sigmask(SIG_SETMASK, &none, nil)
+    }
+
     /// Raises the soft limit on open descriptors to `limit` (or the hard limit, if lower); returns the new limit.
     @discardableResult
     public static func raiseOpenFileLimit(to limit: UInt64) -> UInt64 {

@@ -82,6 +82,9 @@ struct DaemonOptions: ParsableArguments {
     @Option(name: .customLong("translate-gid"), help: ArgumentHelp("As --translate-uid, for gids. Repeatable.", valueName: "type:..."))
     var translateGID: [String] = []
 
+    @Flag(name: .customLong("seccomp-probe"), help: .hidden)
+    var seccompProbe = false
+
     @Flag(name: .customLong("print-capabilities"), help: "Print the vhost-user back-end capabilities as JSON and exit.")
     var printCapabilities = false
 
@@ -120,6 +123,8 @@ struct Configuration {
     var openFileLimit: UInt64
     var sandbox: SandboxMode
     var seccomp: SeccompAction
+    /// A test hook: make one system call outside the allowlist once the filter is in place.
+    var seccompProbe: Bool
     var capabilities: [String]
     var uidMaps: [NamespaceIDMap]
     var gidMaps: [NamespaceIDMap]
@@ -250,6 +255,7 @@ struct Configuration {
         }
         self.sandbox = sandbox
         self.seccomp = seccomp
+        self.seccompProbe = options.seccompProbe
         self.readOnly = readOnly
         self.locks = locks
         self.writeback = writeback

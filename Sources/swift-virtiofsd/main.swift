@@ -60,6 +60,7 @@ struct Daemon {
     let logger: Logger
 
     func run() -> Int32 {
+        ProcessSettings.unblockAllSignals()
         ProcessSettings.ignoreBrokenPipe()
         // The guest's mode bits arrive already masked by the guest's umask; the host's must not mask them again.
         ProcessSettings.setUmask(0)
@@ -75,14 +76,15 @@ struct Daemon {
         }
         // The socket first: its path is out of reach once the shared directory is the root.
         let listener: OwnedFD
+        let place: String
         do {
             switch config.listen {
             case .path(let path):
                 listener = try UnixSocket.listen(path: path)
-                logger.info("waiting for the front-end on \(path)")
+                place = path
             case .fd(let fd):
                 listener = OwnedFD(taking: fd)
-                logger.info("waiting for the front-end on fd \(fd)")
+                place = "fd \(fd)"
             }
         } catch {
             logger.error("cannot listen for the front-end: \(error)")
@@ -128,10 +130,16 @@ struct Daemon {
             logger.error("\(error)")
             return 1
         }
+        if config.seccompProbe {
+            logger.info("seccomp probe: calling getppid, which is not on the allowlist")
+            ProcessControl.callOutsideAllowlist()
+        }
         let server = FUSEServer(
             fileSystem: fileSystem, options: FUSEServerOptions(readdirplus: config.readdirplus), logger: logger)
         let backend = VirtioFSBackend(server: server, threadPoolSize: config.threadPoolSize, logger: logger)
 
+        // Logged once sandbox, capabilities and filter are in place (a front-end may connect earlier: it waits).
+        logger.info("waiting for the front-end on \(place) (sandbox \(config.sandbox.rawValue), seccomp \(config.seccomp.rawValue))")
         let connection: VhostUserConnection
         do {
             connection = VhostUserConnection(socket: try UnixSocket.accept(listener.borrowed))

@@ -1,0 +1,189 @@
+// SPDX-License-Identifier: Apache-2.0
+
+import Foundation
+import Testing
+
+/// A daemon started on a fresh share, waiting for its front-end; stopped at the end.
+final class WaitingDaemon {
+    let process = Process()
+    let share: String
+    let socket: String
+    let errorPath: String
+
+    init(_ flags: [String], share: String? = nil, user: String? = nil) throws {
+        let dir = NSTemporaryDirectory() + "sandbox-test-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        chmod(dir, 0o777)
+        self.share = share ?? dir + "/share"
+        if share == nil { try FileManager.default.createDirectory(atPath: self.share, withIntermediateDirectories: true) }
+        socket = dir + "/daemon.sock"
+        errorPath = dir + "/stderr"
+        FileManager.default.createFile(atPath: errorPath, contents: nil)
+        var arguments = [backend, "--socket-path=\(socket)", "--shared-dir=\(self.share)"] + flags
+        if let user { arguments = ["setpriv", "--reuid=\(user)", "--regid=\(user)", "--clear-groups"] + arguments }
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = arguments
+        process.currentDirectoryURL = URL(fileURLWithPath: NSTemporaryDirectory())
+        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: errorPath))
+        try process.run()
+        // Ready once it says so: the socket exists before the sandbox is in place.
+        for _ in 0..<200 where !errors.contains("waiting for the front-end") && process.isRunning { usleep(50_000) }
+    }
+
+    /// The process that serves: in namespace mode the child that is pid 1 of the new pid namespace.
+    var servingPID: Int32 {
+        let children = (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/task/\(process.processIdentifier)/children", encoding: .utf8)) ?? ""
+        return children.split(separator: " ").compactMap { Int32($0) }.first ?? process.processIdentifier
+    }
+
+    func status(_ field: String, of pid: Int32) -> String? {
+        let text = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+        return text.split(separator: "\n").first { $0.hasPrefix(field + ":") }.map {
+            $0.dropFirst(field.count + 1).trimmingCharacters(in: .whitespaces)
+        }
+    }
+
+    var errors: String { (try? String(contentsOfFile: errorPath, encoding: .utf8)) ?? "" }
+
+    deinit {
+        if process.isRunning { process.terminate() }
+        process.waitUntilExit()
+        try? FileManager.default.removeItem(atPath: URL(fileURLWithPath: socket).deletingLastPathComponent().path)
+    }
+}
+
+@Suite("Sandbox, seccomp and capabilities of the running daemon", .serialized)
+struct SandboxIntegrationTests {
+    @Test("namespace mode: the daemon's root is the shared directory, in its own mount, pid and net namespaces")
+    func namespaceView() throws {
+        let daemon = try WaitingDaemon([])
+        FileManager.default.createFile(atPath: daemon.share + "/only-this", contents: Data())
+        let pid = daemon.servingPID
+        #expect(pid != daemon.process.processIdentifier, "no child in a new pid namespace")
+        let seen = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/root")
+        #expect(seen == ["only-this"], "the daemon sees \(seen) at its root")
+        for namespace in ["mnt", "pid", "net"] {
+            let theirs = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/ns/\(namespace)")
+            let ours = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/\(namespace)")
+            #expect(theirs != ours, "\(namespace) namespace shared with the host")
+        }
+        // Its mount table holds the shared directory as "/" and a proc for its own pid namespace, nothing else.
+        let mounts = try String(contentsOfFile: "/proc/\(pid)/mounts", encoding: .utf8).split(separator: "\n")
+        #expect(mounts.allSatisfy { $0.split(separator: " ")[1] == "/" }, "\(mounts)")
+        #expect(daemon.status("NoNewPrivs", of: pid) == "1")
+        #expect(daemon.status("Seccomp", of: pid) == "2")
+    }
+
+    @Test("chroot mode puts the daemon's root at the shared directory; none leaves it at /")
+    func chrootAndNone() throws {
+        let chrooted = try WaitingDaemon(["--sandbox=chroot"])
+        FileManager.default.createFile(atPath: chrooted.share + "/marker", contents: Data())
+        #expect(try FileManager.default.contentsOfDirectory(atPath: "/proc/\(chrooted.servingPID)/root") == ["marker"])
+        let open = try WaitingDaemon(["--sandbox=none", "--seccomp=none"])
+        #expect(try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(open.servingPID)/root") == "/")
+        #expect(open.status("Seccomp", of: open.servingPID) == "0")
+    }
+
+    @Test("the capabilities of a root daemon are exactly the documented set", arguments: [
+        ([String](), "00000000880000db"),  // chown dac_override fowner fsetid setgid setuid mknod setfcap
+        (["--inode-file-handles=prefer"], "00000000880000df"),  // + dac_read_search
+        (["--modcaps=-mknod:+sys_admin"], "00000000802000db"),
+    ])
+    func capabilities(flags: [String], expected: String) throws {
+        let daemon = try WaitingDaemon(flags)
+        let pid = daemon.servingPID
+        #expect(daemon.status("CapEff", of: pid) == expected, "\(daemon.errors)")
+        #expect(daemon.status("CapPrm", of: pid) == expected)
+        #expect(daemon.status("CapInh", of: pid) == "0000000000000000")
+        #expect(daemon.status("CapAmb", of: pid) == "0000000000000000")
+        #expect(daemon.status("CapBnd", of: pid) == "0000000000000000")
+    }
+
+    @Test("a system call outside the allowlist kills the daemon under kill, and is only logged under log")
+    func seccompActions() throws {
+        let killed = try run([backend, "--socket-path=/tmp/seccomp-\(UUID().uuidString).sock", "--shared-dir=/tmp",
+                              "--seccomp=kill", "--seccomp-probe"])
+        #expect(killed.status == 128 + 31, "status \(killed.status): \(killed.errors)")  // SIGSYS
+        #expect(killed.errors.contains("outside the seccomp allowlist"))
+        let logged = try WaitingDaemon(["--seccomp=log", "--seccomp-probe"])
+        usleep(500_000)
+        #expect(logged.process.isRunning, "\(logged.errors)")
+        #expect(logged.errors.contains("seccomp probe"))
+    }
+
+    @Test("started as an unprivileged user, namespace mode works through a user namespace",
+          .enabled(if: guestsCanRun, "needs qemu-system-x86_64"))
+    func unprivileged() throws {
+        let share = NSTemporaryDirectory() + "unprivileged-share-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: share, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: share) }
+        chown(share, 65534, 65534)
+        let result = try run([
+            "\(repositoryRoot)/qemu/run-guest", "--shared-dir", share,
+            "--backend", "setpriv --reuid=65534 --regid=65534 --clear-groups \(backend)",
+            "--", "sh", "-c", "echo written-by-guest > /mnt/note && cat /mnt/note && stat -c '%u' /mnt/note",
+        ])
+        #expect(result.status == 0, "\(result.errors.suffix(2000))")
+        // In the daemon's user namespace nobody is root: the guest sees its file owned by root.
+        #expect(result.output.split(separator: "\n").map(String.init).suffix(2) == ["written-by-guest", "0"], "\(result.output)")
+        var st = stat()
+        #expect(stat(share + "/note", &st) == 0 && st.st_uid == 65534 && st.st_gid == 65534)
+    }
+
+    @Test("with map:0:1000:1, guest root's files belong to 1000 on the host, host 1000 is root in the guest, others 65534",
+          .enabled(if: guestsCanRun, "needs qemu-system-x86_64"))
+    func translatedIDs() throws {
+        let share = NSTemporaryDirectory() + "translate-share-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: share, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: share) }
+        chown(share, 1000, 1000)
+        FileManager.default.createFile(atPath: share + "/mine", contents: Data())
+        chown(share + "/mine", 1000, 1000)
+        FileManager.default.createFile(atPath: share + "/theirs", contents: Data())
+        chown(share + "/theirs", 4321, 4321)
+        let result = try runGuest(share, ["--translate-uid=map:0:1000:1", "--translate-gid=map:0:1000:1"],
+                                  "stat -c '%u:%g %n' /mnt/mine /mnt/theirs && touch /mnt/created && mkdir /mnt/dir")
+        #expect(result.status == 0, "\(result.errors.suffix(2000))")
+        #expect(result.output.contains("0:0 /mnt/mine"), "\(result.output)")
+        #expect(result.output.contains("65534:65534 /mnt/theirs"), "\(result.output)")
+        for name in ["created", "dir"] {
+            var st = stat()
+            #expect(stat(share + "/" + name, &st) == 0 && st.st_uid == 1000 && st.st_gid == 1000, "\(name)")
+        }
+    }
+
+    @Test("escape attempts from the guest stay inside the shared directory",
+          .enabled(if: guestsCanRun, "needs qemu-system-x86_64"))
+    func escapes() throws {
+        let top = NSTemporaryDirectory() + "escape-" + UUID().uuidString
+        let share = top + "/share"
+        try FileManager.default.createDirectory(atPath: share + "/sub", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: top) }
+        try "host secret\n".write(toFile: top + "/secret", atomically: false, encoding: .utf8)
+        try "inside\n".write(toFile: share + "/inside", atomically: false, encoding: .utf8)
+        try FileManager.default.createSymbolicLink(atPath: share + "/up", withDestinationPath: "../secret")
+        try FileManager.default.createSymbolicLink(atPath: share + "/abs", withDestinationPath: top + "/secret")
+        try FileManager.default.createSymbolicLink(atPath: share + "/updir", withDestinationPath: "..")
+        let script = """
+            cd /mnt/sub
+            cat ../../secret 2>/dev/null || echo no-dotdot-secret
+            cat /mnt/up 2>/dev/null || echo no-relative-link-secret
+            cat /mnt/abs 2>/dev/null || echo no-absolute-link-secret
+            ls /mnt/updir/ 2>/dev/null | grep -q secret && echo LEAK || echo no-updir-listing
+            echo changed > /mnt/up 2>/dev/null; echo changed > /mnt/abs 2>/dev/null
+            mv /mnt/inside /mnt/updir/moved 2>/dev/null
+            ln /mnt/sub /mnt/updir/hard 2>/dev/null
+            ls -a /mnt/.. | grep -q '^proc$' && echo dotdot-is-the-guest-root
+            true
+            """
+        let result = try runGuest(share, [], script)
+        #expect(result.status == 0, "\(result.errors.suffix(2000))")
+        for line in ["no-dotdot-secret", "no-relative-link-secret", "no-absolute-link-secret", "no-updir-listing",
+                     "dotdot-is-the-guest-root"] {
+            #expect(result.output.contains(line), "missing \(line) in \(result.output)")
+        }
+        #expect(!result.output.contains("host secret") && !result.output.contains("LEAK"))
+        #expect(try String(contentsOfFile: top + "/secret", encoding: .utf8) == "host secret\n")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: top).sorted() == ["secret", "share"])
+    }
+}
