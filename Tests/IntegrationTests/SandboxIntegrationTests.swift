@@ -10,7 +10,7 @@ final class WaitingDaemon {
     let socket: String
     let errorPath: String
 
-    init(_ flags: [String], share: String? = nil, user: String? = nil) throws {
+    init(_ flags: [String], share: String? = nil) throws {
         let dir = NSTemporaryDirectory() + "sandbox-test-" + UUID().uuidString
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         chmod(dir, 0o777)
@@ -19,8 +19,7 @@ final class WaitingDaemon {
         socket = dir + "/daemon.sock"
         errorPath = dir + "/stderr"
         FileManager.default.createFile(atPath: errorPath, contents: nil)
-        var arguments = [backend, "--socket-path=\(socket)", "--shared-dir=\(self.share)"] + flags
-        if let user { arguments = ["setpriv", "--reuid=\(user)", "--regid=\(user)", "--clear-groups"] + arguments }
+        let arguments = [backend, "--socket-path=\(socket)", "--shared-dir=\(self.share)"] + flags
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = arguments
         process.currentDirectoryURL = URL(fileURLWithPath: NSTemporaryDirectory())
@@ -50,6 +49,19 @@ final class WaitingDaemon {
         process.waitUntilExit()
         try? FileManager.default.removeItem(atPath: URL(fileURLWithPath: socket).deletingLastPathComponent().path)
     }
+}
+
+/// A directory to share, owned by `owner`, removed at the end.
+final class TemporaryShare {
+    let path: String
+
+    init(_ name: String, owner: uid_t) throws {
+        path = NSTemporaryDirectory() + name + "-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        chown(path, owner, owner)
+    }
+
+    deinit { try? FileManager.default.removeItem(atPath: path) }
 }
 
 @Suite("Sandbox, seccomp and capabilities of the running daemon", .serialized)
@@ -114,10 +126,9 @@ struct SandboxIntegrationTests {
     @Test("started as an unprivileged user, namespace mode works through a user namespace",
           .enabled(if: guestsCanRun, "needs qemu-system-x86_64"))
     func unprivileged() throws {
-        let share = NSTemporaryDirectory() + "unprivileged-share-" + UUID().uuidString
-        try FileManager.default.createDirectory(atPath: share, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: share) }
-        chown(share, 65534, 65534)
+        let directory = try TemporaryShare("unprivileged-share", owner: 65534)
+        defer { withExtendedLifetime(directory) {} }
+        let share = directory.path
         let result = try run([
             "\(repositoryRoot)/qemu/run-guest", "--shared-dir", share,
             "--backend", "setpriv --reuid=65534 --regid=65534 --clear-groups \(backend)",
@@ -133,10 +144,9 @@ struct SandboxIntegrationTests {
     @Test("with map:0:1000:1, guest root's files belong to 1000 on the host, host 1000 is root in the guest, others 65534",
           .enabled(if: guestsCanRun, "needs qemu-system-x86_64"))
     func translatedIDs() throws {
-        let share = NSTemporaryDirectory() + "translate-share-" + UUID().uuidString
-        try FileManager.default.createDirectory(atPath: share, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: share) }
-        chown(share, 1000, 1000)
+        let directory = try TemporaryShare("translate-share", owner: 1000)
+        defer { withExtendedLifetime(directory) {} }
+        let share = directory.path
         FileManager.default.createFile(atPath: share + "/mine", contents: Data())
         chown(share + "/mine", 1000, 1000)
         FileManager.default.createFile(atPath: share + "/theirs", contents: Data())
