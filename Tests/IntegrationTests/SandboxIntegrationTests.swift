@@ -141,6 +141,42 @@ struct SandboxIntegrationTests {
         #expect(stat(share + "/note", &st) == 0 && st.st_uid == 65534 && st.st_gid == 65534)
     }
 
+    @Test("started as an unprivileged user with --uid-map and --gid-map ranges, a guest user's files get the mapped host ids",
+          .enabled(if: guestsCanRun && FileManager.default.isExecutableFile(atPath: "/usr/bin/newuidmap"), "needs qemu and newuidmap"))
+    func unprivilegedWithRanges() throws {
+        // newuidmap maps only what /etc/subuid grants: grant nobody a range for this test, then put the files back.
+        var saved: [String: String?] = [:]
+        for file in ["/etc/subuid", "/etc/subgid"] {
+            let old = try? String(contentsOfFile: file, encoding: .utf8)
+            saved[file] = old
+            try ((old ?? "") + "nobody:100000:65536\nnogroup:100000:65536\n").write(toFile: file, atomically: true, encoding: .utf8)
+        }
+        defer {
+            for (file, old) in saved {
+                if let old { try? old.write(toFile: file, atomically: true, encoding: .utf8) } else { unlink(file) }
+            }
+        }
+        let directory = try TemporaryShare("ranges-share", owner: 65534)
+        defer { withExtendedLifetime(directory) {} }
+        let share = directory.path
+        let posixcheck = NSTemporaryDirectory() + "posixcheck-" + UUID().uuidString
+        defer { unlink(posixcheck) }
+        #expect(try run(["gcc", "-static", "-O2", "-o", posixcheck, "\(repositoryRoot)/qemu/conformance/posixcheck.c"]).status == 0)
+        let result = try run([
+            "\(repositoryRoot)/qemu/run-guest", "--shared-dir", share, "--add", posixcheck,
+            "--backend", "setpriv --reuid=65534 --regid=65534 --clear-groups \(backend)",
+            "--uid-map=:0:65534:1:", "--uid-map=:1:100000:65536:", "--gid-map=:0:65534:1:", "--gid-map=:1:100000:65536:",
+            "--", "sh", "-c",
+            "chmod 777 /mnt && echo a > /mnt/by-root && \(URL(fileURLWithPath: posixcheck).lastPathComponent) asuser 1000 1000 sh -c 'echo b > /mnt/by-user' && stat -c '%u:%g %n' /mnt/by-root /mnt/by-user",
+        ])
+        #expect(result.status == 0, "\(result.output)\n\(result.errors.suffix(2000))")
+        #expect(result.output.contains("0:0 /mnt/by-root") && result.output.contains("1000:1000 /mnt/by-user"), "\(result.output)")
+        var st = stat()
+        // Namespace root is the user who started the daemon; namespace 1000 is 100000 + 999.
+        #expect(stat(share + "/by-root", &st) == 0 && st.st_uid == 65534 && st.st_gid == 65534)
+        #expect(stat(share + "/by-user", &st) == 0 && st.st_uid == 100_999 && st.st_gid == 100_999)
+    }
+
     @Test("with map:0:1000:1, guest root's files belong to 1000 on the host, host 1000 is root in the guest, others 65534",
           .enabled(if: guestsCanRun, "needs qemu-system-x86_64"))
     func translatedIDs() throws {
