@@ -11,10 +11,16 @@ public enum UnixSocket {
     /// Creates, binds and listens on `path`, replacing a stale socket file left there.
     public static func listen(path: String, backlog: CInt = 1) throws(Errno) -> OwnedFD {
         let fd = OwnedFD(taking: try valueOrErrno { socket(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0) })
-        var address = try socketAddress(path)
+        _ = try socketAddress(path)  // the final name must fit
         if let existing = try? FileDescriptor.currentWorkingDirectory.statx(path), existing.fileType == .socket {
             unlink(path)
         }
+        // Bound under a temporary name and renamed once listening: a client that sees the path can connect
+        // (between bind and listen, a connect to the path would be refused).
+        let temporary = path + ".\(getpid()).tmp"
+        let staged = (try? socketAddress(temporary)) != nil
+        var address = try socketAddress(staged ? temporary : path)
+        if staged { unlink(temporary) }
         try nothingOrErrno {
             withUnsafePointer(to: &address) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
@@ -23,6 +29,14 @@ public enum UnixSocket {
             }
         }
         try nothingOrErrno { Glibc.listen(fd.rawValue, backlog) }
+        if staged {
+            do throws(Errno) {
+                try nothingOrErrno { rename(temporary, path) }
+            } catch {
+                unlink(temporary)
+                throw error
+            }
+        }
         return fd
     }
 
