@@ -8,17 +8,30 @@ import VFSSystem
 /// Whether `fd` is open in this process.
 func isOpen(_ fd: CInt) -> Bool { fcntl(fd, F_GETFD) != -1 }
 
+/// Whether `fd` is open on the file with inode `inode` (another test running in parallel may reuse the number).
+func isOpen(_ fd: CInt, on inode: ino_t) -> Bool {
+    var st = stat()
+    return fstat(fd, &st) == 0 && st.st_ino == inode
+}
+
 @Suite("System layer")
 struct SystemTests {
     @Test("an OwnedFD closes its descriptor when it goes away, and release() keeps it open")
     func ownership() throws {
         var raw: CInt = -1
+        var inode: ino_t = 0
+        let path = "/tmp/ownedfd-test-\(getpid())"
+        close(creat(path, 0o600))
+        defer { unlink(path) }
         do {
-            let fd = try FileDescriptor.open("/dev/null", flags: .readOnly)
+            let fd = try FileDescriptor.open(path, flags: .readOnly)
             raw = fd.rawValue
-            #expect(isOpen(raw))
+            var st = stat()
+            fstat(raw, &st)
+            inode = st.st_ino
+            #expect(isOpen(raw, on: inode))
         }
-        #expect(!isOpen(raw))
+        #expect(!isOpen(raw, on: inode))
         let kept = try FileDescriptor.open("/dev/null", flags: .readOnly).release()
         #expect(isOpen(kept))
         close(kept)
