@@ -255,9 +255,7 @@ extension PassthroughFileSystem {
 
     public func fsync(_ context: RequestContext, node: UInt64, handle: UInt64, dataOnly: Bool, directory: Bool) throws(Errno) {
         if directory && handle == 0 && !options.cache.opensDirectories {
-            let data = try self.node(node)
-            guard data.fileType == .directory else { throw .notDirectory }
-            let fd = try reopen(data, flags: O_RDONLY | CVFS_O_DIRECTORY | CVFS_O_CLOEXEC)
+            let fd = try openDirectory(try self.node(node))
             try fd.borrowed.sync(dataOnly: dataOnly)
             return
         }

@@ -155,6 +155,12 @@ public final class PassthroughFileSystem: FileSystem {
                      attributeTimeout: options.cache.timeout, isSubmount: submount)
     }
 
+    /// A directory node opened for listing or syncing; ENOTDIR for anything else.
+    func openDirectory(_ data: InodeData) throws(Errno) -> OwnedFD {
+        guard data.fileType == .directory else { throw .notDirectory }
+        return try reopen(data, flags: O_RDONLY | CVFS_O_DIRECTORY | CVFS_O_CLOEXEC)
+    }
+
     /// Opens a node's file for I/O: through `/proc/self/fd/N`, or from its file handle. Symlinks are refused:
     /// following the magic link of a symlink would resolve its target on the host.
     func reopen(_ data: InodeData, flags: CInt) throws(Errno) -> OwnedFD {
@@ -377,7 +383,7 @@ public final class PassthroughFileSystem: FileSystem {
         let data = try self.node(node)
         guard data.fileType == .directory else { throw .notDirectory }
         guard options.cache.opensDirectories else { throw .noFunction }
-        let fd = try reopen(data, flags: O_RDONLY | CVFS_O_DIRECTORY | CVFS_O_CLOEXEC)
+        let fd = try openDirectory(data)
         return OpenReply(handle: handles.insert(fd), flags: options.cache.directoryOpenFlags)
     }
 
@@ -391,8 +397,7 @@ public final class PassthroughFileSystem: FileSystem {
         let parent = try self.node(node)
         if handle == 0 && !options.cache.opensDirectories {
             // The guest does not open directories (see CachePolicy.opensDirectories): a descriptor per READDIR.
-            guard parent.fileType == .directory else { throw .notDirectory }
-            let fd = try reopen(parent, flags: O_RDONLY | CVFS_O_DIRECTORY | CVFS_O_CLOEXEC)
+            let fd = try openDirectory(parent)
             return try readDirectory(parent: parent, fd: fd.borrowed, offset: offset, plus: plus, into: &sink)
         }
         let open = try self.handle(handle)
