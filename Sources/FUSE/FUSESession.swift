@@ -18,20 +18,43 @@ public final class FUSESession<FS: FileSystem> {
     let dataVectors: UnsafeMutableBufferPointer<iovec>
     /// Finishes a deferred request: its token and the bytes written into its buffers.
     let completeDeferred: @Sendable (UInt64, UInt32) -> Void
+    /// Names the session in its log line (its queue, its pool thread).
+    let label: String
+    /// Requests served, by opcode (slot 0 counts opcodes this server does not know); logged at debug level
+    /// when the session ends, so that a workload's round trips can be counted.
+    let opcodeCounts: UnsafeMutableBufferPointer<UInt64>
 
     /// - Parameter complete: called, from another thread, when a request that `handle` deferred is finished.
-    public init(server: FUSEServer<FS>, complete: @escaping @Sendable (UInt64, UInt32) -> Void = { _, _ in }) {
+    public init(server: FUSEServer<FS>, label: String = "FUSE session", complete: @escaping @Sendable (UInt64, UInt32) -> Void = { _, _ in }) {
         self.server = server
+        self.label = label
         self.completeDeferred = complete
         requestStorage = .allocate(byteCount: Self.requestCapacity, alignment: 16)
         replyStorage = .allocate(byteCount: Int(server.options.maxWrite) + 64 * 1024, alignment: 16)
         dataVectors = .allocate(capacity: 1024 + 2)
+        opcodeCounts = .allocate(capacity: 64)
+        opcodeCounts.initialize(repeating: 0)
     }
 
     deinit {
+        if server.logger.logLevel <= .debug, let summary = Self.summary(of: UnsafeBufferPointer(opcodeCounts)) {
+            server.logger.debug("\(label) served \(summary)")
+        }
         requestStorage.deallocate()
         replyStorage.deallocate()
         dataVectors.deallocate()
+        opcodeCounts.deallocate()
+    }
+
+    /// "N requests: lookup a, getattr b, ...", most frequent first (ties in opcode order); nil when there were none.
+    static func summary(of counts: UnsafeBufferPointer<UInt64>) -> String? {
+        let total = counts.reduce(0, +)
+        guard total > 0 else { return nil }
+        let named = counts.indices.filter { counts[$0] > 0 }.sorted { (counts[$0], $1) > (counts[$1], $0) }.map { index in
+            let name = index == 0 ? "unknown" : FUSEOpcode(rawValue: UInt32(index)).map { "\($0)" } ?? "opcode \(index)"
+            return "\(name) \(counts[index])"
+        }
+        return "\(total) requests: " + named.joined(separator: ", ")
     }
 
     /// Serves one request read from `readable`, writing the reply into `writable` (the guest's buffers).
@@ -49,6 +72,7 @@ public final class FUSESession<FS: FileSystem> {
         }
         let header = requestStorage.loadUnaligned(as: fuse_in_header.self)
         let opcode = FUSEOpcode(rawValue: header.opcode)
+        opcodeCounts[opcode == nil || header.opcode >= 64 ? 0 : Int(header.opcode)] &+= 1
         let argumentsEnd = MemoryLayout<fuse_in_header>.size + MemoryLayout<fuse_write_in>.size
         (gathered, total) = gather(readable, upTo: opcode == .write ? argumentsEnd : requestStorage.count)
         // The arguments end where the header says, before any extension headers (total_extlen, in 8-byte units).

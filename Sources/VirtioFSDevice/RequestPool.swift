@@ -47,7 +47,7 @@ final class RequestPool<FS: FileSystem>: @unchecked Sendable {
         for i in 0..<size {
             threads.append(try SystemThread(name: "pool-\(queue)-\(i)") { [self] in
                 // Each pool thread has a session, and so scratch memory, of its own.
-                serve(FUSESession(server: server) { token, length in
+                serve(FUSESession(server: server, label: "queue \(queue) pool thread \(i)") { token, length in
                     completions.complete(head: UInt16(truncatingIfNeeded: token), length: length)
                 })
             })

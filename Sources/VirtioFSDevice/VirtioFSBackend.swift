@@ -27,7 +27,7 @@ public final class VirtioFSBackend<FS: FileSystem>: VhostUserBackend {
     public var deviceFeatures: UInt64 { 0 }
 
     public func makeRequestHandler(queue index: Int, completions: DeferredCompletions) -> any VringRequestHandler {
-        let session = FUSESession(server: server) { token, length in
+        let session = FUSESession(server: server, label: "queue \(index)") { token, length in
             completions.complete(head: UInt16(truncatingIfNeeded: token), length: length)
         }
         // The hiprio queue (0) carries only FORGETs: it never needs a pool.

@@ -260,3 +260,58 @@ struct FUSESessionTests {
         #expect(fs.lookedUp.withLock { $0.isEmpty })
     }
 }
+
+/// Keeps every message logged through it, in `lines`.
+struct CapturingLogHandler: LogHandler {
+    final class Lines: Sendable {
+        let lines = Mutex<[String]>([])
+    }
+    let sink: Lines
+    var logLevel: Logger.Level = .debug
+    var metadata: Logger.Metadata = [:]
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+    func log(event: LogEvent) {
+        sink.lines.withLock { $0.append("\(event.message)") }
+    }
+}
+
+@Suite("FUSE session request counts")
+struct FUSESessionCountTests {
+    @Test("a session that ends logs, at debug level, how many requests of each opcode it served")
+    func countsLogged() {
+        let sink = CapturingLogHandler.Lines()
+        var logger = Logger(label: "test") { _ in CapturingLogHandler(sink: sink) }
+        logger.logLevel = .debug
+        do {
+            let session = FUSESession(server: FUSEServer(fileSystem: FakeFileSystem(), logger: logger), label: "queue 7")
+            _ = Frame(request: initFrame(minor: 41, flags: 0), replySegments: [80]).run(session)
+            for _ in 0..<3 {
+                _ = Frame(request: frame(.lookup, Array("absent\0".utf8)), replySegments: [144]).run(session)
+            }
+            _ = Frame(request: frame(.getattr, bytes(fuse_getattr_in())), replySegments: [120]).run(session)
+            _ = Frame(request: frame(.forget, node: 42, bytes(fuse_forget_in(nlookup: 1))), replySegments: []).run(session)
+            var unknown = frame(.lookup)
+            unknown.withUnsafeMutableBytes { $0.storeBytes(of: UInt32(4000), toByteOffset: 4, as: UInt32.self) }
+            _ = Frame(request: unknown, replySegments: [16]).run(session)
+        }
+        let lines = sink.lines.withLock { $0 }
+        #expect(lines.contains("queue 7 served 7 requests: lookup 3, unknown 1, forget 1, getattr 1, init 1"), "\(lines)")
+    }
+
+    @Test("a session that served nothing, or logs above debug level, logs no counts")
+    func quietWhenNothingOrNotDebug() {
+        let sink = CapturingLogHandler.Lines()
+        var logger = Logger(label: "test") { _ in CapturingLogHandler(sink: sink) }
+        logger.logLevel = .debug
+        _ = FUSESession(server: FUSEServer(fileSystem: FakeFileSystem(), logger: logger), label: "idle")
+        logger.logLevel = .info
+        do {
+            let session = FUSESession(server: FUSEServer(fileSystem: FakeFileSystem(), logger: logger), label: "busy")
+            _ = Frame(request: initFrame(minor: 41, flags: 0), replySegments: [80]).run(session)
+        }
+        #expect(!sink.lines.withLock { $0 }.contains { $0.contains("served") })
+    }
+}
