@@ -24,8 +24,8 @@ struct Bench: ParsableCommand {
     @Option(help: "A second back-end to run the same plan against, for ratios.")
     var compare: String?
 
-    @Option(help: "Request queues.")
-    var queues: Int = 1
+    @Option(help: "Request queues; a comma-separated list (\"1,2\") runs the plan at each count in every round and prints how ops/s scale.")
+    var queues: String = "1"
 
     @Option(help: "Requests in flight per queue.")
     var depth: Int = 64
@@ -50,6 +50,11 @@ struct Bench: ParsableCommand {
             guard let op = Operation(rawValue: String(name)) else { throw ValidationError("unknown operation \(name)") }
             return op
         }
+        let queueCounts = try queues.split(separator: ",").map { text in
+            guard let n = Int(text), n >= 1, n <= 64 else { throw ValidationError("--queues takes counts from 1 to 64") }
+            return n
+        }
+        guard !queueCounts.isEmpty else { throw ValidationError("--queues takes at least one count") }
         let ours = backend ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
             .appendingPathComponent("swift-virtiofsd").path
         let fixtureDir = try makeFixtureDirectory()
@@ -59,32 +64,65 @@ struct Bench: ParsableCommand {
         print("host baseline, measured again next to each back-end's GETATTR, READ 1 MiB and WRITE 1 MiB: fstat on the file; pread and pwrite of 1 MiB at random offsets between it (page cache) and \(depth) rotating 1 MiB buffers in shared memory, as the guest's")
         print("plan: \(queues) request queue(s), depth \(depth), cache=\(cache), \(rounds) round(s), medians shown\n")
 
-        var firstRounds: [[Result]] = []
-        var secondRounds: [[Result]] = []
+        // [queue count][round] for each back-end; within a round every count and back-end runs back to back.
+        var firstRounds = [[[Result]]](repeating: [], count: queueCounts.count)
+        var secondRounds = [[[Result]]](repeating: [], count: queueCounts.count)
         for round in 1...rounds {
             if rounds > 1 { FileHandle.standardError.write("round \(round) of \(rounds)\n".data(using: .utf8)!) }
-            firstRounds.append(try measure(command: ours, plan: plan, directory: fixtureDir, host: host))
-            if let compare { secondRounds.append(try measure(command: compare, plan: plan, directory: fixtureDir, host: host)) }
+            for (q, count) in queueCounts.enumerated() {
+                firstRounds[q].append(try measure(command: ours, queues: count, plan: plan, directory: fixtureDir, host: host))
+                if let compare {
+                    secondRounds[q].append(try measure(command: compare, queues: count, plan: plan, directory: fixtureDir, host: host))
+                }
+            }
         }
-        printTable(ours, firstRounds)
-        if let compare {
-            printTable(compare, secondRounds)
-            print("| operation | ops/s, first / second | back-end CPU per op, second / first |")
-            print("|---|---|---|")
-            for (i, op) in plan.enumerated() {
-                // Paired per round (both back-ends ran back to back), then the median over rounds.
-                let speed = median(zip(firstRounds, secondRounds).map { $0[i].opsPerSecond / $1[i].opsPerSecond })
-                let cpu = median(zip(firstRounds, secondRounds).map { $1[i].cpuMicroseconds / $0[i].cpuMicroseconds })
-                print("| \(op.rawValue) | \(format(speed, 2))x | \(format(cpu, 2))x |")
+        for (q, count) in queueCounts.enumerated() {
+            let label = queueCounts.count > 1 ? " with \(count) request queue(s)" : ""
+            printTable(ours + label, firstRounds[q])
+            if let compare {
+                printTable(compare + label, secondRounds[q])
+                print("| operation | ops/s, first / second | back-end CPU per op, second / first |")
+                print("|---|---|---|")
+                for (i, op) in plan.enumerated() {
+                    // Paired per round (both back-ends ran back to back), then the median over rounds.
+                    let speed = median(zip(firstRounds[q], secondRounds[q]).map { $0[i].opsPerSecond / $1[i].opsPerSecond })
+                    let cpu = median(zip(firstRounds[q], secondRounds[q]).map { $1[i].cpuMicroseconds / $0[i].cpuMicroseconds })
+                    print("| \(op.rawValue) | \(format(speed, 2))x | \(format(cpu, 2))x |")
+                }
+                print()
+            }
+        }
+        if queueCounts.count > 1 {
+            for (name, results) in [(ours, firstRounds)] + (compare.map { [($0, secondRounds)] } ?? []) {
+                printScaling(name, queueCounts, results)
             }
         }
     }
 
+    /// ops/s at each queue count over ops/s at the first, per round (the counts ran back to back), then the
+    /// median over rounds, with the rounds' range.
+    func printScaling(_ command: String, _ counts: [Int], _ results: [[[Result]]]) {
+        print("\(command): ops/s against \(counts[0]) request queue(s), median of \(rounds) paired round(s) [lowest, highest]\n")
+        print("| operation |" + counts.dropFirst().map { " \($0) queues |" }.joined())
+        print("|---|" + String(repeating: "---|", count: counts.count - 1))
+        for (i, first) in results[0][0].enumerated() {
+            var row = "| \(first.operation.rawValue) |"
+            for q in 1..<counts.count {
+                let ratios = zip(results[0], results[q]).map { $1[i].opsPerSecond / $0[i].opsPerSecond }
+                row += " \(format(median(ratios), 2))x [\(format(ratios.min() ?? 0, 2)), \(format(ratios.max() ?? 0, 2))] |"
+            }
+            print(row)
+        }
+        print()
+    }
+
     /// Counts per operation at scale 1.
-    func count(_ op: Operation) -> Int {
+    func count(_ op: Operation, queues: Int) -> Int {
         let base: Int
         switch op {
-        case .getattr, .lookup, .read4k: base = 40_000
+        // Small operations run for about half a second at the default scale: at 40,000, as before, a run took
+        // under 100 ms and two queues' threads spent a visible part of it starting and waking.
+        case .getattr, .lookup, .read4k: base = 200_000
         case .readdirplus: base = 10_000
         case .read1m, .write1m: base = 600
         case .create: base = 5_000
@@ -92,7 +130,7 @@ struct Bench: ParsableCommand {
         return max(queues, Int(Double(base) * scale))
     }
 
-    func measure(command: String, plan: [Operation], directory: String, host: HostBaseline) throws -> [Result] {
+    func measure(command: String, queues: Int, plan: [Operation], directory: String, host: HostBaseline) throws -> [Result] {
         let socket = NSTemporaryDirectory() + "bench-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
         let parts = command.split(separator: " ").map(String.init)
         let process = Process()
@@ -115,7 +153,7 @@ struct Bench: ParsableCommand {
         let fixture = try setUp(loads[0])
         var results: [Result] = []
         for op in plan {
-            let total = count(op)
+            let total = count(op, queues: queues)
             // A warm-up round, not measured: first-touch faults of guest memory in the back-end, cold caches.
             let warmUp = try loads.enumerated().map { (i, load) in
                 try SystemThread(name: "warm-q\(i + 1)") { load.run(op, count: load.depth * 2, fixture: fixture, seed: 7) }
