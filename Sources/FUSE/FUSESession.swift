@@ -74,7 +74,7 @@ public final class FUSESession<FS: FileSystem> {
         let opcode = FUSEOpcode(rawValue: header.opcode)
         opcodeCounts[opcode == nil || header.opcode >= 64 ? 0 : Int(header.opcode)] &+= 1
         let argumentsEnd = MemoryLayout<fuse_in_header>.size + MemoryLayout<fuse_write_in>.size
-        (gathered, total) = gather(readable, upTo: opcode == .write ? argumentsEnd : requestStorage.count)
+        (gathered, total) = gather(readable, from: gathered, upTo: opcode == .write ? argumentsEnd : requestStorage.count)
         // The arguments end where the header says, before any extension headers (total_extlen, in 8-byte units).
         let declared = min(Int(header.len), total) - Int(header.total_extlen) * 8
         var reader = ByteReader(UnsafeRawBufferPointer(rebasing: requestStorage[MemoryLayout<fuse_in_header>.size..<max(MemoryLayout<fuse_in_header>.size, min(gathered, declared))]))
@@ -134,15 +134,19 @@ public final class FUSESession<FS: FileSystem> {
         return nil
     }
 
-    /// Copies the first `limit` request bytes out of guest memory (once: the guest may change them meanwhile).
-    func gather(_ readable: UnsafeBufferPointer<iovec>, upTo limit: Int) -> (gathered: Int, total: Int) {
-        var gathered = 0
+    /// Copies request bytes `start..<limit` out of guest memory, after the `start` bytes copied before (each
+    /// byte once: the guest may change them meanwhile). Returns how many bytes are in `requestStorage` now and
+    /// how many the request has in all.
+    func gather(_ readable: UnsafeBufferPointer<iovec>, from start: Int = 0, upTo limit: Int) -> (gathered: Int, total: Int) {
+        var gathered = start
         var total = 0
         for v in readable {
+            // This buffer holds request bytes total..<total + iov_len; copy those in gathered..<limit.
+            let skip = gathered - total
             total += v.iov_len
-            let n = min(v.iov_len, limit - gathered)
-            if n > 0, let base = v.iov_base {
-                requestStorage.baseAddress!.advanced(by: gathered).copyMemory(from: base, byteCount: n)
+            let n = min(v.iov_len - max(skip, 0), limit - gathered)
+            if n > 0, skip >= 0, let base = v.iov_base {
+                requestStorage.baseAddress!.advanced(by: gathered).copyMemory(from: base.advanced(by: skip), byteCount: n)
                 gathered += n
             }
         }
@@ -151,6 +155,13 @@ public final class FUSESession<FS: FileSystem> {
 
     /// Writes the out header and `payload` into the guest's buffers; returns the bytes written.
     func finish(unique: UInt64, error: Errno?, payload: UnsafeRawBufferPointer, into writable: UnsafeMutableBufferPointer<iovec>) -> UInt32 {
+        // The common case, a small reply that fits the first buffer: two plain copies.
+        let length = Self.headerSize + payload.count
+        if let first = writable.first, first.iov_len >= length, let base = first.iov_base {
+            base.storeBytes(of: fuse_out_header(len: UInt32(length), error: -(error?.rawValue ?? 0), unique: unique), as: fuse_out_header.self)
+            if payload.count > 0 { (base + Self.headerSize).copyMemory(from: payload.baseAddress!, byteCount: payload.count) }
+            return UInt32(length)
+        }
         var cursor = Self.writeHeader(into: writable, length: Self.headerSize + payload.count, error: error, unique: unique)
         cursor.write(payload)
         return UInt32(cursor.written)

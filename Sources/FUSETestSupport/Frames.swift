@@ -7,10 +7,13 @@ import FUSE
 public struct Frame {
     public var request: [UInt8]
     public var replySegments: [Int]
+    /// The sizes of the buffers the request is split into (the last one takes what remains); one buffer if empty.
+    public var requestSegments: [Int]
 
-    public init(request: [UInt8], replySegments: [Int]) {
+    public init(request: [UInt8], replySegments: [Int], requestSegments: [Int] = []) {
         self.request = request
         self.replySegments = replySegments
+        self.requestSegments = requestSegments
     }
 
     /// Runs the frame through `session`; returns the bytes written and the reply bytes.
@@ -27,7 +30,16 @@ public struct Frame {
         var request = self.request
         let memory = ReplyMemory(segments: replySegments)
         let written = request.withUnsafeMutableBytes { raw -> UInt32? in
-            var readable = [iovec(iov_base: raw.baseAddress, iov_len: raw.count)]
+            var readable: [iovec] = []
+            var offset = 0
+            for size in requestSegments where offset < raw.count {
+                let n = min(size, raw.count - offset)
+                readable.append(iovec(iov_base: raw.baseAddress! + offset, iov_len: n))
+                offset += n
+            }
+            if offset < raw.count || readable.isEmpty {
+                readable.append(iovec(iov_base: raw.baseAddress.map { $0 + offset }, iov_len: raw.count - offset))
+            }
             return readable.withUnsafeMutableBufferPointer { r in
                 memory.vectors.withUnsafeMutableBufferPointer { w in
                     // The request's unique id is its token, as a chain head is for the device.

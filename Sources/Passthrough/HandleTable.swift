@@ -25,7 +25,7 @@ public final class HandleTable: Sendable {
     static var shardMask: UInt64 { UInt64(shardCount - 1) }
 
     struct Shard: ~Copyable {
-        var handles: [UInt64: HandleData] = [:]
+        var handles = IDTable<HandleData>()
         var nextCounter: UInt64 = 1
     }
 

@@ -101,7 +101,7 @@ public final class InodeStore: Sendable {
     }
 
     struct Shard: ~Copyable {
-        var byID: [UInt64: Node] = [:]
+        var byID = IDTable<Node>()
         var byKey: [InodeKey: UInt64] = [:]
         var nextCounter: UInt64 = 1
 

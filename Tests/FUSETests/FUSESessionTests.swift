@@ -137,6 +137,19 @@ struct FUSESessionTests {
         #expect(outHeader(missing).error == -Errno.noEntry.rawValue && outHeader(missing).len == 16)
     }
 
+    @Test("a request split over several buffers, anywhere, reads as the same request", arguments: [
+        [1], [40], [20, 25], [45], [40, 8, 1], [8, 8, 8, 8, 8, 8, 8], Array(repeating: 1, count: 60),
+    ])
+    func splitRequest(segments: [Int]) {
+        let (session, fs) = initializedSession()
+        let request = frame(.lookup, Array("present\0".utf8))
+        let (_, whole) = Frame(request: request, replySegments: [144]).run(session)
+        let (written, split) = Frame(request: request, replySegments: [144], requestSegments: segments).run(session)
+        #expect(written == 144)
+        #expect(split == whole)
+        #expect(fs.lookedUp.withLock { $0 } == ["present", "present"])
+    }
+
     @Test("a name without its NUL is EINVAL and reaches no file system")
     func unterminatedName() {
         let (session, fs) = initializedSession()
