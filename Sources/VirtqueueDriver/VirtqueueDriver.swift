@@ -209,6 +209,23 @@ public final class VirtqueueDriver {
     /// Sets `used_event` (EVENT_IDX): the used index after which the driver wants an interrupt.
     public func setUsedEvent(_ value: UInt16) { storeU16(availableAddress + 4 + 2 * UInt64(size), value) }
 
+    /// EVENT_IDX, as a Linux guest re-arms its interrupt before it sleeps: asks for an interrupt at the next
+    /// completion, then reports whether completions arrived meanwhile (if so, drain them instead of sleeping).
+    public func armUsedEvent() -> Bool {
+        setUsedEvent(lastUsed)
+        // used_event must be visible before we look at used.idx again (the device does the converse).
+        cvfs_fence_seq_cst()
+        return usedIndex == lastUsed
+    }
+
+    /// EVENT_IDX: whether the device asked to be kicked for the heads published since avail.idx was `old`
+    /// (virtio 1.2 §2.7.10: it wants a kick once avail.idx passes its avail_event).
+    public func needsKick(since old: UInt16) -> Bool {
+        cvfs_fence_seq_cst()
+        let event = availableEvent
+        return availableIndex &- event &- 1 < availableIndex &- old
+    }
+
     /// Sets avail.flags (1 = no interrupt).
     public func setAvailableFlags(_ value: UInt16) { storeU16(availableAddress, value) }
 

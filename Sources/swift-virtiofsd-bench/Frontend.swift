@@ -14,6 +14,8 @@ final class Frontend {
     let drivers: [VirtqueueDriver]
     let kicks: [EventFD.Box]
     let calls: [EventFD.Box]
+    /// Whether VIRTIO_RING_F_EVENT_IDX was agreed.
+    private(set) var eventIndex = false
 
     struct Failure: Error, CustomStringConvertible {
         let description: String
@@ -45,8 +47,10 @@ final class Frontend {
             }
         }
         try send(.setOwner)
-        // EVENT_IDX stays off: the back-end signals each batch, which the driver threads wait for.
-        try send(.setFeatures, payloadBytes(of: VirtioFeatures.version1 | (features & VirtioFeatures.protocolFeatures)))
+        // EVENT_IDX when the back-end offers it, as a Linux guest takes it: each side tells the other when it
+        // next wants to hear (used_event, avail_event), so a busy side is neither kicked nor interrupted.
+        eventIndex = features & VirtioFeatures.ringEventIndex != 0
+        try send(.setFeatures, payloadBytes(of: VirtioFeatures.version1 | (features & (VirtioFeatures.protocolFeatures | VirtioFeatures.ringEventIndex))))
 
         var table = cvfs_vhost_memory()
         table.num_regions = UInt32(drivers.count)

@@ -61,6 +61,8 @@ final class QueueLoad: @unchecked Sendable {
     let call: EventFD.Box
     let queue: Int
     let depth: Int
+    /// EVENT_IDX agreed: kick only when the back-end asked for it, and ask for an interrupt only before sleeping.
+    let eventIndex: Bool
     var latencies: [UInt64] = []
     var errors = 0
     var firstError: Int32 = 0
@@ -71,12 +73,13 @@ final class QueueLoad: @unchecked Sendable {
     static let requestCapacity = (1 << 20) + 4096
     static let replyCapacity = (1 << 20) + 4096
 
-    init(driver: VirtqueueDriver, kick: EventFD.Box, call: EventFD.Box, queue: Int, depth: Int) {
+    init(driver: VirtqueueDriver, kick: EventFD.Box, call: EventFD.Box, queue: Int, depth: Int, eventIndex: Bool) {
         self.driver = driver
         self.kick = kick
         self.call = call
         self.queue = queue
         self.depth = depth
+        self.eventIndex = eventIndex
         allocateSlots()
     }
 
@@ -148,7 +151,7 @@ final class QueueLoad: @unchecked Sendable {
         kick.signal()
         var done = false
         while !done {
-            _ = call.wait(milliseconds: 1000)
+            if !eventIndex || driver.armUsedEvent() { _ = call.wait(milliseconds: 1000) }
             driver.drainUsed { _ in done = true }
         }
         return replyError(slot: 0)
@@ -255,13 +258,20 @@ final class QueueLoad: @unchecked Sendable {
             if stage[slot] == 0 { started[slot] = monotonicNanoseconds() }
         }
 
+        /// Kicks for what was published since avail.idx was `from` (with EVENT_IDX only if the back-end asked).
+        func kickIfWanted(from: UInt16) {
+            if !eventIndex || driver.needsKick(since: from) { kick.signal() }
+        }
+        var before = driver.availableIndex
         for slot in 0..<min(depth, count) {
             issue(slot)
             issued += 1
         }
-        kick.signal()
+        kickIfWanted(from: before)
         while completed < count {
-            _ = call.wait(milliseconds: 1000)
+            // As a guest's driver: with EVENT_IDX, re-arm the interrupt and sleep only if nothing came meanwhile.
+            if !eventIndex || driver.armUsedEvent() { _ = call.wait(milliseconds: 1000) }
+            before = driver.availableIndex
             var submitted = false
             // Resolve the whole batch first, then issue (a slot's descriptors are its own, so nothing is reused
             // under our feet, but the batch is also the natural unit for one kick).
@@ -302,7 +312,7 @@ final class QueueLoad: @unchecked Sendable {
                     submitted = true
                 }
             }
-            if submitted { kick.signal() }
+            if submitted { kickIfWanted(from: before) }
         }
     }
 }

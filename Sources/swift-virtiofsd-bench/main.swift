@@ -148,7 +148,7 @@ struct Bench: ParsableCommand {
             socketPath: socket, requestQueues: queues, queueSize: queueSize,
             memoryPerQueue: depth * (QueueLoad.requestCapacity + QueueLoad.replyCapacity) + (16 << 20))
         let loads = (1...queues).map { q in
-            QueueLoad(driver: frontend.drivers[q], kick: frontend.kicks[q], call: frontend.calls[q], queue: q, depth: depth)
+            QueueLoad(driver: frontend.drivers[q], kick: frontend.kicks[q], call: frontend.calls[q], queue: q, depth: depth, eventIndex: frontend.eventIndex)
         }
         let fixture = try setUp(loads[0])
         var results: [Result] = []
