@@ -177,6 +177,38 @@ struct VhostUserHandlerTests {
         #expect(frontend.finish() == .some(nil))
     }
 
+    @Test("a long batch signals the guest along the way, every 16 requests, and with EVENT_IDX only as used_event asks",
+          arguments: [(false, UInt16(0), UInt64(3)), (true, 35, 2)])
+    func signalsWithinBatch(eventIndex: Bool, usedEvent: UInt16, signals: UInt64) throws {
+        let frontend = try TestFrontend()
+        try frontend.negotiate(eventIndex: eventIndex)
+        let driver = try VirtqueueDriver(size: 128)
+        let kick = try EventFD()
+        let call = try EventFD()
+        try frontend.startQueue(1, driver: driver, kick: kick, call: call)
+        // 40 requests, then one kick: the worker serves them as one batch.
+        driver.setUsedEvent(usedEvent)
+        for i in 0..<40 {
+            let head = driver.makeChain([
+                .init(address: driver.write([UInt8(i)]), length: 1, writable: false),
+                .init(address: driver.allocate(8), length: 8, writable: true),
+            ])
+            driver.publish(head)
+        }
+        kick.signal()
+        for _ in 0..<500 where driver.usedIndex != 40 { usleep(10_000) }
+        #expect(driver.usedIndex == 40)
+        // GET_VRING_BASE joins the worker: every signal it sent is in the counter.
+        try frontend.send(.getVringBase, payload: payloadBytes(of: cvfs_vhost_vring_state(index: 1, num: 0)))
+        _ = try frontend.reply(to: .getVringBase)
+        var count: UInt64 = 0
+        #expect(read(call.fd.rawValue, &count, 8) == 8)
+        // Without EVENT_IDX: at 16, 32 and the end. With used_event 35: at 16 (the first check always signals),
+        // not at 32 (35 not yet passed), and at 40 (35 passed since 32).
+        #expect(count == signals)
+        #expect(frontend.finish() == .some(nil))
+    }
+
     @Test("a disabled ring is not served until SET_VRING_ENABLE")
     func enable() throws {
         let frontend = try TestFrontend()
