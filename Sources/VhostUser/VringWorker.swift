@@ -226,7 +226,7 @@ final class VringWorker: @unchecked Sendable {
                     do {
                         guard try queue.pop(into: chain) else { break }
                         if let written = handler.handle(chain) {
-                            queue.complete(head: chain.head, length: written)
+                            queue.complete(head: chain.headIndex, length: written)
                             sinceSignal += 1
                             if sinceSignal == Self.signalEvery {
                                 sinceSignal = 0

@@ -62,7 +62,7 @@ final class RequestPool<FS: FileSystem>: @unchecked Sendable {
         for i in 0..<chain.writableCount { job.writable[i] = chain.writable[i] }
         job.readableCount = chain.readableCount
         job.writableCount = chain.writableCount
-        job.head = chain.head
+        job.head = chain.headIndex
         pending.withLock { $0.append(job) }
         EventFD.signal(ready.borrowed)
         return true

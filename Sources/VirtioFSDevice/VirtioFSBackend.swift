@@ -59,7 +59,7 @@ public final class VirtioFSBackend<FS: FileSystem>: VhostUserBackend {
 
         func handle(_ chain: DescriptorChain) -> UInt32? {
             if let pool, pool.submit(chain) { return nil }
-            return session.handle(readable: chain.readableBuffers, writable: chain.writableBuffers, token: UInt64(chain.head))
+            return session.handle(readable: chain.readableBuffers, writable: chain.writableBuffers, token: UInt64(chain.headIndex))
         }
     }
 }
