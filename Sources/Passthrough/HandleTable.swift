@@ -29,22 +29,18 @@ public final class HandleTable: Sendable {
         var nextCounter: UInt64 = 1
     }
 
-    final class ShardBox: Sendable {
-        let state = Mutex(Shard())
-    }
-
-    private let shards: [ShardBox]
+    private let shards: Shards<Shard>
     private let nextShard = Atomic<UInt64>(0)
 
     public init() {
-        shards = (0..<Self.shardCount).map { _ in ShardBox() }
+        shards = Shards(count: Self.shardCount) { Shard() }
     }
 
     /// Stores an open descriptor and returns its handle number; `writer` is the node of a file opened for writing.
     public func insert(_ fd: consuming OwnedFD, writer: InodeData? = nil) -> UInt64 {
         let data = HandleData(fd: fd, writer: writer)
         let shardIndex = nextShard.wrappingAdd(1, ordering: .relaxed).oldValue & Self.shardMask
-        return shards[Int(shardIndex)].state.withLock { shard in
+        return shards.withLock(Int(shardIndex)) { shard in
             let handle = shard.nextCounter << Self.shardBits | shardIndex
             shard.nextCounter += 1
             shard.handles[handle] = data
@@ -55,18 +51,18 @@ public final class HandleTable: Sendable {
     /// The handle's data, or nil when the guest names a handle it does not hold.
     @inline(__always)
     public func get(_ handle: UInt64) -> HandleData? {
-        shards[Int(handle & Self.shardMask)].state.withLock { $0.handles[handle] }
+        shards.withLock(Int(handle & Self.shardMask)) { $0.handles[handle] }
     }
 
     /// Removes a handle and returns it; its descriptor is closed once no request uses it.
     @discardableResult
     public func remove(_ handle: UInt64) -> HandleData? {
-        shards[Int(handle & Self.shardMask)].state.withLock { $0.handles.removeValue(forKey: handle) }
+        shards.withLock(Int(handle & Self.shardMask)) { $0.handles.removeValue(forKey: handle) }
     }
 
     public func clear() {
-        for box in shards { box.state.withLock { $0.handles.removeAll() } }
+        for i in 0..<shards.count { shards.withLock(i) { $0.handles.removeAll() } }
     }
 
-    public var count: Int { shards.reduce(0) { $0 + $1.state.withLock { $0.handles.count } } }
+    public var count: Int { (0..<shards.count).reduce(0) { total, i in total + shards.withLock(i) { $0.handles.count } } }
 }

@@ -114,18 +114,14 @@ public final class InodeStore: Sendable {
         }
     }
 
-    final class ShardBox: Sendable {
-        let state = Mutex(Shard())
-    }
-
     /// The shared directory; id 1, never forgotten.
     public let root: InodeData
-    private let shards: [ShardBox]
+    private let shards: Shards<Shard>
 
     public init(root fd: consuming OwnedFD, stat: FileStat) {
         // The root is always held by its descriptor.
         root = InodeData(nodeID: fuseRootID, key: InodeKey(stat), fileType: stat.fileType, fd: fd)
-        shards = (0..<Self.shardCount).map { _ in ShardBox() }
+        shards = Shards(count: Self.shardCount) { Shard() }
     }
 
     @inline(__always)
@@ -139,7 +135,7 @@ public final class InodeStore: Sendable {
     @inline(__always)
     public func get(_ nodeID: UInt64) -> InodeData? {
         if nodeID == fuseRootID { return root }
-        return shards[Int(nodeID & Self.shardMask)].state.withLock { $0.byID[nodeID]?.data }
+        return shards.withLock(Int(nodeID & Self.shardMask)) { $0.byID[nodeID]?.data }
     }
 
     /// Adds one lookup to the node for `key`, creating it with `fd` if the guest does not hold it yet; `holding`
@@ -152,7 +148,7 @@ public final class InodeStore: Sendable {
         if key == root.key { return root }
         let shardIndex = Self.shard(of: key)
         var pending: OwnedFD? = fd
-        let result = shards[shardIndex].state.withLock { shard -> Result<InodeData, Errno> in
+        let result = shards.withLock(shardIndex) { shard -> Result<InodeData, Errno> in
             if let known = shard.addLookup(key) { return .success(known) }
             let id = shard.nextCounter << Self.shardBits | UInt64(shardIndex)
             let data: InodeData
@@ -174,13 +170,13 @@ public final class InodeStore: Sendable {
     /// Adds one lookup to the node for `key` if the guest holds it already; nil otherwise.
     public func lookupExisting(key: InodeKey) -> InodeData? {
         if key == root.key { return root }
-        return shards[Self.shard(of: key)].state.withLock { $0.addLookup(key) }
+        return shards.withLock(Self.shard(of: key)) { $0.addLookup(key) }
     }
 
     /// Subtracts `count` lookups; the node goes away (and its fd is closed once unused) at zero.
     public func forget(_ nodeID: UInt64, count: UInt64) {
         guard nodeID != fuseRootID else { return }
-        shards[Int(nodeID & Self.shardMask)].state.withLock { shard in
+        shards.withLock(Int(nodeID & Self.shardMask)) { shard in
             guard var node = shard.byID[nodeID] else { return }
             if node.lookups > count {
                 node.lookups -= count
@@ -194,8 +190,8 @@ public final class InodeStore: Sendable {
 
     /// Forgets every node except the root.
     public func clear() {
-        for box in shards {
-            box.state.withLock { shard in
+        for i in 0..<shards.count {
+            shards.withLock(i) { shard in
                 shard.byID.removeAll()
                 shard.byKey.removeAll()
             }
@@ -204,11 +200,11 @@ public final class InodeStore: Sendable {
 
     /// How many nodes the guest holds, besides the root.
     public var count: Int {
-        shards.reduce(0) { total, box in total + box.state.withLock { $0.byID.count } }
+        (0..<shards.count).reduce(0) { total, i in total + shards.withLock(i) { $0.byID.count } }
     }
 
     /// The lookup count of a node (tests).
     public func lookupCount(_ nodeID: UInt64) -> UInt64? {
-        shards[Int(nodeID & Self.shardMask)].state.withLock { $0.byID[nodeID]?.lookups }
+        shards.withLock(Int(nodeID & Self.shardMask)) { $0.byID[nodeID]?.lookups }
     }
 }
