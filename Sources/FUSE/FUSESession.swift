@@ -158,7 +158,7 @@ public final class FUSESession<FS: FileSystem> {
         // The common case, a small reply that fits the first buffer: two plain copies.
         let length = Self.headerSize + payload.count
         if let first = writable.first, first.iov_len >= length, let base = first.iov_base {
-            base.storeBytes(of: fuse_out_header(len: UInt32(length), error: -(error?.rawValue ?? 0), unique: unique), as: fuse_out_header.self)
+            base.storeBytes(of: Self.outHeader(length: length, error: error, unique: unique), as: fuse_out_header.self)
             if payload.count > 0 { (base + Self.headerSize).copyMemory(from: payload.baseAddress!, byteCount: payload.count) }
             return UInt32(length)
         }
@@ -167,10 +167,16 @@ public final class FUSESession<FS: FileSystem> {
         return UInt32(cursor.written)
     }
 
+    /// The `fuse_out_header` of a reply of `length` bytes in all.
+    @inline(__always)
+    static func outHeader(length: Int, error: Errno?, unique: UInt64) -> fuse_out_header {
+        fuse_out_header(len: UInt32(length), error: -(error?.rawValue ?? 0), unique: unique)
+    }
+
     /// Writes a `fuse_out_header` announcing `length` reply bytes at the start of the guest's buffers; the
     /// returned cursor continues after it. Every reply, inline, zero-copy or deferred, starts here.
     static func writeHeader(into writable: UnsafeMutableBufferPointer<iovec>, length: Int, error: Errno?, unique: UInt64) -> WriteCursor {
-        var header = fuse_out_header(len: UInt32(length), error: -(error?.rawValue ?? 0), unique: unique)
+        var header = outHeader(length: length, error: error, unique: unique)
         var cursor = WriteCursor(writable)
         withUnsafeBytes(of: &header) { cursor.write($0) }
         return cursor

@@ -145,13 +145,19 @@ final class QueueLoad: @unchecked Sendable {
         driver.pointer(replyBuffers[slot]).loadUnaligned(fromByteOffset: 16, as: T.self)
     }
 
+    /// Sleeps until the back-end signals (at most a second). As a guest's driver does with EVENT_IDX, it first
+    /// re-arms the interrupt, and does not sleep at all if completions came meanwhile.
+    func waitForCall() {
+        if !eventIndex || driver.armUsedEvent() { _ = call.wait(milliseconds: 1000) }
+    }
+
     /// Sends one request on slot 0 and waits for its reply (set-up); returns the reply's error.
     func call(_ bytes: [UInt8], replyLength: Int) -> Int32 {
         _ = submit(slot: 0, bytes, replyLength: replyLength)
         kick.signal()
         var done = false
         while !done {
-            if !eventIndex || driver.armUsedEvent() { _ = call.wait(milliseconds: 1000) }
+            waitForCall()
             driver.drainUsed { _ in done = true }
         }
         return replyError(slot: 0)
@@ -269,8 +275,7 @@ final class QueueLoad: @unchecked Sendable {
         }
         kickIfWanted(from: before)
         while completed < count {
-            // As a guest's driver: with EVENT_IDX, re-arm the interrupt and sleep only if nothing came meanwhile.
-            if !eventIndex || driver.armUsedEvent() { _ = call.wait(milliseconds: 1000) }
+            waitForCall()
             before = driver.availableIndex
             var submitted = false
             // Resolve the whole batch first, then issue (a slot's descriptors are its own, so nothing is reused

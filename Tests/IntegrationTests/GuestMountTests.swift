@@ -58,8 +58,8 @@ func run(_ arguments: [String], environment: [String: String] = [:]) throws -> R
 }
 
 /// Boots a guest on `shared` and runs `script` in it.
-func runGuest(_ shared: String, _ options: [String], _ script: String) throws -> RunResult {
-    try run(["\(repositoryRoot)/qemu/run-guest", "--shared-dir", shared, "--backend", backend] + options + ["--", "sh", "-c", script])
+func runGuest(_ shared: String, _ options: [String], _ script: String, backend command: String = backend) throws -> RunResult {
+    try run(["\(repositoryRoot)/qemu/run-guest", "--shared-dir", shared, "--backend", command] + options + ["--", "sh", "-c", script])
 }
 
 /// A host tree like a source checkout: 1,000+ files in nested directories, symlinks (relative, absolute,

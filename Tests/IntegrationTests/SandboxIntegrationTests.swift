@@ -64,6 +64,9 @@ final class TemporaryShare {
     deinit { try? FileManager.default.removeItem(atPath: path) }
 }
 
+/// The back-end started as nobody (65534), with no supplementary groups.
+let backendAsNobody = "setpriv --reuid=65534 --regid=65534 --clear-groups \(backend)"
+
 @Suite("Sandbox, seccomp and capabilities of the running daemon", .serialized)
 struct SandboxIntegrationTests {
     @Test("namespace mode: the daemon's root is the shared directory, in its own mount, pid and net namespaces")
@@ -129,11 +132,8 @@ struct SandboxIntegrationTests {
         let directory = try TemporaryShare("unprivileged-share", owner: 65534)
         defer { withExtendedLifetime(directory) {} }
         let share = directory.path
-        let result = try run([
-            "\(repositoryRoot)/qemu/run-guest", "--shared-dir", share,
-            "--backend", "setpriv --reuid=65534 --regid=65534 --clear-groups \(backend)",
-            "--", "sh", "-c", "echo written-by-guest > /mnt/note && cat /mnt/note && stat -c '%u' /mnt/note",
-        ])
+        let result = try runGuest(
+            share, [], "echo written-by-guest > /mnt/note && cat /mnt/note && stat -c '%u' /mnt/note", backend: backendAsNobody)
         #expect(result.status == 0, "\(result.errors.suffix(2000))")
         // In the daemon's user namespace nobody is root: the guest sees its file owned by root.
         #expect(result.output.split(separator: "\n").map(String.init).suffix(2) == ["written-by-guest", "0"], "\(result.output)")
@@ -162,13 +162,12 @@ struct SandboxIntegrationTests {
         let posixcheck = NSTemporaryDirectory() + "posixcheck-" + UUID().uuidString
         defer { unlink(posixcheck) }
         #expect(try run(["gcc", "-static", "-O2", "-o", posixcheck, "\(repositoryRoot)/qemu/conformance/posixcheck.c"]).status == 0)
-        let result = try run([
-            "\(repositoryRoot)/qemu/run-guest", "--shared-dir", share, "--add", posixcheck,
-            "--backend", "setpriv --reuid=65534 --regid=65534 --clear-groups \(backend)",
-            "--uid-map=:0:65534:1:", "--uid-map=:1:100000:65536:", "--gid-map=:0:65534:1:", "--gid-map=:1:100000:65536:",
-            "--", "sh", "-c",
+        let result = try runGuest(
+            share,
+            ["--add", posixcheck, "--uid-map=:0:65534:1:", "--uid-map=:1:100000:65536:", "--gid-map=:0:65534:1:",
+             "--gid-map=:1:100000:65536:"],
             "chmod 777 /mnt && echo a > /mnt/by-root && \(URL(fileURLWithPath: posixcheck).lastPathComponent) asuser 1000 1000 sh -c 'echo b > /mnt/by-user' && stat -c '%u:%g %n' /mnt/by-root /mnt/by-user",
-        ])
+            backend: backendAsNobody)
         #expect(result.status == 0, "\(result.output)\n\(result.errors.suffix(2000))")
         #expect(result.output.contains("0:0 /mnt/by-root") && result.output.contains("1000:1000 /mnt/by-user"), "\(result.output)")
         var st = stat()
