@@ -98,9 +98,15 @@ let package = Package(
         .executableTarget(
             name: "swift-virtiofsd-bench",
             dependencies: [
-                "CVirtioFS", "VFSSystem", "GuestMemory", "VhostUser", "VirtqueueDriver", "FUSE",
+                "CVirtioFS", "VFSSystem", "GuestMemory", "VhostUser", "VirtqueueDriver", "VhostUserFrontend", "FUSE",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
+        ),
+        // Plays QEMU's part over a real socket: the load generator's and the hostile-front-end tests' front-end.
+        .target(
+            name: "VhostUserFrontend",
+            dependencies: ["CVirtioFS", "VFSSystem", "GuestMemory", "VhostUser", "VirtqueueDriver"],
+            swiftSettings: strictMemory
         ),
         // Builds real split rings in test memory (the driver's side), for tests and the load generator.
         .target(
@@ -126,5 +132,13 @@ let package = Package(
             name: "PassthroughTests", dependencies: ["Passthrough", "FUSE", "FUSETestSupport", "VFSSystem", "CVirtioFS"]),
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "VFSSystem"]),
         .testTarget(name: "IntegrationTests", dependencies: []),
+        // Attacks on the real daemon process: a front-end that plays QEMU and a malicious guest kernel at once.
+        .testTarget(
+            name: "HostileFrontendTests",
+            dependencies: [
+                "CVirtioFS", "VFSSystem", "GuestMemory", "VhostUser", "VirtqueueDriver", "VhostUserFrontend", "FUSE",
+                "FUSETestSupport", "Passthrough",
+            ]
+        ),
     ]
 )

@@ -14,6 +14,10 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/statvfs.h>
+#include <sys/wait.h>
+#include <linux/sched.h>
 
 int cvfs_errno(void) { return errno; }
 void cvfs_set_errno(int value) { errno = value; }
@@ -211,3 +215,201 @@ _Static_assert(sizeof(struct fuse_entry_out) == 128, "fuse_entry_out");
 _Static_assert(sizeof(struct fuse_attr_out) == 104, "fuse_attr_out");
 _Static_assert(sizeof(struct vring_desc) == 16, "vring_desc");
 _Static_assert(sizeof(struct vring_used_elem) == 8, "vring_used_elem");
+
+// MARK: Crash reports
+
+static const char *cvfs_program = "swift-virtiofsd";
+
+static size_t cvfs_append(char *buffer, size_t at, size_t capacity, const char *text) {
+    while (*text && at + 1 < capacity) buffer[at++] = *text++;
+    return at;
+}
+
+static size_t cvfs_append_number(char *buffer, size_t at, size_t capacity, unsigned long value, unsigned base) {
+    char digits[24];
+    int count = 0;
+    do {
+        unsigned d = (unsigned)(value % base);
+        digits[count++] = (char)(d < 10 ? '0' + d : 'a' + d - 10);
+        value /= base;
+    } while (value > 0 && count < 24);
+    while (count > 0 && at + 1 < capacity) buffer[at++] = digits[--count];
+    return at;
+}
+
+static const char *cvfs_signal_name(int sig) {
+    switch (sig) {
+    case SIGSEGV: return "SIGSEGV";
+    case SIGBUS: return "SIGBUS";
+    case SIGILL: return "SIGILL";
+    case SIGTRAP: return "SIGTRAP";
+    case SIGFPE: return "SIGFPE";
+    case SIGABRT: return "SIGABRT";
+    case SIGSYS: return "SIGSYS";
+    default: return "signal";
+    }
+}
+
+static void cvfs_crash_handler(int sig, siginfo_t *info, void *context) {
+    (void)context;
+    int saved = errno;
+    char line[384];
+    size_t n = 0;
+    n = cvfs_append(line, n, sizeof line, cvfs_program);
+    n = cvfs_append(line, n, sizeof line, ": fatal: ");
+    n = cvfs_append(line, n, sizeof line, cvfs_signal_name(sig));
+    switch (sig) {
+    case SIGSEGV:
+    case SIGBUS:
+        n = cvfs_append(line, n, sizeof line, " (a bad memory access at 0x");
+        n = cvfs_append_number(line, n, sizeof line, (unsigned long)info->si_addr, 16);
+        n = cvfs_append(line, n, sizeof line, ")");
+        break;
+    case SIGILL:
+    case SIGTRAP:
+        n = cvfs_append(line, n, sizeof line, " (a failed runtime check: its message, if it has one, is just above)");
+        break;
+    case SIGSYS:
+        n = cvfs_append(line, n, sizeof line, " (system call ");
+        n = cvfs_append_number(line, n, sizeof line, (unsigned long)info->si_syscall, 10);
+        n = cvfs_append(line, n, sizeof line, " is outside the seccomp allowlist)");
+        break;
+    case SIGABRT:
+        n = cvfs_append(line, n, sizeof line, " (abort)");
+        break;
+    case SIGFPE:
+        n = cvfs_append(line, n, sizeof line, " (an arithmetic fault)");
+        break;
+    }
+    char name[17] = {0};
+    prctl(PR_GET_NAME, name, 0, 0, 0);
+    n = cvfs_append(line, n, sizeof line, " in thread ");
+    n = cvfs_append(line, n, sizeof line, name[0] ? name : "?");
+    n = cvfs_append(line, n, sizeof line, " (tid ");
+    pid_t tid = (pid_t)syscall(SYS_gettid);
+    n = cvfs_append_number(line, n, sizeof line, (unsigned long)tid, 10);
+    n = cvfs_append(line, n, sizeof line, ")\n");
+    size_t done = 0;
+    while (done < n) {
+        ssize_t w = write(STDERR_FILENO, line + done, n - done);
+        if (w <= 0) break;
+        done += (size_t)w;
+    }
+    // Then the signal ends the process as it would have: the default action, raised again on this thread
+    // (pending until the handler returns; a fault would recur anyway).
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigaction(sig, &dfl, NULL);
+    syscall(SYS_tgkill, getpid(), tid, sig);
+    errno = saved;
+}
+
+void cvfs_install_crash_handlers(const char *program) {
+    if (program) cvfs_program = program;
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_sigaction = cvfs_crash_handler;
+    action.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&action.sa_mask);
+    int signals[] = {SIGSEGV, SIGBUS, SIGILL, SIGTRAP, SIGFPE, SIGABRT, SIGSYS};
+    for (size_t i = 0; i < sizeof signals / sizeof signals[0]; i++) sigaction(signals[i], &action, NULL);
+}
+
+#define CVFS_ALTERNATE_STACK_SIZE (64 * 1024)
+
+void *cvfs_alternate_signal_stack(void) {
+    void *stack = mmap(NULL, CVFS_ALTERNATE_STACK_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (stack == MAP_FAILED) return NULL;
+    stack_t ss = {.ss_sp = stack, .ss_size = CVFS_ALTERNATE_STACK_SIZE, .ss_flags = 0};
+    if (sigaltstack(&ss, NULL) != 0) {
+        munmap(stack, CVFS_ALTERNATE_STACK_SIZE);
+        return NULL;
+    }
+    return stack;
+}
+
+void cvfs_free_alternate_signal_stack(void *stack) {
+    if (!stack) return;
+    stack_t ss = {.ss_sp = NULL, .ss_size = 0, .ss_flags = SS_DISABLE};
+    sigaltstack(&ss, NULL);
+    munmap(stack, CVFS_ALTERNATE_STACK_SIZE);
+}
+
+// MARK: Probes
+
+static int cvfs_result(long r) { return r < 0 ? errno : 0; }
+
+int cvfs_probe_unshare(int flags) { return cvfs_result(unshare(flags)); }
+
+int cvfs_probe_clone(unsigned long flags) {
+    long child = syscall(SYS_clone, flags | SIGCHLD, 0, 0, 0, 0);
+    if (child == 0) _exit(0);
+    if (child < 0) return errno;
+    waitpid((pid_t)child, NULL, __WALL);
+    return 0;
+}
+
+int cvfs_probe_clone3_process(void) {
+    struct clone_args args;
+    memset(&args, 0, sizeof args);
+    args.exit_signal = SIGCHLD;
+    long child = syscall(SYS_clone3, &args, sizeof args);
+    if (child == 0) _exit(0);
+    if (child < 0) return errno;
+    waitpid((pid_t)child, NULL, __WALL);
+    return 0;
+}
+
+int cvfs_probe_prctl(int option) {
+    if (option == PR_SET_NAME) return cvfs_result(prctl(PR_SET_NAME, "probe", 0, 0, 0));
+    return cvfs_result(prctl(option, 1, 0, 0, 0));
+}
+
+int cvfs_probe_ioctl_tiocsti(void) {
+    char c = 'x';
+    return cvfs_result(ioctl(0, TIOCSTI, &c));
+}
+
+int cvfs_probe_tgkill(int other) {
+    pid_t pid = getpid();
+    if (other) return cvfs_result(syscall(SYS_tgkill, pid + 1, pid + 1, 0));
+    return cvfs_result(syscall(SYS_tgkill, pid, (pid_t)syscall(SYS_gettid), 0));
+}
+
+const int CVFS_CLONE_NEWUSER = CLONE_NEWUSER;
+const int CVFS_CLONE_NEWNS = CLONE_NEWNS;
+const int CVFS_CLONE_FS = CLONE_FS;
+const int CVFS_PR_SET_DUMPABLE = PR_SET_DUMPABLE;
+const int CVFS_PR_SET_NAME = PR_SET_NAME;
+
+// MARK: Mounts
+
+struct cvfs_mount_attr {
+    uint64_t attr_set;
+    uint64_t attr_clr;
+    uint64_t propagation;
+    uint64_t userns_fd;
+};
+
+#ifndef SYS_mount_setattr
+#define SYS_mount_setattr 442
+#endif
+#define CVFS_MOUNT_ATTR_NODEV 0x00000004
+#define CVFS_AT_RECURSIVE 0x8000
+
+int cvfs_mount_nodev(const char *path) {
+    struct cvfs_mount_attr attr = {.attr_set = CVFS_MOUNT_ATTR_NODEV};
+    if (syscall(SYS_mount_setattr, AT_FDCWD, path, CVFS_AT_RECURSIVE, &attr, sizeof attr) == 0) return 0;
+    if (errno != ENOSYS) return -1;
+    struct statvfs info;
+    if (statvfs(path, &info) != 0) return -1;
+    unsigned long flags = MS_REMOUNT | MS_BIND | MS_NODEV;
+    if (info.f_flag & ST_RDONLY) flags |= MS_RDONLY;
+    if (info.f_flag & ST_NOSUID) flags |= MS_NOSUID;
+    if (info.f_flag & ST_NOEXEC) flags |= MS_NOEXEC;
+    if (info.f_flag & ST_NOATIME) flags |= MS_NOATIME;
+    if (info.f_flag & ST_NODIRATIME) flags |= MS_NODIRATIME;
+    if (info.f_flag & ST_RELATIME) flags |= MS_RELATIME;
+    return mount(NULL, path, NULL, flags, NULL);
+}

@@ -1,5 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 
+import CVirtioFS
+
 /// FUSE request opcodes (`enum fuse_opcode` in <linux/fuse.h>).
 public enum FUSEOpcode: UInt32, Sendable, CaseIterable {
     case lookup = 1
@@ -66,6 +68,23 @@ public enum FUSEOpcode: UInt32, Sendable, CaseIterable {
         switch self {
         case .forget, .batchForget, .interrupt: false
         default: true
+        }
+    }
+
+    /// The bytes of a successful reply's payload when it has a fixed size (0 for the rest): a guest buffer
+    /// with less room is refused before the request changes anything, so that no success is ever cut short.
+    public var fixedReplySize: Int {
+        switch self {
+        case .lookup, .mknod, .mkdir, .symlink, .link: MemoryLayout<fuse_entry_out>.size
+        case .create, .tmpfile: MemoryLayout<fuse_entry_out>.size + MemoryLayout<fuse_open_out>.size
+        case .getattr, .setattr: MemoryLayout<fuse_attr_out>.size
+        case .open, .opendir: MemoryLayout<fuse_open_out>.size
+        case .statfs: MemoryLayout<fuse_statfs_out>.size
+        case .write, .copyFileRange: MemoryLayout<fuse_write_out>.size
+        case .lseek: MemoryLayout<fuse_lseek_out>.size
+        case .getlk: MemoryLayout<fuse_lk_out>.size
+        case .`init`: MemoryLayout<fuse_init_out>.size
+        default: 0
         }
     }
 }

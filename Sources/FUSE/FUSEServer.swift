@@ -33,6 +33,8 @@ public final class FUSEServer<FS: FileSystem>: Sendable {
     let negotiatedMinor = Atomic<UInt32>(0)
     /// The INIT flags agreed.
     let negotiatedFlags = Atomic<UInt64>(0)
+    /// SETLKW requests waiting, over every queue (`FUSELimits.lockWaits`), by request id for INTERRUPT.
+    let lockWaits = LockWaits(limit: FUSELimits.lockWaits)
 
     public init(fileSystem: FS, options: FUSEServerOptions = FUSEServerOptions(), logger: Logger) {
         self.fileSystem = fileSystem

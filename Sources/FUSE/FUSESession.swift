@@ -10,7 +10,7 @@ public final class FUSESession<FS: FileSystem> {
     /// Requests larger than this are refused, except for the data of WRITE: names, symlink targets and
     /// xattr values (at most 64 KiB) all fit.
     static var requestCapacity: Int { 64 * 1024 + 8 * 1024 }
-    static var headerSize: Int { MemoryLayout<fuse_out_header>.size }
+    static var headerSize: Int { FUSEReply.headerSize }
 
     public let server: FUSEServer<FS>
     let requestStorage: UnsafeMutableRawBufferPointer
@@ -18,16 +18,26 @@ public final class FUSESession<FS: FileSystem> {
     let dataVectors: UnsafeMutableBufferPointer<iovec>
     /// Finishes a deferred request: its token and the bytes written into its buffers.
     let completeDeferred: @Sendable (UInt64, UInt32) -> Void
+    /// The requests of this session's queue that wait off its thread.
+    let deferred: DeferredWork
     /// Names the session in its log line (its queue, its pool thread).
     let label: String
     /// Requests served, by opcode (slot 0 counts opcodes this server does not know); logged at debug level
     /// when the session ends, so that a workload's round trips can be counted.
     let opcodeCounts: UnsafeMutableBufferPointer<UInt64>
+    /// One warning for malformed requests per session, not one per request.
+    let malformedReported = OneTimeFlag()
 
-    /// - Parameter complete: called, from another thread, when a request that `handle` deferred is finished.
-    public init(server: FUSEServer<FS>, label: String = "FUSE session", complete: @escaping @Sendable (UInt64, UInt32) -> Void = { _, _ in }) {
+    /// - Parameters:
+    ///   - deferred: shared by every session of one queue, which `DeferredWork.cancelAll` ends when it stops.
+    ///   - complete: called, from another thread, when a request that `handle` deferred is finished.
+    public init(
+        server: FUSEServer<FS>, label: String = "FUSE session", deferred: DeferredWork = DeferredWork(),
+        complete: @escaping @Sendable (UInt64, UInt32) -> Void = { _, _ in }
+    ) {
         self.server = server
         self.label = label
+        self.deferred = deferred
         self.completeDeferred = complete
         requestStorage = .allocate(byteCount: Self.requestCapacity, alignment: 16)
         replyStorage = .allocate(byteCount: Int(server.options.maxWrite) + 64 * 1024, alignment: 16)
@@ -58,52 +68,65 @@ public final class FUSESession<FS: FileSystem> {
     }
 
     /// Serves one request read from `readable`, writing the reply into `writable` (the guest's buffers).
-    /// - Parameter token: names the request if it is deferred (the transport's chain head).
+    /// - Parameters:
+    ///   - token: names the request if it is deferred (the transport's chain head).
+    ///   - owner: keeps `readable` and `writable` valid (the guest memory they point into); a deferred request
+    ///     holds it until its reply is written.
     /// - Returns: the number of bytes written into `writable` (0 for requests that have no reply), or nil when
     ///   the request was deferred and will be finished through the session's `complete` callback.
-    public func handle(readable: UnsafeBufferPointer<iovec>, writable: UnsafeMutableBufferPointer<iovec>, token: UInt64 = 0) -> UInt32? {
+    public func handle(
+        readable: UnsafeBufferPointer<iovec>, writable: UnsafeMutableBufferPointer<iovec>, token: UInt64 = 0,
+        owner: AnyObject? = nil
+    ) -> UInt32? {
         // The header alone first: a WRITE's data is not copied, it goes from the guest's buffers to the file.
         var (gathered, total) = gather(readable, upTo: MemoryLayout<fuse_in_header>.size)
         var writableLength = 0
         for v in writable { writableLength += v.iov_len }
         guard gathered == MemoryLayout<fuse_in_header>.size else {
-            server.logger.warning("FUSE request of \(total) bytes is shorter than its header; dropped")
+            reportMalformed("a request of \(total) bytes is shorter than its header; dropped")
             return 0
         }
         let header = requestStorage.loadUnaligned(as: fuse_in_header.self)
         let opcode = FUSEOpcode(rawValue: header.opcode)
         opcodeCounts[opcode == nil || header.opcode >= 64 ? 0 : Int(header.opcode)] &+= 1
-        let argumentsEnd = MemoryLayout<fuse_in_header>.size + MemoryLayout<fuse_write_in>.size
-        (gathered, total) = gather(readable, from: gathered, upTo: opcode == .write ? argumentsEnd : requestStorage.count)
-        // The arguments end where the header says, before any extension headers (total_extlen, in 8-byte units).
-        let declared = min(Int(header.len), total) - Int(header.total_extlen) * 8
-        var reader = ByteReader(UnsafeRawBufferPointer(rebasing: requestStorage[MemoryLayout<fuse_in_header>.size..<max(MemoryLayout<fuse_in_header>.size, min(gathered, declared))]))
-        if let opcode, !opcode.hasReply {
+        let hasReply = opcode?.hasReply ?? true
+        guard !hasReply || writableLength >= Self.headerSize else {
+            reportMalformed("request \(header.unique): no room for a reply; dropped")
+            return 0
+        }
+        // Every length the header gives is checked against the request before anything is sliced with it.
+        guard let layout = RequestLayout(header: header, total: total, capacity: requestStorage.count, isWrite: opcode == .write)
+        else {
+            guard hasReply else {
+                reportMalformed("request \(header.unique): its lengths do not match its buffers; dropped")
+                return 0
+            }
+            return finish(unique: header.unique, error: .invalidArgument, payload: UnsafeRawBufferPointer(start: nil, count: 0), into: writable)
+        }
+        (gathered, _) = gather(readable, from: gathered, upTo: layout.gatherEnd)
+        var reader = ByteReader(UnsafeRawBufferPointer(rebasing: requestStorage[layout.argumentsStart..<layout.readerEnd]))
+        if let opcode, !hasReply {
             serveNoReply(opcode, header: header, reader: &reader)
             return 0
         }
-        guard writableLength >= Self.headerSize else {
-            server.logger.warning("FUSE request \(header.unique): no room for a reply; dropped")
-            return 0
-        }
         var context = RequestContext(unique: header.unique, nodeID: header.nodeid, uid: header.uid, gid: header.gid, pid: header.pid)
-        if header.total_extlen > 0, let opcode, opcode.createsNode, server.flags.contains(.securityContext) {
-            let extensions = UnsafeRawBufferPointer(rebasing: requestStorage[max(MemoryLayout<fuse_in_header>.size, declared)..<min(gathered, Int(header.len))])
-            context.securityContext = Self.securityContext(in: extensions)
+        if layout.hasExtensions, let opcode, opcode.createsNode, server.flags.contains(.securityContext) {
+            context.securityContext = Self.securityContext(in: UnsafeRawBufferPointer(rebasing: requestStorage[layout.argumentsEnd..<layout.length]))
         }
         var reply = ReplyBuilder(storage: replyStorage, limit: writableLength - Self.headerSize)
         var status: Errno?
         do throws(Errno) {
             guard let opcode else { throw .noFunction }
-            guard opcode == .write || total <= gathered else { throw .invalidArgument }
             guard opcode == .`init` || server.isInitialized else { throw .ioError }
+            // A success that would not fit the guest's buffer is refused before anything changes.
+            guard reply.limit >= opcode.fixedReplySize else { throw .invalidArgument }
             switch opcode {
             case .read:
                 return try read(context, &reader, writable: writable, writableLength: writableLength)
             case .write:
-                try write(context, &reader, readable: readable, into: &reply)
+                try write(context, &reader, readable: readable, argumentsEnd: layout.argumentsEnd, into: &reply)
             case .setlkw:
-                try deferLockWait(context, &reader, writable: writable, token: token)
+                try deferLockWait(context, &reader, writable: writable, token: token, owner: owner)
                 return nil
             default:
                 try serve(opcode, context, header: header, reader: &reader, into: &reply)
@@ -114,6 +137,13 @@ public final class FUSESession<FS: FileSystem> {
             status = error == .tooManyOpenFiles ? .tooManyOpenFilesInSystem : error
         }
         return finish(unique: header.unique, error: status, payload: status == nil ? reply.bytes : UnsafeRawBufferPointer(start: nil, count: 0), into: writable)
+    }
+
+    /// One warning line per session for requests that cannot be answered at all.
+    func reportMalformed(_ message: @autoclosure () -> String) {
+        if malformedReported.first() {
+            server.logger.warning("\(label): \(message()) (further malformed requests are not logged)")
+        }
     }
 
     /// The first security context among a request's extensions (`fuse_secctx_header`, then `fuse_secctx`,
@@ -158,28 +188,13 @@ public final class FUSESession<FS: FileSystem> {
         // The common case, a small reply that fits the first buffer: two plain copies.
         let length = Self.headerSize + payload.count
         if let first = writable.first, first.iov_len >= length, let base = first.iov_base {
-            base.storeBytes(of: Self.outHeader(length: length, error: error, unique: unique), as: fuse_out_header.self)
+            base.storeBytes(of: FUSEReply.outHeader(length: length, error: error, unique: unique), as: fuse_out_header.self)
             if payload.count > 0 { (base + Self.headerSize).copyMemory(from: payload.baseAddress!, byteCount: payload.count) }
             return UInt32(length)
         }
-        var cursor = Self.writeHeader(into: writable, length: Self.headerSize + payload.count, error: error, unique: unique)
+        var cursor = FUSEReply.writeHeader(into: writable, length: Self.headerSize + payload.count, error: error, unique: unique)
         cursor.write(payload)
         return UInt32(cursor.written)
-    }
-
-    /// The `fuse_out_header` of a reply of `length` bytes in all.
-    @inline(__always)
-    static func outHeader(length: Int, error: Errno?, unique: UInt64) -> fuse_out_header {
-        fuse_out_header(len: UInt32(length), error: -(error?.rawValue ?? 0), unique: unique)
-    }
-
-    /// Writes a `fuse_out_header` announcing `length` reply bytes at the start of the guest's buffers; the
-    /// returned cursor continues after it. Every reply, inline, zero-copy or deferred, starts here.
-    static func writeHeader(into writable: UnsafeMutableBufferPointer<iovec>, length: Int, error: Errno?, unique: UInt64) -> WriteCursor {
-        var header = outHeader(length: length, error: error, unique: unique)
-        var cursor = WriteCursor(writable)
-        withUnsafeBytes(of: &header) { cursor.write($0) }
-        return cursor
     }
 
     /// The guest's data buffers for READ or WRITE, as `iovec`s in the session's scratch list: `buffers` without
@@ -189,7 +204,7 @@ public final class FUSESession<FS: FileSystem> {
         var count = 0
         var length = 0
         for v in buffers where length < wanted && count < dataVectors.count {
-            var base = v.iov_base!
+            guard var base = v.iov_base else { continue }
             var size = v.iov_len
             if skip > 0 {
                 let s = min(skip, size)
@@ -213,34 +228,47 @@ public final class FUSESession<FS: FileSystem> {
         let (buffers, length) = dataBuffers(UnsafeBufferPointer(writable), skipping: Self.headerSize, upTo: wanted)
         let destination = ReadDestination(buffers: buffers, length: length)
         let n = try server.fileSystem.read(context, node: context.nodeID, handle: input.fh, offset: input.offset, into: destination)
-        _ = Self.writeHeader(into: writable, length: Self.headerSize + n, error: nil, unique: context.unique)
+        guard n >= 0, n <= length else { throw .ioError }
+        _ = FUSEReply.writeHeader(into: writable, length: Self.headerSize + n, error: nil, unique: context.unique)
         return UInt32(Self.headerSize + n)
     }
 
     /// WRITE: the guest's buffers after the arguments go straight to the host file.
-    func write(_ context: RequestContext, _ reader: inout ByteReader, readable: UnsafeBufferPointer<iovec>, into reply: inout ReplyBuilder) throws(Errno) {
+    func write(_ context: RequestContext, _ reader: inout ByteReader, readable: UnsafeBufferPointer<iovec>, argumentsEnd: Int, into reply: inout ReplyBuilder) throws(Errno) {
         guard let input = reader.read(fuse_write_in.self) else { throw .invalidArgument }
         guard input.size <= server.options.maxWrite else { throw .invalidArgument }
+        let headers = MemoryLayout<fuse_in_header>.size + MemoryLayout<fuse_write_in>.size
+        // The data is what the header's length says follows the arguments, and the buffers hold it all.
         let wanted = Int(input.size)
-        let (buffers, length) = dataBuffers(
-            readable, skipping: MemoryLayout<fuse_in_header>.size + MemoryLayout<fuse_write_in>.size, upTo: wanted)
+        guard headers + wanted <= argumentsEnd else { throw .invalidArgument }
+        let (buffers, length) = dataBuffers(readable, skipping: headers, upTo: wanted)
         guard length == wanted else { throw .invalidArgument }
         let source = WriteSource(buffers: buffers, length: length)
         let killSetID = input.write_flags & UInt32(FUSE_WRITE_KILL_SUIDGID) != 0
         let n = try server.fileSystem.write(context, node: context.nodeID, handle: input.fh, offset: input.offset, from: source, killSetIDBits: killSetID)
+        guard n >= 0, n <= wanted else { throw .ioError }
         reply.append(fuse_write_out(size: UInt32(n), padding: 0))
     }
 
-    /// The guest buffers of a deferred request, carried to the thread that finishes it.
-    struct DeferredBuffers: @unchecked Sendable {
-        let writable: [iovec]
-    }
-
     /// SETLKW: waits for the lock on a thread of its own, so that neither this queue nor any other stalls; the
-    /// request is finished from there (or fails with EINTR when the guest interrupts it).
-    func deferLockWait(_ context: RequestContext, _ reader: inout ByteReader, writable: UnsafeMutableBufferPointer<iovec>, token: UInt64) throws(Errno) {
+    /// request is finished from there, or fails with EINTR when the guest interrupts it or its ring stops.
+    /// At most `FUSELimits.lockWaits` wait at once: past that, ENOLCK.
+    func deferLockWait(_ context: RequestContext, _ reader: inout ByteReader, writable: UnsafeMutableBufferPointer<iovec>, token: UInt64, owner: AnyObject?) throws(Errno) {
         guard let input = reader.read(fuse_lk_in.self) else { throw .invalidArgument }
-        let buffers = DeferredBuffers(writable: Array(writable))
+        let wait = CancellableWait()
+        let waits = server.lockWaits
+        guard waits.begin(wait, unique: context.unique) else {
+            if waits.ceilingReported.first() {
+                server.logger.warning("lock waits reached their ceiling of \(waits.limit): further SETLKW answer ENOLCK until some end")
+            }
+            throw .noLocksAvailable
+        }
+        let deferred = self.deferred
+        guard deferred.register(wait) else {
+            waits.end(wait, unique: context.unique)
+            throw .interrupted
+        }
+        let reply = DeferredReply(writable: writable, owner: owner, unique: context.unique)
         let fs = server.fileSystem
         let complete = completeDeferred
         let lock = FileLock(start: input.lk.start, end: input.lk.end, type: input.lk.type, pid: input.lk.pid)
@@ -249,18 +277,18 @@ public final class FUSESession<FS: FileSystem> {
             try SystemThread.detached(name: "lock-wait") {
                 var status: Errno? = nil
                 do throws(Errno) {
-                    try fs.setlk(context, node: context.nodeID, handle: input.fh, owner: input.owner, lock: lock, flock: flock, wait: true)
+                    try fs.setlk(context, node: context.nodeID, handle: input.fh, owner: input.owner, lock: lock, flock: flock, wait: wait)
                 } catch {
                     status = error
                 }
-                var copy = buffers.writable
-                let written = copy.withUnsafeMutableBufferPointer { vectors in
-                    Self.writeHeader(into: vectors, length: Self.headerSize, error: status, unique: context.unique).written
-                }
-                complete(token, UInt32(written))
+                deferred.unregister(wait)
+                waits.end(wait, unique: context.unique)
+                complete(token, reply.finish(error: status))
             }
         } catch {
-            throw .tooManyOpenFilesInSystem
+            deferred.unregister(wait)
+            waits.end(wait, unique: context.unique)
+            throw .noLocksAvailable
         }
     }
 
@@ -279,7 +307,7 @@ public final class FUSESession<FS: FileSystem> {
             }
         case .interrupt:
             if let input = reader.read(fuse_interrupt_in.self) {
-                server.fileSystem.interrupt(input.unique)
+                server.lockWaits.interrupt(input.unique)
             }
         default:
             break
@@ -308,9 +336,15 @@ public final class FUSESession<FS: FileSystem> {
             let handle: UInt64? = input.getattr_flags & UInt32(FUSE_GETATTR_FH) != 0 ? input.fh : nil
             reply.append(FUSEEncoding.attrOut(try fs.getattr(context, node: node, handle: handle)))
         case .readlink:
-            let buffer = reply.unused(upTo: 4096)
-            let n = try fs.readlink(context, node: node, into: buffer)
-            reply.commit(n)
+            // Read whole into scratch space first: a target longer than the guest's buffer is an error, never
+            // a target cut short.
+            let n = try withUnsafeTemporaryAllocation(byteCount: 4096, alignment: 1) { (buffer) throws(Errno) -> Int in
+                let n = try fs.readlink(context, node: node, into: buffer)
+                guard n >= 0, n <= buffer.count else { throw .ioError }
+                guard reply.append(bytes: UnsafeRawBufferPointer(rebasing: buffer[0..<n])) else { throw .range }
+                return n
+            }
+            _ = n
         case .open, .opendir:
             guard let input = reader.read(fuse_open_in.self) else { throw .invalidArgument }
             let opened = opcode == .open
@@ -464,7 +498,7 @@ public final class FUSESession<FS: FileSystem> {
         case .setlk:
             guard let input = reader.read(fuse_lk_in.self) else { throw .invalidArgument }
             let lock = FileLock(start: input.lk.start, end: input.lk.end, type: input.lk.type, pid: input.lk.pid)
-            try fs.setlk(context, node: node, handle: input.fh, owner: input.owner, lock: lock, flock: input.lk_flags & UInt32(FUSE_LK_FLOCK) != 0, wait: false)
+            try fs.setlk(context, node: node, handle: input.fh, owner: input.owner, lock: lock, flock: input.lk_flags & UInt32(FUSE_LK_FLOCK) != 0, wait: nil)
         default:
             throw .noFunction
         }

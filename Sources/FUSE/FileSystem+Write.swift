@@ -81,6 +81,5 @@ extension FileSystem {
     public func removexattr(_ context: RequestContext, node: UInt64, name: FUSEName) throws(Errno) { throw .noFunction }
     public func syncfs(_ context: RequestContext, node: UInt64) throws(Errno) { throw .noFunction }
     public func getlk(_ context: RequestContext, node: UInt64, handle: UInt64, owner: UInt64, lock: FileLock) throws(Errno) -> FileLock { throw .noFunction }
-    public func setlk(_ context: RequestContext, node: UInt64, handle: UInt64, owner: UInt64, lock: FileLock, flock: Bool, wait: Bool) throws(Errno) { throw .noFunction }
-    public func interrupt(_ unique: UInt64) {}
+    public func setlk(_ context: RequestContext, node: UInt64, handle: UInt64, owner: UInt64, lock: FileLock, flock: Bool, wait: CancellableWait?) throws(Errno) { throw .noFunction }
 }

@@ -212,10 +212,10 @@ public protocol FileSystem: AnyObject, Sendable {
     func syncfs(_ context: RequestContext, node: UInt64) throws(Errno)
     /// GETLK: the lock that would conflict with `lock` held by `owner`, or `lock` with type F_UNLCK if none.
     func getlk(_ context: RequestContext, node: UInt64, handle: UInt64, owner: UInt64, lock: FileLock) throws(Errno) -> FileLock
-    /// SETLK and SETLKW (`wait`); `flock` for BSD locks (FUSE_LK_FLOCK). A waiting call may block its thread.
-    func setlk(_ context: RequestContext, node: UInt64, handle: UInt64, owner: UInt64, lock: FileLock, flock: Bool, wait: Bool) throws(Errno)
-    /// Cancels a waiting SETLKW of the request `unique` (INTERRUPT); it then fails with EINTR.
-    func interrupt(_ unique: UInt64)
+    /// SETLK, and SETLKW when `wait` is given; `flock` for BSD locks (FUSE_LK_FLOCK). SETLKW blocks its thread
+    /// (one of its own, which the server starts) and runs its blocking call through `wait`, so that an
+    /// INTERRUPT or a ring stop can end it with EINTR.
+    func setlk(_ context: RequestContext, node: UInt64, handle: UInt64, owner: UInt64, lock: FileLock, flock: Bool, wait: CancellableWait?) throws(Errno)
 }
 
 extension FileSystem {

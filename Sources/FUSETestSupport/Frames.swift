@@ -74,17 +74,20 @@ public final class ReplyMemory: @unchecked Sendable {
 
 public func bytes<T>(_ value: T) -> [UInt8] { withUnsafeBytes(of: value) { Array($0) } }
 
-/// A request frame: `fuse_in_header` (from uid and gid 1000) followed by `body`.
-public func frame(_ opcode: FUSEOpcode, unique: UInt64 = 9, node: UInt64 = 1, _ body: [UInt8] = []) -> [UInt8] {
+/// A request frame: `fuse_in_header` (from uid and gid 1000 unless told) followed by `body`.
+public func frame(_ opcode: FUSEOpcode, unique: UInt64 = 9, node: UInt64 = 1, uid: UInt32 = 1000, gid: UInt32 = 1000, _ body: [UInt8] = []) -> [UInt8] {
     var header = fuse_in_header()
     header.len = UInt32(40 + body.count)
     header.opcode = opcode.rawValue
     header.unique = unique
     header.nodeid = node
-    header.uid = 1000
-    header.gid = 1000
+    header.uid = uid
+    header.gid = gid
     return bytes(header) + body
 }
+
+/// A NUL-terminated name, as requests carry names.
+public func name(_ text: String) -> [UInt8] { Array(text.utf8) + [0] }
 
 public func initFrame(major: UInt32 = 7, minor: UInt32, flags: UInt64) -> [UInt8] {
     var input = fuse_init_in()

@@ -174,17 +174,20 @@ public final class InodeStore: Sendable {
     }
 
     /// Subtracts `count` lookups; the node goes away (and its fd is closed once unused) at zero.
-    public func forget(_ nodeID: UInt64, count: UInt64) {
-        guard nodeID != fuseRootID else { return }
-        shards.withLock(Int(nodeID & Self.shardMask)) { shard in
-            guard var node = shard.byID[nodeID] else { return }
+    /// - Returns: whether the node went away.
+    @discardableResult
+    public func forget(_ nodeID: UInt64, count: UInt64) -> Bool {
+        guard nodeID != fuseRootID else { return false }
+        return shards.withLock(Int(nodeID & Self.shardMask)) { shard -> Bool in
+            guard var node = shard.byID[nodeID] else { return false }
             if node.lookups > count {
                 node.lookups -= count
                 shard.byID[nodeID] = node
-            } else {
-                shard.byID[nodeID] = nil
-                if shard.byKey[node.data.key] == nodeID { shard.byKey[node.data.key] = nil }
+                return false
             }
+            shard.byID[nodeID] = nil
+            if shard.byKey[node.data.key] == nodeID { shard.byKey[node.data.key] = nil }
+            return true
         }
     }
 

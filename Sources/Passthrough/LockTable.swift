@@ -12,87 +12,103 @@ import VFSSystem
 /// its own host open file description, on which open-file-description locks (F_OFD_*) stand in for the
 /// owner's: two guest owners exclude each other, one owner never conflicts with itself, and host processes
 /// using fcntl or OFD locks see them. FLUSH (the guest's close) drops the owner's description, releasing its
-/// locks as close() does.
+/// locks as close() does; forgetting the node drops every description of it.
+///
+/// Each description is a host descriptor that a guest could otherwise multiply without end: at most
+/// `LockLimits.ownersPerNode` per node and `LockLimits.owners` in all.
 final class LockTable: Sendable {
-    struct Key: Hashable {
-        var node: UInt64
-        var owner: UInt64
-    }
-
     final class LockFile: Sendable {
         let fd: OwnedFD
         init(fd: consuming OwnedFD) { self.fd = fd }
     }
 
-    /// A SETLKW that waits on a thread of its own.
-    struct Waiter {
-        let thread: pthread_t
-        var cancelled: Bool
+    private struct State {
+        /// node -> owner -> description
+        var files: [UInt64: [UInt64: LockFile]] = [:]
+        var count = 0
     }
 
-    private let files = Mutex<[Key: LockFile]>([:])
-    private let waiters = Mutex<[UInt64: Waiter]>([:])
+    private let state = Mutex(State())
+    let perNodeLimit: Int
+    let totalLimit: Int
+    /// One log line the first time a ceiling refuses a lock.
+    let ceilingReported = OneTimeFlag()
+
+    init(perNodeLimit: Int = LockLimits.ownersPerNode, totalLimit: Int = LockLimits.owners) {
+        self.perNodeLimit = perNodeLimit
+        self.totalLimit = totalLimit
+    }
 
     static func installWakeSignal() { ThreadWakeup.install() }
 
+    /// What `file` found when a ceiling stopped it.
+    enum Refusal: Error { case ceiling(perNode: Bool) }
+
     /// The owner's description of the node's file, opened on first use.
-    func file(node: UInt64, owner: UInt64, open: () throws(Errno) -> OwnedFD) throws(Errno) -> LockFile {
-        let key = Key(node: node, owner: owner)
-        if let existing = files.withLock({ $0[key] }) { return existing }
+    /// - Throws: ENOLCK at a ceiling (after logging once through `report`), or what `open` throws.
+    func file(node: UInt64, owner: UInt64, open: () throws(Errno) -> OwnedFD, report: (String) -> Void) throws(Errno) -> LockFile {
+        if let existing = existingFile(node: node, owner: owner) { return existing }
         let made = LockFile(fd: try open())
-        return files.withLock { files in
-            if let raced = files[key] { return raced }
-            files[key] = made
-            return made
+        let outcome = state.withLock { state -> Result<LockFile, Refusal> in
+            if let raced = state.files[node]?[owner] { return .success(raced) }
+            let perNode = state.files[node]?.count ?? 0
+            guard perNode < perNodeLimit else { return .failure(.ceiling(perNode: true)) }
+            guard state.count < totalLimit else { return .failure(.ceiling(perNode: false)) }
+            state.files[node, default: [:]][owner] = made
+            state.count += 1
+            return .success(made)
+        }
+        switch outcome {
+        case .success(let file): return file
+        case .failure(.ceiling(let perNode)):
+            if ceilingReported.first() {
+                report(perNode
+                    ? "lock owners of one file reached their ceiling of \(perNodeLimit): further owners' locks answer ENOLCK"
+                    : "lock owners reached their ceiling of \(totalLimit): further owners' locks answer ENOLCK")
+            }
+            throw .noLocksAvailable
         }
     }
 
-    /// The owner's description if it has one (for unlocking, which must not open anything).
+    /// The owner's description if it has one (for unlocking and GETLK, which must not leave one behind).
     func existingFile(node: UInt64, owner: UInt64) -> LockFile? {
-        files.withLock { $0[Key(node: node, owner: owner)] }
+        state.withLock { $0.files[node]?[owner] }
     }
 
     /// Drops the owner's description of the node, releasing every lock it holds there.
     func releaseOwner(node: UInt64, owner: UInt64) {
-        _ = files.withLock { $0.removeValue(forKey: Key(node: node, owner: owner)) }
+        let dropped = state.withLock { state -> LockFile? in
+            guard let file = state.files[node]?.removeValue(forKey: owner) else { return nil }
+            if state.files[node]?.isEmpty == true { state.files[node] = nil }
+            state.count -= 1
+            return file
+        }
+        _ = dropped  // closed here, outside the lock
+    }
+
+    /// Drops every description of a node the guest forgot (its owners have all closed it by then).
+    func releaseNode(_ node: UInt64) {
+        let dropped = state.withLock { state -> [UInt64: LockFile]? in
+            guard let files = state.files.removeValue(forKey: node) else { return nil }
+            state.count -= files.count
+            return files
+        }
+        _ = dropped
     }
 
     func clear() {
-        files.withLock { $0.removeAll() }
+        let dropped = state.withLock { state -> [UInt64: [UInt64: LockFile]] in
+            defer {
+                state.files.removeAll()
+                state.count = 0
+            }
+            return state.files
+        }
+        _ = dropped
     }
 
-    /// Runs a blocking wait for request `unique`, which `interrupt(unique)` can cancel with EINTR.
-    func wait(unique: UInt64, _ body: () throws(Errno) -> Void) throws(Errno) {
-        ThreadWakeup.allowOnCurrentThread()
-        waiters.withLock { $0[unique] = Waiter(thread: ThreadWakeup.current, cancelled: false) }
-        defer { _ = waiters.withLock { $0.removeValue(forKey: unique) } }
-        while true {
-            if waiters.withLock({ $0[unique]?.cancelled ?? false }) { throw .interrupted }
-            do throws(Errno) {
-                try body()
-                return
-            } catch {
-                // A wake-up meant for another wait, or a stray signal: wait again unless cancelled.
-                if error != .interrupted { throw error }
-            }
-        }
-    }
-
-    /// INTERRUPT: cancels the wait of request `unique`, if one is running.
-    func interrupt(_ unique: UInt64) {
-        // The waiter may be between its check and the system call: signal until it has left.
-        for _ in 0..<200 {
-            let thread: pthread_t? = waiters.withLock { waiters in
-                guard var waiter = waiters[unique] else { return nil }
-                waiter.cancelled = true
-                waiters[unique] = waiter
-                return waiter.thread
-            }
-            guard let thread else { return }
-            ThreadWakeup.wake(thread)
-            usleep(1000)
-        }
-    }
+    /// Descriptions held now (tests).
+    var count: Int { state.withLock { $0.count } }
 }
 
 /// FUSE's "to the end of the file" (OFFSET_MAX).
@@ -105,24 +121,37 @@ extension PassthroughFileSystem {
         return FileDescriptor.RecordLock(type: CShort(truncatingIfNeeded: lock.type), start: Int64(lock.start), length: length)
     }
 
-    /// Opens the node for locking, read-write if the host allows, else as its access permits.
+    /// Opens the node's file for locking, read-write if the host allows, else as its access permits. Only
+    /// regular files: anything else is never opened for the guest.
+    func openForLocking(_ data: InodeData) throws(Errno) -> OwnedFD {
+        guard data.fileType == .regular else { throw .badFileDescriptor }
+        do throws(Errno) {
+            return try reopen(data, flags: O_RDWR | CVFS_O_CLOEXEC)
+        } catch {
+            guard error == .permissionDenied || error == .readOnlyFileSystem else { throw error }
+            return try reopen(data, flags: O_RDONLY | CVFS_O_CLOEXEC)
+        }
+    }
+
+    /// The owner's description of the node, opened on first use (within the ceilings).
     func lockFile(node: UInt64, owner: UInt64) throws(Errno) -> LockTable.LockFile {
         let data = try self.node(node)
-        guard data.fileType == .regular else { throw .invalidArgument }
-        return try lockTable.file(node: node, owner: owner) { () throws(Errno) -> OwnedFD in
-            do throws(Errno) {
-                return try reopen(data, flags: O_RDWR | CVFS_O_CLOEXEC)
-            } catch {
-                guard error == .permissionDenied || error == .readOnlyFileSystem else { throw error }
-                return try reopen(data, flags: O_RDONLY | CVFS_O_CLOEXEC)
-            }
-        }
+        return try lockTable.file(node: node, owner: owner, open: { () throws(Errno) -> OwnedFD in try openForLocking(data) },
+                                  report: { logger.warning("\($0)") })
     }
 
     public func getlk(_ context: RequestContext, node: UInt64, handle: UInt64, owner: UInt64, lock: FileLock) throws(Errno) -> FileLock {
         guard options.locks else { throw .noFunction }
-        let file = try lockFile(node: node, owner: owner)
-        let found = try file.fd.borrowed.conflictingLock(try recordLock(lock))
+        let request = try recordLock(lock)
+        // An owner without a description holds no lock here: a description opened for this question only
+        // (and closed after it) sees every conflicting lock, and leaves nothing behind.
+        let found: FileDescriptor.RecordLock
+        if let file = lockTable.existingFile(node: node, owner: owner) {
+            found = try file.fd.borrowed.conflictingLock(request)
+        } else {
+            let fd = try openForLocking(try self.node(node))
+            found = try fd.borrowed.conflictingLock(request)
+        }
         guard found.type != CShort(F_UNLCK) else {
             return FileLock(start: lock.start, end: lock.end, type: UInt32(F_UNLCK), pid: 0)
         }
@@ -131,7 +160,7 @@ extension PassthroughFileSystem {
         return FileLock(start: UInt64(found.start), end: end, type: UInt32(found.type), pid: found.pid > 0 ? UInt32(found.pid) : 0)
     }
 
-    public func setlk(_ context: RequestContext, node: UInt64, handle: UInt64, owner: UInt64, lock: FileLock, flock: Bool, wait: Bool) throws(Errno) {
+    public func setlk(_ context: RequestContext, node: UInt64, handle: UInt64, owner: UInt64, lock: FileLock, flock: Bool, wait: CancellableWait?) throws(Errno) {
         guard options.locks else { throw .noFunction }
         if flock {
             // A directory the guest did not open (CachePolicy.opensDirectories) has no open file description
@@ -145,8 +174,11 @@ extension PassthroughFileSystem {
             case F_UNLCK: operation = LOCK_UN
             default: throw .invalidArgument
             }
-            let run = { () throws(Errno) in try open.fd.borrowed.flock(operation | (wait ? 0 : LOCK_NB)) }
-            if wait { try lockTable.wait(unique: context.unique, run) } else { try run() }
+            if let wait {
+                try wait.run { () throws(Errno) in try open.fd.borrowed.flock(operation) }
+            } else {
+                try open.fd.borrowed.flock(operation | LOCK_NB)
+            }
             return
         }
         let request = try recordLock(lock)
@@ -158,8 +190,8 @@ extension PassthroughFileSystem {
         }
         let file = try lockFile(node: node, owner: owner)
         do throws(Errno) {
-            if wait {
-                try lockTable.wait(unique: context.unique) { () throws(Errno) in try file.fd.borrowed.setLock(request, wait: true) }
+            if let wait {
+                try wait.run { () throws(Errno) in try file.fd.borrowed.setLock(request, wait: true) }
             } else {
                 try file.fd.borrowed.setLock(request, wait: false)
             }
@@ -168,8 +200,12 @@ extension PassthroughFileSystem {
             throw error == .permissionDenied ? .wouldBlock : error
         }
     }
+}
 
-    public func interrupt(_ unique: UInt64) {
-        lockTable.interrupt(unique)
-    }
+/// Ceilings on the host descriptors that stand for the guest's POSIX lock owners (see `LockTable`).
+public enum LockLimits {
+    /// Lock owners with a description of one node. Past it, SETLK and SETLKW of a new owner answer ENOLCK.
+    public static let ownersPerNode = 256
+    /// Lock owners' descriptions over all nodes.
+    public static let owners = 4096
 }

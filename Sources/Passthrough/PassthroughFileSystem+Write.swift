@@ -49,7 +49,7 @@ extension PassthroughFileSystem {
     /// A file's `O_PATH` descriptor, from an open descriptor of it (same inode, through the magic link).
     func pathDescriptor(of fd: borrowing OwnedFD) throws(Errno) -> OwnedFD {
         try withDecimal(fd.rawValue) { (name) throws(Errno) -> OwnedFD in
-            try procSelfFD.borrowed.open(name, flags: [.path])
+            try procSelf.fd.borrowed.open(name, flags: [.path])
         }
     }
 
@@ -155,14 +155,43 @@ extension PassthroughFileSystem {
 
     public func create(_ context: RequestContext, parent: UInt64, name: FUSEName, flags: UInt32, mode: UInt32, umask: UInt32) throws(Errno) -> (Entry, OpenReply) {
         let dir = try creationParent(parent, name)
-        var hostFlags = hostOpenFlags(flags) | O_CREAT | CVFS_O_NOFOLLOW
-        if CInt(bitPattern: flags) & O_EXCL != 0 { hostFlags |= O_EXCL }
+        let hostFlags = hostOpenFlags(flags)
+        let exclusive = CInt(bitPattern: flags) & O_EXCL != 0
         let fd = try withPath(dir) { (dirFD) throws(Errno) -> OwnedFD in
             try creating(context, mode: mode, umask: umask) { (m) throws(Errno) -> OwnedFD in
-                try dirFD.open(name.cString, flags: OpenFlags(rawValue: hostFlags), mode: m)
+                try createOrOpen(in: dirFD, name, flags: hostFlags, mode: m, exclusive: exclusive)
             }
         }
         return try register(created: fd, parent: dir, context: context)
+    }
+
+    /// open(2) with O_CREAT, without ever opening what is not a regular file: the file is made with O_EXCL;
+    /// if the name exists (and the guest did not ask for O_EXCL) it is held by an `O_PATH` descriptor, its type
+    /// is checked on that descriptor, and that very file is opened through it. A device node, FIFO or socket
+    /// answers EBADF, a directory EISDIR, a symlink ELOOP (the guest's O_CREAT never follows one here).
+    func createOrOpen(in dirFD: FileDescriptor, _ name: FUSEName, flags: CInt, mode: mode_t, exclusive: Bool) throws(Errno) -> OwnedFD {
+        // The name can come and go between the two steps; a few tries settle it.
+        for _ in 0..<8 {
+            do throws(Errno) {
+                return try dirFD.open(name.cString, flags: OpenFlags(rawValue: flags | O_CREAT | O_EXCL | CVFS_O_NOFOLLOW), mode: mode)
+            } catch {
+                guard error == .fileExists, !exclusive else { throw error }
+            }
+            let path: OwnedFD
+            do throws(Errno) {
+                path = try dirFD.open(name.cString, flags: [.path, .noFollow])
+            } catch {
+                if error == .noEntry { continue }  // removed meanwhile: create it
+                throw error
+            }
+            switch try path.borrowed.stat().fileType {
+            case .regular: return try reopen(path: path.borrowed, flags: flags)
+            case .directory: throw .isDirectory
+            case .symbolicLink: throw .tooManySymbolicLinks
+            default: throw .badFileDescriptor
+            }
+        }
+        throw .noEntry
     }
 
     public func tmpfile(_ context: RequestContext, parent: UInt64, flags: UInt32, mode: UInt32, umask: UInt32) throws(Errno) -> (Entry, OpenReply) {
@@ -310,6 +339,7 @@ extension PassthroughFileSystem {
 
     public func syncfs(_ context: RequestContext, node: UInt64) throws(Errno) {
         let data = try self.node(node)
+        // `reopen` refuses anything but regular files and directories (the guest names a mount's root).
         let fd = try reopen(data, flags: O_RDONLY | CVFS_O_CLOEXEC | (data.fileType == .directory ? CVFS_O_DIRECTORY : 0))
         try fd.borrowed.syncFileSystem()
     }

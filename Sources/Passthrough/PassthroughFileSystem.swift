@@ -49,7 +49,7 @@ public struct PassthroughOptions: Sendable {
     public var uidMap: UIDMap
     public var gidMap: GIDMap
     /// An already open `/proc/self/fd` (a sandbox opens it before the shared directory becomes the root).
-    public var procSelfFD: CInt?
+    public var procSelf: ProcSelfDirectory?
     /// Whether requests run as their guest user (nil: when the daemon runs as root).
     public var switchCredentials: Bool?
 
@@ -58,13 +58,13 @@ public struct PassthroughOptions: Sendable {
         locks: Bool = true, allowDirectIO: Bool = false, preserveNoatime: Bool = false,
         announceSubmounts: Bool = true, killprivV2: Bool = false, writeback: Bool = false,
         inodeFileHandles: InodeFileHandles = .never, posixACL: Bool = false, securityLabel: Bool = false,
-        uidMap: UIDMap = UIDMap.identity, gidMap: GIDMap = GIDMap.identity, procSelfFD: CInt? = nil,
+        uidMap: UIDMap = UIDMap.identity, gidMap: GIDMap = GIDMap.identity, procSelf: ProcSelfDirectory? = nil,
         switchCredentials: Bool? = nil
     ) {
         self.switchCredentials = switchCredentials
         self.uidMap = uidMap
         self.gidMap = gidMap
-        self.procSelfFD = procSelfFD
+        self.procSelf = procSelf
         self.securityLabel = securityLabel
         self.inodeFileHandles = inodeFileHandles
         self.posixACL = posixACL
@@ -90,7 +90,8 @@ public final class PassthroughFileSystem: FileSystem {
     public let options: PassthroughOptions
     public let inodes: InodeStore
     public let handles = HandleTable()
-    let procSelfFD: OwnedFD
+    /// `/proc/self/fd`: files are reopened through it, and named to the calls that take only a path.
+    public let procSelf: ProcSelfDirectory
     let logger: Logger
     let lockTable = LockTable()
     let mounts = MountTable()
@@ -104,12 +105,12 @@ public final class PassthroughFileSystem: FileSystem {
         let root = try FileDescriptor.open(options.sharedDirectory, flags: [.path, .directory])
         let stat = try root.borrowed.statx("")
         inodes = InodeStore(root: root, stat: stat)
-        if let given = options.procSelfFD {
-            procSelfFD = OwnedFD(taking: given)
+        if let given = options.procSelf {
+            procSelf = given
         } else {
-            procSelfFD = try FileDescriptor.open("/proc/self/fd", flags: [.path, .directory])
+            procSelf = try ProcSelfDirectory()
         }
-        try ProcessControl.changeDirectory(to: procSelfFD.borrowed)
+        try ProcessControl.changeDirectory(to: procSelf.fd.borrowed)
         switchesCredentials = options.switchCredentials ?? (ThreadCredentials.effectiveUID == 0)
         LockTable.installWakeSignal()
         if options.inodeFileHandles != .never {
@@ -161,15 +162,25 @@ public final class PassthroughFileSystem: FileSystem {
         return try reopen(data, flags: O_RDONLY | CVFS_O_DIRECTORY | CVFS_O_CLOEXEC)
     }
 
-    /// Opens a node's file for I/O: through `/proc/self/fd/N`, or from its file handle. Symlinks are refused:
-    /// following the magic link of a symlink would resolve its target on the host.
+    /// Opens a node's file for I/O: through `/proc/self/fd/N`, or from its file handle.
+    ///
+    /// Only regular files and directories are ever opened for the guest (CVE-2020-35517 in virtiofsd): opening
+    /// a device node would reach a host device, a FIFO would block the thread, a socket cannot be opened. Their
+    /// type is the node's, fixed when it was looked up: the node's descriptor or handle pins that very inode,
+    /// so no rename can swap another file in between the check and the open.
     func reopen(_ data: InodeData, flags: CInt) throws(Errno) -> OwnedFD {
-        guard data.fileType != .symbolicLink else { throw .tooManySymbolicLinks }
+        guard data.fileType.canBeOpened else { throw .badFileDescriptor }
         if let handle = data.handle {
             return try FileDescriptor(rawValue: data.mountFD).open(handle: handle, flags: OpenFlags(rawValue: flags))
         }
-        return try withDecimal(data.descriptor) { (name) throws(Errno) -> OwnedFD in
-            try procSelfFD.borrowed.open(name, flags: OpenFlags(rawValue: flags))
+        return try reopen(path: data.fd(), flags: flags)
+    }
+
+    /// Opens the file an `O_PATH` descriptor names, through `/proc/self/fd/N`: the same inode, never a name
+    /// looked up again. The caller has checked that it is a regular file or a directory.
+    func reopen(path fd: FileDescriptor, flags: CInt) throws(Errno) -> OwnedFD {
+        try withDecimal(fd.rawValue) { (name) throws(Errno) -> OwnedFD in
+            try procSelf.fd.borrowed.open(name, flags: OpenFlags(rawValue: flags & ~CVFS_O_NOFOLLOW))
         }
     }
 
@@ -194,7 +205,7 @@ public final class PassthroughFileSystem: FileSystem {
             let mountFD = try mounts.descriptor(for: handle.mountID) { () throws(Errno) -> OwnedFD in
                 guard stat.fileType == .directory else { throw .notSupported }
                 return try withDecimal(fd.rawValue) { (name) throws(Errno) -> OwnedFD in
-                    try procSelfFD.borrowed.open(name, flags: [.directory])
+                    try procSelf.fd.borrowed.open(name, flags: [.directory])
                 }
             }
             return .handle(handle, mountFD: mountFD)
@@ -288,7 +299,10 @@ public final class PassthroughFileSystem: FileSystem {
     }
 
     public func forget(_ context: RequestContext, node: UInt64, count: UInt64) {
-        inodes.forget(node, count: count)
+        if inodes.forget(node, count: count) {
+            // Every guest process has closed the file by now: its lock owners' descriptions go with it.
+            lockTable.releaseNode(node)
+        }
     }
 
     public func getattr(_ context: RequestContext, node: UInt64, handle: UInt64?) throws(Errno) -> AttributeReply {
@@ -433,7 +447,12 @@ public final class PassthroughFileSystem: FileSystem {
                     let isDotDot = nameLength == 2 && name[0] == UInt8(ascii: ".") && name[1] == UInt8(ascii: ".")
                     var entry: Entry? = nil
                     if plus && !isDot && !isDotDot {
-                        guard sink.fits(nameLength: nameLength) else { return }
+                        // Not even one entry fits the guest's buffer: an error, not an empty listing, which
+                        // would read as the end of the directory.
+                        guard sink.fits(nameLength: nameLength) else {
+                            if added == 0 { throw .invalidArgument }
+                            return
+                        }
                         do throws(Errno) {
                             entry = try lookupEntry(parent, namePointer, isDotDot: false, isDot: false)
                         } catch {
@@ -444,7 +463,8 @@ public final class PassthroughFileSystem: FileSystem {
                         }
                     }
                     guard sink.add(name: name, inode: inode, type: UInt32(type), offset: next, entry: entry) else {
-                        if let entry { inodes.forget(entry.nodeID, count: 1) }
+                        if let entry { forget(RequestContext(), node: entry.nodeID, count: 1) }
+                        if added == 0 { throw .invalidArgument }
                         return
                     }
                     added += 1

@@ -54,7 +54,7 @@ public struct SandboxResult: ~Copyable {
     /// The shared directory as the daemon now names it ("/" once it is the root).
     public var sharedDirectory: String
     /// `/proc/self/fd`, opened before the old root went away (nil: open it by path as usual).
-    public var procSelfFD: CInt?
+    public var procSelf: ProcSelfDirectory?
     /// Whether requests can run as their guest's user: as root, or in a user namespace that maps more than the
     /// daemon's own id.
     public var canSwitchCredentials: Bool
@@ -77,12 +77,12 @@ public enum Sandbox {
         }
         switch mode {
         case .none:
-            return SandboxResult(sharedDirectory: sharedDirectory, procSelfFD: nil, canSwitchCredentials: startedAsRoot)
+            return SandboxResult(sharedDirectory: sharedDirectory, procSelf: nil, canSwitchCredentials: startedAsRoot)
         case .chroot:
-            var proc: CInt = -1
-            try step("open /proc/self/fd") { proc = try FileDescriptor.open("/proc/self/fd", flags: [.path, .directory]).release() }
+            var proc: ProcSelfDirectory? = nil
+            try step("open /proc/self/fd") { proc = try ProcSelfDirectory() }
             try step("chroot to \(sharedDirectory)") { try ProcessControl.changeRoot(to: sharedDirectory) }
-            return SandboxResult(sharedDirectory: "/", procSelfFD: proc, canSwitchCredentials: startedAsRoot)
+            return SandboxResult(sharedDirectory: "/", procSelf: proc, canSwitchCredentials: startedAsRoot)
         case .namespace:
             var switches = startedAsRoot
             if !startedAsRoot {
@@ -106,11 +106,14 @@ public enum Sandbox {
             try step("parent-death signal") { try ProcessControl.setParentDeathSignal(SIGKILL) }
             try step("make mounts private") { try ProcessControl.makeMountsPrivate() }
             try step("mount proc") { try ProcessControl.mountProc(at: "/proc") }
-            var proc: CInt = -1
-            try step("open /proc/self/fd") { proc = try FileDescriptor.open("/proc/self/fd", flags: [.path, .directory]).release() }
+            var proc: ProcSelfDirectory? = nil
+            try step("open /proc/self/fd") { proc = try ProcSelfDirectory() }
             try step("bind \(sharedDirectory) on itself") { try ProcessControl.bindOnItself(sharedDirectory) }
+            // A second wall behind the daemon's own refusal to open special files: no device node on the share
+            // opens as a device, whoever made it (the guest can still make them and see them as devices).
+            try step("make \(sharedDirectory) nodev") { try ProcessControl.forbidDevices(under: sharedDirectory) }
             try step("pivot_root to \(sharedDirectory)") { try ProcessControl.pivotRoot(to: sharedDirectory) }
-            return SandboxResult(sharedDirectory: "/", procSelfFD: proc, canSwitchCredentials: switches)
+            return SandboxResult(sharedDirectory: "/", procSelf: proc, canSwitchCredentials: switches)
         }
     }
 

@@ -52,3 +52,33 @@ public struct EventFD: ~Copyable, Sendable {
         }
     }
 }
+
+/// An eventfd that several objects and threads share: closed when the last of them lets it go. A thread that
+/// signals it from afar holds a reference, never a bare descriptor number that its owner may close and the
+/// process may reuse.
+public final class SharedEventFD: Sendable {
+    private let event: EventFD
+
+    /// A new non-blocking counter.
+    public init() throws(Errno) { event = try EventFD() }
+
+    /// The descriptor, for epoll and poll; valid while this object lives.
+    public var descriptor: FileDescriptor { event.fd.borrowed }
+
+    /// Adds one to the counter.
+    public func signal() { event.signal() }
+
+    /// Reads and resets the counter.
+    @discardableResult
+    public func drain() -> UInt64 { event.drain() }
+
+    /// Waits up to `milliseconds` (-1: for ever) for the counter to be above zero; whether it is.
+    public func wait(milliseconds: CInt) -> Bool {
+        var pfd = pollfd(fd: event.fd.rawValue, events: Int16(POLLIN), revents: 0)
+        while true {
+            let n = poll(&pfd, 1, milliseconds)
+            if n < 0 && errno == EINTR { continue }
+            return n == 1
+        }
+    }
+}

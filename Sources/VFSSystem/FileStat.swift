@@ -85,6 +85,10 @@ public struct FileStat: Hashable, Sendable {
 public enum FileType: Sendable, Hashable {
     case regular, directory, symbolicLink, characterDevice, blockDevice, fifo, socket, unknown
 
+    /// Whether a file server may open a file of this type for its client: a regular file or a directory.
+    /// Opening a device node reaches a device, a FIFO blocks until a peer comes, a symlink is followed.
+    public var canBeOpened: Bool { self == .regular || self == .directory }
+
     public init(mode: UInt32) {
         // The S_IF* values are fixed by the Linux ABI (include/uapi/linux/stat.h).
         switch mode & 0o170000 {

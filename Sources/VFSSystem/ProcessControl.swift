@@ -38,6 +38,15 @@ public enum ProcessControl {
     public static func makeMountsPrivate() throws(Errno) { try nothingOrErrno { cvfs_make_mounts_private() } }
     public static func mountProc(at path: String) throws(Errno) { try nothingOrErrno { cvfs_mount_proc(path) } }
     public static func bindOnItself(_ path: String) throws(Errno) { try nothingOrErrno { cvfs_bind_self(path) } }
+    /// Makes the mount at `path`, and the mounts under it, nodev. The corresponding C function is `mount_setattr`.
+    public static func forbidDevices(under path: String) throws(Errno) { try nothingOrErrno { cvfs_mount_nodev(path) } }
+
+    /// The id of group `name` (a name from the group database, or a number).
+    public static func groupID(named name: String) -> gid_t? {
+        if let number = gid_t(name) { return number }
+        guard let entry = getgrnam(name) else { return nil }
+        return entry.pointee.gr_gid
+    }
 
     /// Makes `path` the root of this mount namespace and detaches the old root.
     public static func pivotRoot(to path: String) throws(Errno) {

@@ -24,7 +24,10 @@ public final class SystemThread: @unchecked Sendable {
         let result = pthread_create(&thread, nil, { argument in
             let start = Unmanaged<Start>.fromOpaque(argument!).takeRetainedValue()
             _ = cvfs_set_thread_name(String(start.name.utf8.prefix(15))!)
+            // A stack of its own for the crash handler, so that even a stack overflow gets its log line.
+            let signalStack = cvfs_alternate_signal_stack()
             start.body()
+            cvfs_free_alternate_signal_stack(signalStack)
             return nil
         }, start)
         if result != 0 {
@@ -128,5 +131,66 @@ public enum ThreadWakeup {
     /// Interrupts what `thread` is blocked in.
     public static func wake(_ thread: pthread_t) {
         pthread_kill(thread, signalNumber)
+    }
+}
+
+/// One log line for a crash, whatever the seccomp filter allows (see `cvfs_install_crash_handlers`).
+public enum CrashReporting {
+    /// Installs the fatal-signal handlers and an alternate stack for the calling thread; threads started with
+    /// `SystemThread` get one of their own.
+    public static func install(program: String) {
+        // The handler keeps the pointer for the life of the process.
+        let name = strdup(program)
+        cvfs_install_crash_handlers(name)
+        _ = cvfs_alternate_signal_stack()
+    }
+}
+
+/// Test hooks for the seccomp filter and the crash line (`--debug-probe`): each makes one call, or crashes, after
+/// the filter is in place.
+public enum DebugProbe {
+    public static let names = [
+        "unshare-user", "unshare-mount", "unshare-fs", "clone-namespace", "clone-process", "clone3", "clone-thread",
+        "prctl-dumpable", "prctl-name", "ioctl-tiocsti", "tgkill-self", "tgkill-other", "crash-trap", "crash-segv",
+    ]
+
+    /// Runs probe `name`; returns what happened ("allowed", or the errno's text) if the process survives it.
+    public static func run(_ name: String) -> String {
+        let result: CInt
+        switch name {
+        case "unshare-user": result = cvfs_probe_unshare(CVFS_CLONE_NEWUSER)
+        case "unshare-mount": result = cvfs_probe_unshare(CVFS_CLONE_NEWNS)
+        case "unshare-fs": result = cvfs_probe_unshare(CVFS_CLONE_FS)
+        case "clone-namespace": result = cvfs_probe_clone(UInt(CVFS_CLONE_NEWNS))
+        case "clone-process": result = cvfs_probe_clone(0)
+        case "clone3": result = cvfs_probe_clone3_process()
+        case "clone-thread":
+            do {
+                let thread = try SystemThread(name: "probe") {}
+                thread.join()
+                result = 0
+            } catch {
+                result = error.rawValue
+            }
+        case "prctl-dumpable": result = cvfs_probe_prctl(CVFS_PR_SET_DUMPABLE)
+        case "prctl-name": result = cvfs_probe_prctl(CVFS_PR_SET_NAME)
+        case "ioctl-tiocsti": result = cvfs_probe_ioctl_tiocsti()
+        case "tgkill-self": result = cvfs_probe_tgkill(0)
+        case "tgkill-other": result = cvfs_probe_tgkill(1)
+        case "crash-trap", "crash-segv":
+            let thread = try? SystemThread(name: "crash-probe") {
+                if name == "crash-trap" {
+                    let values: [Int] = []
+                    // A failed runtime check, as an out-of-range index in the request path would be.
+                    _ = values[Int(getpid() % 2) + 1]
+                } else {
+                    UnsafeMutablePointer<Int>(bitPattern: 8)!.pointee = 1
+                }
+            }
+            thread?.join()
+            return "did not crash"
+        default: return "unknown probe"
+        }
+        return result == 0 ? "allowed" : Errno(rawValue: result).description
     }
 }

@@ -9,18 +9,27 @@ public enum UnixSocket {
     public static let maxDescriptors = 16
 
     /// Creates, binds and listens on `path`, replacing a stale socket file left there.
-    public static func listen(path: String, backlog: CInt = 1) throws(Errno) -> OwnedFD {
+    ///
+    /// The socket is its owner's alone: mode 0700, or 0770 and owned by `group` when one is given (any local
+    /// user who can connect could take the daemon's only front-end slot and send it requests).
+    public static func listen(path: String, group: gid_t? = nil, backlog: CInt = 1) throws(Errno) -> OwnedFD {
         let fd = OwnedFD(taking: try valueOrErrno { socket(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0) })
         _ = try socketAddress(path)  // the final name must fit
         if let existing = try? FileDescriptor.currentWorkingDirectory.statx(path), existing.fileType == .socket {
             unlink(path)
         }
         // Bound under a temporary name and renamed once listening: a client that sees the path can connect
-        // (between bind and listen, a connect to the path would be refused).
+        // (between bind and listen, a connect to the path would be refused), and it has its mode and group
+        // before anyone can see it.
         let temporary = path + ".\(getpid()).tmp"
         let staged = (try? socketAddress(temporary)) != nil
-        var address = try socketAddress(staged ? temporary : path)
+        let bound = staged ? temporary : path
+        var address = try socketAddress(bound)
         if staged { unlink(temporary) }
+        let mode: mode_t = group == nil ? 0o700 : 0o770
+        // The umask covers the moment between bind and chmod when the name is bound in place.
+        let previousMask = umask(~mode & 0o777)
+        defer { umask(previousMask) }
         try nothingOrErrno {
             withUnsafePointer(to: &address) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
@@ -28,14 +37,14 @@ public enum UnixSocket {
                 }
             }
         }
-        try nothingOrErrno { Glibc.listen(fd.rawValue, backlog) }
-        if staged {
-            do throws(Errno) {
-                try nothingOrErrno { rename(temporary, path) }
-            } catch {
-                unlink(temporary)
-                throw error
-            }
+        do throws(Errno) {
+            if let group { try nothingOrErrno { chown(bound, uid_t.max, group) } }
+            try nothingOrErrno { chmod(bound, mode) }
+            try nothingOrErrno { Glibc.listen(fd.rawValue, backlog) }
+            if staged { try nothingOrErrno { rename(temporary, path) } }
+        } catch {
+            unlink(bound)
+            throw error
         }
         return fd
     }

@@ -22,30 +22,44 @@ public protocol VhostUserBackend: AnyObject, Sendable {
 /// Serves the descriptor chains of one queue, on that queue's worker thread.
 public protocol VringRequestHandler: AnyObject {
     /// Handles one request and returns the number of bytes written to the chain's writable buffers, or nil when
-    /// the request goes on elsewhere (a lock wait) and will be finished with `DeferredCompletions.complete`.
-    /// A deferred request's buffers stay the guest's until then; the chain object itself is reused at once.
+    /// the request goes on elsewhere (a lock wait, a pool thread) and will be finished with
+    /// `DeferredCompletions.complete`. A deferred request keeps its buffers' memory alive (`chain.memory`);
+    /// the chain object itself is reused at once.
     func handle(_ chain: DescriptorChain) -> UInt32?
+    /// The ring is stopping: make every deferred request finish soon (lock waits end with EINTR, pool jobs run
+    /// to their end) and let none wait from now on. The worker then waits for their completions, publishes
+    /// them, and only then tells the front-end the ring has stopped.
+    func stopDeferred()
+}
+
+extension VringRequestHandler {
+    public func stopDeferred() {}
 }
 
 /// Requests finished after their handler returned: any thread posts them, the queue's worker publishes them
 /// in the used ring (the only thread that writes it) and signals the guest.
+///
+/// Whoever finishes a deferred request holds a reference to this object, and through it to the eventfd that
+/// wakes the worker: never a bare descriptor number that the worker could close and the process reuse.
 public final class DeferredCompletions: Sendable {
-    let pending = Mutex<[(head: UInt16, length: UInt32)]>([])
-    let wake: CInt
+    private let pending = Mutex<[(head: UInt16, length: UInt32)]>([])
+    /// Wakes the worker when a completion is posted.
+    let wake: SharedEventFD
 
-    init(wake: CInt) { self.wake = wake }
+    init() throws(Errno) { wake = try SharedEventFD() }
 
     /// Finishes the request whose chain started at `head`, with `length` bytes written into its buffers.
     public func complete(head: UInt16, length: UInt32) {
         pending.withLock { $0.append((head, length)) }
-        EventFD.signal(FileDescriptor(rawValue: wake))
+        wake.signal()
     }
 
-    func take() -> [(head: UInt16, length: UInt32)] {
+    /// Takes every completion posted so far into `into` (emptied first), without allocating in the common case.
+    func take(into taken: inout [(head: UInt16, length: UInt32)]) {
+        taken.removeAll(keepingCapacity: true)
         pending.withLock { pending in
-            if pending.isEmpty { return [] }
-            defer { pending.removeAll(keepingCapacity: true) }
-            return pending
+            if pending.isEmpty { return }
+            swap(&pending, &taken)
         }
     }
 }

@@ -37,6 +37,8 @@ public final class VhostUserHandler {
 
     let backend: any VhostUserBackend
     let logger: Logger
+    /// Tells eventfds from other descriptors the front-end might send by mistake (nil: by fstat alone).
+    let procSelf: ProcSelfDirectory?
     public private(set) var features: UInt64 = 0
     public private(set) var protocolFeatures: UInt64 = 0
     public private(set) var memory = GuestMemoryMap.empty
@@ -44,9 +46,10 @@ public final class VhostUserHandler {
     var backendRequestFD: OwnedFD?
     var memoryGeneration: UInt64 = 0
 
-    public init(backend: any VhostUserBackend, logger: Logger) {
+    public init(backend: any VhostUserBackend, logger: Logger, procSelf: ProcSelfDirectory? = nil) {
         self.backend = backend
         self.logger = logger
+        self.procSelf = procSelf
         vrings = Self.freshVrings(backend.maxQueues)
     }
 
@@ -157,9 +160,15 @@ public final class VhostUserHandler {
             try expectNoDescriptors(message, request)
             let address = try message.decode(cvfs_vhost_vring_addr.self, for: request)
             let index = try queueIndex(UInt32(littleEndian: address.index), request)
-            vrings[index].addresses = VringAddresses(
+            let addresses = VringAddresses(
                 descriptors: UInt64(littleEndian: address.descriptor), available: UInt64(littleEndian: address.available),
                 used: UInt64(littleEndian: address.used))
+            // virtio 1.2 §2.7, "Alignment": the descriptor table on 16 bytes, the available ring on 2, the used
+            // ring on 4. The ring indexes are read and written atomically; misaligned they could tear.
+            guard addresses.descriptors % 16 == 0, addresses.available % 2 == 0, addresses.used % 4 == 0 else {
+                throw .invalid(request, "queue \(index): ring addresses are not aligned (descriptors on 16, available on 2, used on 4 bytes)")
+            }
+            vrings[index].addresses = addresses
             return nil
         case .setVringBase:
             try expectNoDescriptors(message, request)
@@ -176,23 +185,24 @@ public final class VhostUserHandler {
             return payloadBytes(of: cvfs_vhost_vring_state(index: UInt32(index).littleEndian, num: UInt32(next).littleEndian))
         case .setVringKick:
             let index = try vringDescriptor(message, request)
-            _ = stopVring(index)
-            guard let fd = message.fds.take(0) else {
+            guard let fd = try eventFD(message, request, index) else {
                 throw .invalid(request, "queue \(index): polling mode (no kick eventfd) is not supported")
             }
+            _ = stopVring(index)
             try startVring(index, kick: fd)
             return nil
         case .setVringCall:
             let index = try vringDescriptor(message, request)
+            let fd = try eventFD(message, request, index)
             if let shared = vrings[index].shared {
-                shared.replaceCallFD(message.fds.take(0))
+                shared.replaceCallFD(fd)
             } else {
-                vrings[index].callFD = message.fds.take(0)
+                vrings[index].callFD = fd
             }
             return nil
         case .setVringErr:
             let index = try vringDescriptor(message, request)
-            vrings[index].errorFD = message.fds.take(0)
+            vrings[index].errorFD = try eventFD(message, request, index)
             return nil
         case .setVringEnable:
             try expectNoDescriptors(message, request)
@@ -238,16 +248,34 @@ public final class VhostUserHandler {
         return index
     }
 
+    /// The eventfd of SET_VRING_KICK, _CALL or _ERR: nil when the message says none is sent.
+    /// - Throws: `.invalid` when the descriptor is not an eventfd (a file, a pipe, a socket would be written to,
+    ///   or block the queue's thread).
+    func eventFD(_ message: VhostUserMessage, _ request: VhostUserRequest, _ index: Int) throws(VhostUserError) -> OwnedFD? {
+        guard let fd = message.fds.take(0) else { return nil }
+        guard fd.borrowed.isEventFD(proc: procSelf) else {
+            throw .invalid(request, "queue \(index): the descriptor is not an eventfd")
+        }
+        return fd
+    }
+
     func startVring(_ index: Int, kick: consuming OwnedFD) throws(VhostUserError) {
         guard vrings[index].size > 0, let addresses = vrings[index].addresses else {
             throw .invalid(.setVringKick, "queue \(index): kick before its size and addresses")
         }
         let shared = VringShared(memory: memory, enabled: vrings[index].enabled, callFD: vrings[index].callFD.take())
-        let worker = try VringWorker(
-            index: index, size: vrings[index].size, addresses: addresses, base: vrings[index].base,
-            eventIndex: features & VirtioFeatures.ringEventIndex != 0, kick: kick, shared: shared,
-            makeHandler: { [backend] completions in backend.makeRequestHandler(queue: index, completions: completions) },
-            logger: logger)
+        let worker: VringWorker
+        do {
+            worker = try VringWorker(
+                index: index, size: vrings[index].size, addresses: addresses, base: vrings[index].base,
+                eventIndex: features & VirtioFeatures.ringEventIndex != 0, kick: kick, shared: shared,
+                makeHandler: { [backend] completions in backend.makeRequestHandler(queue: index, completions: completions) },
+                logger: logger)
+        } catch {
+            // The call eventfd stays the queue's, for the next kick.
+            vrings[index].callFD = shared.state.withLock { $0.callFD.take() }
+            throw error
+        }
         vrings[index].shared = shared
         vrings[index].worker = worker
         logger.debug("queue \(index): started, size \(vrings[index].size), base \(vrings[index].base)")
@@ -288,6 +316,10 @@ public final class VhostUserHandler {
         let offset = UInt64(littleEndian: region.mmap_offset)
         let (length, overflow) = size.addingReportingOverflow(offset)
         guard size > 0, !overflow, length <= UInt64(Int.max) else { throw .invalid(request, "region of \(size) bytes at offset \(offset)") }
+        // Mapped past the end of its file, a region faults (SIGBUS) at the first touch there.
+        guard fd.borrowed.isRegularFile(atLeast: length) else {
+            throw .invalid(request, "a region of \(size) bytes at offset \(offset) is not inside its memory file")
+        }
         do {
             let mapping = try MemoryMapping(fd: fd.borrowed, length: Int(length))
             return try GuestMemoryRegion(

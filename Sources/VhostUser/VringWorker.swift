@@ -50,19 +50,65 @@ struct VringAddresses: Sendable, Equatable {
     var used: UInt64
 }
 
+/// Heads of the chains a queue's handler deferred and has not finished: a guest that makes one of them
+/// available again while it is in flight (which no correct driver does) is not served twice, so deferred work
+/// per queue never exceeds the queue's size. Used by the worker thread only.
+struct InFlightHeads: ~Copyable {
+    private let words: UnsafeMutablePointer<UInt64>
+    private let wordCount: Int
+    private(set) var count = 0
+
+    init(size: UInt16) {
+        wordCount = (Int(size) + 63) / 64
+        words = .allocate(capacity: wordCount)
+        words.initialize(repeating: 0, count: wordCount)
+    }
+
+    deinit { words.deallocate() }
+
+    @inline(__always)
+    func contains(_ head: UInt16) -> Bool {
+        let word = Int(head) >> 6
+        return word < wordCount && words[word] & (1 << UInt64(head & 63)) != 0
+    }
+
+    mutating func insert(_ head: UInt16) {
+        let word = Int(head) >> 6
+        guard word < wordCount, words[word] & (1 << UInt64(head & 63)) == 0 else { return }
+        words[word] |= 1 << UInt64(head & 63)
+        count += 1
+    }
+
+    mutating func remove(_ head: UInt16) {
+        let word = Int(head) >> 6
+        guard word < wordCount, words[word] & (1 << UInt64(head & 63)) != 0 else { return }
+        words[word] &= ~(1 << UInt64(head & 63))
+        count -= 1
+    }
+}
+
 /// One queue's worker thread: waits on the kick eventfd with epoll, pops chains, hands them to the handler,
 /// completes them and signals the guest once per batch.
+///
+/// Stopping it (GET_VRING_BASE, a reset, the front-end gone) ends every request it handed out first: the
+/// handler cancels its lock waits and lets its pool finish, the worker publishes their replies, and only then
+/// does `stopAndJoin` return the index the front-end gets.
 final class VringWorker: @unchecked Sendable {
-    private static let kickToken: UInt64 = 0
-    private static let stopToken: UInt64 = 1
-    private static let wakeToken: UInt64 = 2
+    fileprivate static let kickToken: UInt64 = 0
+    fileprivate static let stopToken: UInt64 = 1
+    fileprivate static let wakeToken: UInt64 = 2
+    fileprivate static let completionToken: UInt64 = 3
+    /// How long a stop waits for deferred requests that do not end (a pool job stuck in a host call) before it
+    /// gives up on them with one log line.
+    static var stopTimeoutMilliseconds: CInt { 30_000 }
 
     let index: Int
     let shared: VringShared
-    private let stop: EventFD
-    private let wake: EventFD
+    /// Stop: end the worker. Wake: pick up a new memory table or enable state.
+    private let stop: SharedEventFD
+    private let wake: SharedEventFD
     private var thread: SystemThread?
-    /// Requests finished off the worker thread; valid while the worker runs.
+    /// Requests finished off the worker thread.
     let completions: DeferredCompletions
 
     /// Starts serving a queue.
@@ -77,13 +123,12 @@ final class VringWorker: @unchecked Sendable {
         self.index = index
         self.shared = shared
         do {
-            stop = try EventFD()
-            wake = try EventFD()
+            stop = try SharedEventFD()
+            wake = try SharedEventFD()
+            completions = try DeferredCompletions()
         } catch {
             throw .io(error)
         }
-        completions = DeferredCompletions(wake: wake.fd.rawValue)
-        let handler = makeHandler(completions)
         let memory = shared.state.withLock { $0.memory }
         let queue: SplitQueue
         do {
@@ -93,9 +138,10 @@ final class VringWorker: @unchecked Sendable {
         } catch {
             throw .invalid(.setVringKick, "queue \(index): the rings are not in guest memory")
         }
+        let handler = makeHandler(completions)
         let body = WorkerBody(
-            index: index, queue: queue, addresses: addresses, kick: kick.release(), stop: stop.fd.rawValue,
-            wake: wake.fd.rawValue, shared: shared, handler: handler, completions: completions, logger: logger)
+            index: index, queue: queue, addresses: addresses, kick: kick, stop: stop, wake: wake, shared: shared,
+            handler: handler, completions: completions, logger: logger)
         do {
             thread = try SystemThread(name: "vring-\(index)") { body.run() }
         } catch {
@@ -106,7 +152,8 @@ final class VringWorker: @unchecked Sendable {
     /// Wakes the worker so it picks up a new memory table or enable state.
     func poke() { wake.signal() }
 
-    /// Stops the worker and waits for it; returns the next available index, for GET_VRING_BASE.
+    /// Stops the worker once every request it handed out has its reply, and waits for it; returns the next
+    /// available index, for GET_VRING_BASE.
     func stopAndJoin() -> UInt16 {
         stop.signal()
         thread?.join()
@@ -125,26 +172,32 @@ final class VringWorker: @unchecked Sendable {
         @exclusivity(unchecked) var queue: SplitQueue
         let addresses: VringAddresses
         let kick: OwnedFD
-        let stop: CInt
-        let wake: CInt
+        let stop: SharedEventFD
+        let wake: SharedEventFD
         let shared: VringShared
         let handler: any VringRequestHandler
         let completions: DeferredCompletions
         let logger: Logger
         let chain: DescriptorChain
+        @exclusivity(unchecked) var inFlight: InFlightHeads
+        /// Completions taken from `completions`, reused.
+        @exclusivity(unchecked) var taken: [(head: UInt16, length: UInt32)] = []
         @exclusivity(unchecked) var memoryGeneration: UInt64 = 0
         @exclusivity(unchecked) var broken = false
+        let duplicateReported = OneTimeFlag()
+        let malformedReported = OneTimeFlag()
         /// Requests completed in a batch between two signals to the guest (see `process`).
         static var signalEvery: Int { 16 }
 
         init(
-            index: Int, queue: SplitQueue, addresses: VringAddresses, kick: CInt, stop: CInt, wake: CInt,
-            shared: VringShared, handler: any VringRequestHandler, completions: DeferredCompletions, logger: Logger
+            index: Int, queue: SplitQueue, addresses: VringAddresses, kick: consuming OwnedFD, stop: SharedEventFD,
+            wake: SharedEventFD, shared: VringShared, handler: any VringRequestHandler, completions: DeferredCompletions,
+            logger: Logger
         ) {
             self.index = index
             self.queue = queue
             self.addresses = addresses
-            self.kick = OwnedFD(taking: kick)
+            self.kick = kick
             self.stop = stop
             self.wake = wake
             self.shared = shared
@@ -153,7 +206,8 @@ final class VringWorker: @unchecked Sendable {
             self.logger = logger
             // A chain has at most `size` direct descriptors, or one indirect table; 1 MiB of 4 KiB pages plus
             // headers fits comfortably in 1024 buffers per side.
-            self.chain = DescriptorChain(capacity: max(Int(queue.size), 1024))
+            self.chain = DescriptorChain(capacity: max(Int(queue.size), 1024), memory: queue.memory)
+            self.inFlight = InFlightHeads(size: queue.size)
         }
 
         func run() {
@@ -164,12 +218,14 @@ final class VringWorker: @unchecked Sendable {
             do {
                 let epoll = try Epoll()
                 try epoll.add(kick.borrowed, token: VringWorker.kickToken)
-                try epoll.add(FileDescriptor(rawValue: stop), token: VringWorker.stopToken)
-                try epoll.add(FileDescriptor(rawValue: wake), token: VringWorker.wakeToken)
+                try epoll.add(stop.descriptor, token: VringWorker.stopToken)
+                try epoll.add(wake.descriptor, token: VringWorker.wakeToken)
+                try epoll.add(completions.wake.descriptor, token: VringWorker.completionToken)
                 serve(epoll)
             } catch {
                 logger.error("queue \(index): cannot set up epoll: \(error)")
             }
+            finishDeferred()
         }
 
         private func serve(_ epoll: borrowing Epoll) {
@@ -189,11 +245,40 @@ final class VringWorker: @unchecked Sendable {
                     switch tokens[i] {
                     case VringWorker.stopToken: return
                     case VringWorker.kickToken: EventFD.drain(kick.borrowed)
-                    default: EventFD.drain(FileDescriptor(rawValue: wake))
+                    case VringWorker.completionToken: completions.wake.drain()
+                    default: wake.drain()
                     }
                 }
                 process()
             }
+        }
+
+        /// Publishes the requests finished off this thread; whether there were any.
+        func publishCompletions() -> Bool {
+            completions.take(into: &taken)
+            for done in taken {
+                inFlight.remove(done.head)
+                queue.complete(head: done.head, length: done.length)
+            }
+            return !taken.isEmpty
+        }
+
+        /// The ring stops: every request handed out and not yet answered is ended (the handler cancels its lock
+        /// waits, its pool runs its jobs to their end), each reply is published, and the guest is signalled.
+        func finishDeferred() {
+            var published = publishCompletions()
+            handler.stopDeferred()
+            var waited: CInt = 0
+            while inFlight.count > 0 {
+                published = publishCompletions() || published
+                if inFlight.count == 0 { break }
+                guard waited < VringWorker.stopTimeoutMilliseconds else {
+                    logger.error("queue \(index): \(inFlight.count) requests still unanswered after \(waited / 1000) s; stopping without them")
+                    break
+                }
+                if completions.wake.wait(milliseconds: 100) { completions.wake.drain() } else { waited += 100 }
+            }
+            if published && queue.needsNotification() { shared.signalGuest() }
         }
 
         /// Serves everything available, then re-arms notifications and signals the guest once.
@@ -211,11 +296,7 @@ final class VringWorker: @unchecked Sendable {
                 }
             }
             guard enabled, !broken else { return }
-            var completed = false
-            for done in completions.take() {
-                queue.complete(head: done.head, length: done.length)
-                completed = true
-            }
+            var completed = publishCompletions()
             // In a long batch the guest hears every `signalEvery` requests, not only at the end, so that it can
             // take its first replies and queue more while this thread serves the rest: guest and back-end then
             // work side by side on two cores instead of in turn. (With EVENT_IDX the guest's used_event decides
@@ -225,19 +306,32 @@ final class VringWorker: @unchecked Sendable {
                 while true {
                     do {
                         guard try queue.pop(into: chain) else { break }
+                        let head = chain.headIndex
+                        if inFlight.contains(head) {
+                            // Made available again while it is in flight: serving it again would answer one
+                            // chain twice and let a guest multiply deferred work without end.
+                            if duplicateReported.first() {
+                                logger.warning("queue \(index): the guest made chain \(head) available again while it is in flight; ignored (further ones are not logged)")
+                            }
+                            continue
+                        }
                         if let written = handler.handle(chain) {
-                            queue.complete(head: chain.headIndex, length: written)
+                            queue.complete(head: head, length: written)
                             sinceSignal += 1
                             if sinceSignal == Self.signalEvery {
                                 sinceSignal = 0
                                 if queue.needsNotification() { shared.signalGuest() }
                             }
+                        } else {
+                            inFlight.insert(head)
                         }
                     } catch let error {
                         switch error {
                         case .invalidChain(let head, let reason):
-                            logger.warning("queue \(index): malformed descriptor chain \(head): \(reason)")
-                            queue.complete(head: head, length: 0)
+                            if malformedReported.first() {
+                                logger.warning("queue \(index): malformed descriptor chain \(head): \(reason); returned empty (further ones are not logged)")
+                            }
+                            if !inFlight.contains(head) { queue.complete(head: head, length: 0) }
                         default:
                             logger.error("queue \(index): broken ring (\(error)); queue stopped")
                             broken = true

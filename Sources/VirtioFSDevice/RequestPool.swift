@@ -14,7 +14,9 @@ import Virtqueue
 ///
 /// The queue worker copies a chain's buffers into a job and returns at once; a pool thread, with its own FUSE
 /// session and scratch memory, serves the job and posts the completion back, and the queue worker, the only
-/// writer of the used ring, publishes it. Jobs are allocated once and reused.
+/// writer of the used ring, publishes it. Jobs are allocated once and reused. A job holds the guest memory its
+/// buffers point into until it is done. The backlog is bounded by the queue's size: the worker never hands
+/// out a chain that is still in flight.
 final class RequestPool<FS: FileSystem>: @unchecked Sendable {
     /// Buffers one job holds: a 1 MiB request in 4 KiB pages, its headers, and room to spare.
     static var jobCapacity: Int { 272 }
@@ -26,6 +28,8 @@ final class RequestPool<FS: FileSystem>: @unchecked Sendable {
         var readableCount = 0
         var writableCount = 0
         var head: UInt16 = 0
+        /// Keeps the buffers mapped while the job is queued or served.
+        var memory: AnyObject?
 
         deinit {
             readable.deallocate()
@@ -33,21 +37,51 @@ final class RequestPool<FS: FileSystem>: @unchecked Sendable {
         }
     }
 
-    private let pending = Mutex<[Job]>([])
-    private let free = Mutex<[Job]>([])
-    /// Counts queued jobs (an eventfd in semaphore mode): each pool thread takes one at a time.
-    private let ready: OwnedFD
-    private let stopping = Atomic<Bool>(false)
-    private var threads: [SystemThread] = []
-    private let completions: DeferredCompletions
+    /// What the pool threads share with the queue worker. The threads hold this, not the pool: the pool is
+    /// the queue handler's, and going away it stops them.
+    final class Core: @unchecked Sendable {
+        let pending = Mutex<[Job]>([])
+        let free = Mutex<[Job]>([])
+        /// Counts queued jobs (an eventfd in semaphore mode): each pool thread takes one at a time.
+        let ready: OwnedFD
+        let stopping = Atomic<Bool>(false)
+        let completions: DeferredCompletions
 
-    init(size: Int, server: FUSEServer<FS>, completions: DeferredCompletions, logger: Logger, queue: Int) throws(Errno) {
-        self.completions = completions
-        ready = try EventFD.semaphore()
+        init(completions: DeferredCompletions) throws(Errno) {
+            self.completions = completions
+            ready = try EventFD.semaphore()
+        }
+
+        func serve(_ session: FUSESession<FS>) {
+            while true {
+                EventFD.waitSemaphore(ready.borrowed)
+                if stopping.load(ordering: .acquiring) { return }
+                guard let job = pending.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) else { continue }
+                let written = session.handle(
+                    readable: UnsafeBufferPointer(rebasing: job.readable[0..<job.readableCount]),
+                    writable: UnsafeMutableBufferPointer(rebasing: job.writable[0..<job.writableCount]),
+                    token: UInt64(job.head), owner: job.memory)
+                job.memory = nil
+                let head = job.head
+                free.withLock { $0.append(job) }
+                if let written { completions.complete(head: head, length: written) }
+            }
+        }
+    }
+
+    private let core: Core
+    private var threads: [SystemThread] = []
+
+    init(
+        size: Int, server: FUSEServer<FS>, deferred: DeferredWork, completions: DeferredCompletions, logger: Logger,
+        queue: Int
+    ) throws(Errno) {
+        let core = try Core(completions: completions)
+        self.core = core
         for i in 0..<size {
-            threads.append(try SystemThread(name: "pool-\(queue)-\(i)") { [self] in
+            threads.append(try SystemThread(name: "pool-\(queue)-\(i)") {
                 // Each pool thread has a session, and so scratch memory, of its own.
-                serve(FUSESession(server: server, label: "queue \(queue) pool thread \(i)") { token, length in
+                core.serve(FUSESession(server: server, label: "queue \(queue) pool thread \(i)", deferred: deferred) { token, length in
                     completions.complete(head: UInt16(truncatingIfNeeded: token), length: length)
                 })
             })
@@ -57,33 +91,22 @@ final class RequestPool<FS: FileSystem>: @unchecked Sendable {
     /// Hands `chain` to the pool; false when it has more buffers than a job holds (serve it inline then).
     func submit(_ chain: DescriptorChain) -> Bool {
         guard chain.readableCount <= Self.jobCapacity, chain.writableCount <= Self.jobCapacity else { return false }
-        let job = free.withLock { $0.popLast() } ?? Job()
+        let job = core.free.withLock { $0.popLast() } ?? Job()
         for i in 0..<chain.readableCount { job.readable[i] = chain.readable[i] }
         for i in 0..<chain.writableCount { job.writable[i] = chain.writable[i] }
         job.readableCount = chain.readableCount
         job.writableCount = chain.writableCount
         job.head = chain.headIndex
-        pending.withLock { $0.append(job) }
-        EventFD.signal(ready.borrowed)
+        job.memory = chain.memory
+        core.pending.withLock { $0.append(job) }
+        EventFD.signal(core.ready.borrowed)
         return true
     }
 
-    private func serve(_ session: FUSESession<FS>) {
-        while true {
-            EventFD.waitSemaphore(ready.borrowed)
-            if stopping.load(ordering: .acquiring) { return }
-            guard let job = pending.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) else { continue }
-            let written = session.handle(
-                readable: UnsafeBufferPointer(rebasing: job.readable[0..<job.readableCount]),
-                writable: UnsafeMutableBufferPointer(rebasing: job.writable[0..<job.writableCount]), token: UInt64(job.head))
-            if let written { completions.complete(head: job.head, length: written) }
-            free.withLock { $0.append(job) }
-        }
-    }
-
     deinit {
-        stopping.store(true, ordering: .releasing)
-        for _ in threads { EventFD.signal(ready.borrowed) }
+        // The queue's worker has waited for every job to finish before it let the pool go.
+        core.stopping.store(true, ordering: .releasing)
+        for _ in threads { EventFD.signal(core.ready.borrowed) }
         for thread in threads { thread.join() }
     }
 }

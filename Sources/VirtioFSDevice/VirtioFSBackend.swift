@@ -27,19 +27,22 @@ public final class VirtioFSBackend<FS: FileSystem>: VhostUserBackend {
     public var deviceFeatures: UInt64 { 0 }
 
     public func makeRequestHandler(queue index: Int, completions: DeferredCompletions) -> any VringRequestHandler {
-        let session = FUSESession(server: server, label: "queue \(index)") { token, length in
+        let deferred = DeferredWork()
+        let session = FUSESession(server: server, label: "queue \(index)", deferred: deferred) { token, length in
             completions.complete(head: UInt16(truncatingIfNeeded: token), length: length)
         }
         // The hiprio queue (0) carries only FORGETs: it never needs a pool.
         var pool: RequestPool<FS>? = nil
         if threadPoolSize > 0 && index > 0 {
             do {
-                pool = try RequestPool(size: threadPoolSize, server: server, completions: completions, logger: logger, queue: index)
+                pool = try RequestPool(
+                    size: threadPoolSize, server: server, deferred: deferred, completions: completions, logger: logger,
+                    queue: index)
             } catch {
                 logger.error("queue \(index): cannot start the thread pool (\(error)); serving requests inline")
             }
         }
-        return QueueHandler(session: session, pool: pool)
+        return QueueHandler(session: session, pool: pool, deferred: deferred)
     }
 
     public func reset() {
@@ -51,15 +54,24 @@ public final class VirtioFSBackend<FS: FileSystem>: VhostUserBackend {
     final class QueueHandler: VringRequestHandler {
         let session: FUSESession<FS>
         let pool: RequestPool<FS>?
+        let deferred: DeferredWork
 
-        init(session: FUSESession<FS>, pool: RequestPool<FS>?) {
+        init(session: FUSESession<FS>, pool: RequestPool<FS>?, deferred: DeferredWork) {
             self.session = session
             self.pool = pool
+            self.deferred = deferred
         }
 
         func handle(_ chain: DescriptorChain) -> UInt32? {
             if let pool, pool.submit(chain) { return nil }
-            return session.handle(readable: chain.readableBuffers, writable: chain.writableBuffers, token: UInt64(chain.headIndex))
+            return session.handle(
+                readable: chain.readableBuffers, writable: chain.writableBuffers, token: UInt64(chain.headIndex),
+                owner: chain.memory)
+        }
+
+        /// Lock waits end with EINTR; pool jobs run to their end and post their completions.
+        func stopDeferred() {
+            deferred.cancelAll()
         }
     }
 }

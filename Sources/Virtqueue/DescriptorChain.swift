@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 
 import CVirtioFS
+import GuestMemory
 
 /// The buffers of one descriptor chain, split into the device-readable and device-writable parts, as host
 /// `iovec`s into guest memory. One instance is allocated per queue worker and reused for every request.
@@ -22,11 +23,15 @@ public final class DescriptorChain {
     @exclusivity(unchecked) public internal(set) var writableLength: UInt64 = 0
     /// The head descriptor index, which goes back into the used ring.
     @exclusivity(unchecked) public internal(set) var head: UInt16 = 0
+    /// The guest memory the buffers point into. A request that outlives its handler (a lock wait, a pool job)
+    /// holds this, so the buffers stay mapped after the front-end replaces the memory table.
+    public internal(set) var memory: GuestMemoryMap
 
     /// Room for `capacity` buffers on each side.
-    public init(capacity: Int) {
+    public init(capacity: Int, memory: GuestMemoryMap = .empty) {
         readable = .allocate(capacity: capacity)
         writable = .allocate(capacity: capacity)
+        self.memory = memory
     }
 
     deinit {

@@ -104,6 +104,8 @@ public struct SplitQueue {
         nextAvailable &+= 1
         guard head < size else { throw .headOutOfRange(head) }
         chain.reset(head: head)
+        // Set once per memory table, not per request: an identity check is all a request pays.
+        if chain.memory !== memory { chain.memory = memory }
         if let fault = walk(head: head, into: chain) {
             throw .invalidChain(head: head, reason: fault)
         }

@@ -7,6 +7,7 @@ import GuestMemory
 import Synchronization
 import VFSSystem
 import VirtqueueDriver
+import VhostUserFrontend
 
 /// Bytes of a C struct.
 func bytes<T>(_ value: T) -> [UInt8] { withUnsafeBytes(of: value) { Array($0) } }

@@ -6,6 +6,7 @@ import FUSE
 import Foundation
 import Glibc
 import VFSSystem
+import VhostUserFrontend
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -4,6 +4,7 @@ import ArgumentParser
 import Logging
 import Passthrough
 import Sandbox
+import VFSSystem
 
 /// The command line, in virtiofsd's spelling (and the C virtiofsd's `-o` compat form).
 struct DaemonOptions: ParsableArguments {
@@ -12,6 +13,9 @@ struct DaemonOptions: ParsableArguments {
 
     @Option(name: .customLong("fd"), help: "Use this already-listening socket instead of --socket-path.")
     var fd: Int32?
+
+    @Option(name: .customLong("socket-group"), help: "Make the socket 0770 and owned by this group (it is 0700 otherwise).")
+    var socketGroup: String?
 
     @Option(name: .customLong("shared-dir"), help: "The directory to share with the guest.")
     var sharedDir: String?
@@ -85,6 +89,9 @@ struct DaemonOptions: ParsableArguments {
     @Flag(name: .customLong("seccomp-probe"), help: .hidden)
     var seccompProbe = false
 
+    @Option(name: .customLong("debug-probe"), help: .hidden)
+    var debugProbe: String?
+
     @Flag(name: .customLong("print-capabilities"), help: "Print the vhost-user back-end capabilities as JSON and exit.")
     var printCapabilities = false
 
@@ -125,6 +132,10 @@ struct Configuration {
     var seccomp: SeccompAction
     /// A test hook: make one system call outside the allowlist once the filter is in place.
     var seccompProbe: Bool
+    /// A test hook: one call with given arguments, or a crash, once the filter is in place (`DebugProbe`).
+    var debugProbe: String?
+    /// The group that may connect to the socket.
+    var socketGroup: UInt32?
     var capabilities: [String]
     var uidMaps: [NamespaceIDMap]
     var gidMaps: [NamespaceIDMap]
@@ -205,6 +216,17 @@ struct Configuration {
         case (nil, nil): throw Invalid(description: "--socket-path or --fd is required")
         case (_?, _?): throw Invalid(description: "--socket-path and --fd cannot be used together")
         }
+        if let group = options.socketGroup {
+            guard options.fd == nil else { throw Invalid(description: "--socket-group cannot be used with --fd") }
+            guard let id = ProcessControl.groupID(named: group) else { throw Invalid(description: "--socket-group: no group '\(group)'") }
+            socketGroup = id
+        } else {
+            socketGroup = nil
+        }
+        if let probe = options.debugProbe, !DebugProbe.names.contains(probe) {
+            throw Invalid(description: "--debug-probe takes one of \(DebugProbe.names.joined(separator: ", "))")
+        }
+        debugProbe = options.debugProbe
         switch logLevelText {
         case "off": logLevel = nil
         case "error": logLevel = .error

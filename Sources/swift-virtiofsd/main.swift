@@ -60,6 +60,9 @@ struct Daemon {
     let logger: Logger
 
     func run() -> Int32 {
+        // Before anything can crash: a crash is one log line naming the signal and the thread, whatever the
+        // seccomp filter later allows.
+        CrashReporting.install(program: "swift-virtiofsd")
         ProcessSettings.unblockAllSignals()
         ProcessSettings.ignoreBrokenPipe()
         // The guest's mode bits arrive already masked by the guest's umask; the host's must not mask them again.
@@ -74,13 +77,21 @@ struct Daemon {
                 : ProcessSettings.raiseOpenFileLimit(to: config.openFileLimit)
             logger.debug("open-file limit: \(limit)")
         }
-        // The socket first: its path is out of reach once the shared directory is the root.
+        // The socket first: its path is out of reach once the shared directory is the root. Its pid file is
+        // locked before anything else, so a second daemon on the same path stops here, and its socket is left
+        // alone; the lock lasts as long as this process (and, with a namespace sandbox, its child).
         let listener: OwnedFD
         let place: String
         do {
             switch config.listen {
             case .path(let path):
-                listener = try UnixSocket.listen(path: path)
+                do {
+                    try PidFile.acquire(path + ".pid")
+                } catch {
+                    logger.error("\(error)")
+                    return 1
+                }
+                listener = try UnixSocket.listen(path: path, group: config.socketGroup)
                 place = path
             case .fd(let fd):
                 listener = OwnedFD(taking: fd)
@@ -109,7 +120,7 @@ struct Daemon {
                     killprivV2: config.killprivV2, writeback: config.writeback,
                     inodeFileHandles: config.inodeFileHandles, posixACL: config.posixACL,
                     securityLabel: config.securityLabel, uidMap: config.uidTranslation, gidMap: config.gidTranslation,
-                    procSelfFD: sandbox.procSelfFD, switchCredentials: sandbox.canSwitchCredentials),
+                    procSelf: sandbox.procSelf, switchCredentials: sandbox.canSwitchCredentials),
                 logger: logger)
         } catch {
             logger.error("cannot open shared directory \(config.sharedDirectory): \(error)")
@@ -134,6 +145,10 @@ struct Daemon {
             logger.info("seccomp probe: calling getppid, which is not on the allowlist")
             ProcessControl.callOutsideAllowlist()
         }
+        if let probe = config.debugProbe {
+            logger.info("probe \(probe): \(DebugProbe.run(probe))")
+            return 0
+        }
         let server = FUSEServer(
             fileSystem: fileSystem, options: FUSEServerOptions(readdirplus: config.readdirplus), logger: logger)
         let backend = VirtioFSBackend(server: server, threadPoolSize: config.threadPoolSize, logger: logger)
@@ -148,7 +163,7 @@ struct Daemon {
             return 1
         }
         logger.info("front-end connected; sharing \(config.sharedDirectory) with cache=\(config.cache.rawValue)")
-        let handler = VhostUserHandler(backend: backend, logger: logger)
+        let handler = VhostUserHandler(backend: backend, logger: logger, procSelf: fileSystem.procSelf)
         do {
             try handler.serve(connection)
         } catch {

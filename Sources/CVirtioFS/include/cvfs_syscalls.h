@@ -129,3 +129,33 @@ extern const unsigned int CVFS_STATX_BASIC_STATS;
 extern const unsigned int CVFS_STATX_MNT_ID;
 
 #endif
+
+/// Installs handlers for the fatal signals (SIGSEGV, SIGBUS, SIGILL, SIGTRAP, SIGFPE, SIGABRT, SIGSYS) that
+/// write one line naming the signal, its cause and the thread to standard error, then let the signal end the
+/// process as it would have. They use only write, prctl(PR_GET_NAME), gettid, getpid, rt_sigaction and tgkill,
+/// all allowed under every seccomp mode; they replace the Swift runtime's crash handler, which needs calls
+/// (socketpair, a helper process) that the filter forbids. `program` prefixes the line.
+void cvfs_install_crash_handlers(const char *program);
+/// Gives the calling thread an alternate signal stack, so that a stack overflow can still be reported.
+/// Returns the stack, to be passed to `cvfs_free_alternate_signal_stack` when the thread ends.
+void *cvfs_alternate_signal_stack(void);
+void cvfs_free_alternate_signal_stack(void *stack);
+
+/// Test hooks (`--debug-probe`): one system call with the given arguments, made after the filter is in place.
+/// Each returns 0 on success or an errno value.
+int cvfs_probe_unshare(int flags);
+int cvfs_probe_clone(unsigned long flags);
+int cvfs_probe_clone3_process(void);
+int cvfs_probe_prctl(int option);
+int cvfs_probe_ioctl_tiocsti(void);
+int cvfs_probe_tgkill(int other);
+extern const int CVFS_CLONE_NEWUSER;
+extern const int CVFS_CLONE_NEWNS;
+extern const int CVFS_CLONE_FS;
+extern const int CVFS_PR_SET_DUMPABLE;
+extern const int CVFS_PR_SET_NAME;
+
+/// Marks the mount at `path` and every mount under it nodev (mount_setattr with AT_RECURSIVE, or a bind
+/// remount of `path` alone where that call is missing), keeping its other flags: device nodes there can still be
+/// made, never opened.
+int cvfs_mount_nodev(const char *path);

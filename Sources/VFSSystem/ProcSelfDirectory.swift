@@ -1,0 +1,54 @@
+// SPDX-License-Identifier: Apache-2.0
+
+import CVirtioFS
+import Glibc
+
+/// `/proc/self/fd`, opened once: the way to reopen a descriptor's file with new flags, to name it to calls that
+/// take only a path, and to tell what a descriptor a peer sent really is. Opened before the sandbox hides
+/// `/proc`, and shared by whoever needs it, so that it is closed only when the last of them is done.
+public final class ProcSelfDirectory: Sendable {
+    /// An `O_PATH` descriptor of the directory.
+    public let fd: OwnedFD
+
+    /// Opens `/proc/self/fd` by path.
+    public init() throws(Errno) {
+        fd = try FileDescriptor.open("/proc/self/fd", flags: [.path, .directory])
+    }
+
+    /// Adopts a descriptor of `/proc/self/fd` opened earlier.
+    public init(taking fd: consuming OwnedFD) { self.fd = fd }
+
+    /// What `/proc/self/fd/N` says descriptor N is ("anon_inode:[eventfd]", "pipe:[123]", a path), or nil.
+    public func linkTarget(of descriptor: FileDescriptor) -> String? {
+        var name = [CChar](repeating: 0, count: 16)
+        var value = descriptor.rawValue
+        var digits: [CChar] = []
+        repeat {
+            digits.append(CChar(UInt8(ascii: "0") + UInt8(value % 10)))
+            value /= 10
+        } while value > 0
+        for (i, digit) in digits.reversed().enumerated() { name[i] = digit }
+        var buffer = [CChar](repeating: 0, count: 256)
+        let n = readlinkat(fd.rawValue, name, &buffer, buffer.count)
+        guard n > 0, n < buffer.count else { return nil }
+        return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}
+
+extension FileDescriptor {
+    /// Whether this is an eventfd: an anonymous inode (no file, pipe, socket or device can pass) that
+    /// `/proc/self/fd` names `anon_inode:[eventfd]` (checked when `proc` is given).
+    public func isEventFD(proc: ProcSelfDirectory?) -> Bool {
+        // An anonymous inode has no file type bits at all.
+        guard let info = try? stat(), info.mode & 0o170000 == 0 else { return false }
+        guard let proc else { return true }
+        return proc.linkTarget(of: self) == "anon_inode:[eventfd]"
+    }
+
+    /// Whether this is a regular file of at least `length` bytes: what a guest memory region may map without
+    /// faulting (SIGBUS) on its first touch past the file's end.
+    public func isRegularFile(atLeast length: UInt64) -> Bool {
+        guard let info = try? stat(), info.fileType == .regular, info.size >= 0 else { return false }
+        return UInt64(info.size) >= length
+    }
+}
