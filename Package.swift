@@ -102,6 +102,17 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // Fuzz targets: the FUSE session (over a file system that answers everything, and over the passthrough
+        // on a scratch tree), the split-ring reader over random memory, the vhost-user handler fed random
+        // messages and descriptors. Fuzz/run builds the driver with libFuzzer; the tests replay the corpus.
+        .target(
+            name: "FuzzTargets",
+            dependencies: [
+                "CVirtioFS", "VFSSystem", "GuestMemory", "Virtqueue", "VhostUser", "FUSE", "Passthrough", "VirtioFSDevice",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(name: "swift-virtiofsd-fuzz", dependencies: ["FuzzTargets"]),
         // Plays QEMU's part over a real socket: the load generator's and the hostile-front-end tests' front-end.
         .target(
             name: "VhostUserFrontend",
@@ -132,6 +143,8 @@ let package = Package(
             name: "PassthroughTests", dependencies: ["Passthrough", "FUSE", "FUSETestSupport", "VFSSystem", "CVirtioFS"]),
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "VFSSystem"]),
         .testTarget(name: "IntegrationTests", dependencies: []),
+        // Replays the fuzz corpus, and runs each fuzz target briefly under libFuzzer (Fuzz/run).
+        .testTarget(name: "FuzzTests", dependencies: []),
         // Attacks on the real daemon process: a front-end that plays QEMU and a malicious guest kernel at once.
         .testTarget(
             name: "HostileFrontendTests",

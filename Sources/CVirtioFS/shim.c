@@ -413,3 +413,58 @@ int cvfs_mount_nodev(const char *path) {
     if (info.f_flag & ST_RELATIME) flags |= MS_RELATIME;
     return mount(NULL, path, NULL, flags, NULL);
 }
+
+// MARK: Fuzzing helpers
+
+#include <ftw.h>
+
+static int cvfs_remove_entry(const char *path, const struct stat *info, int type, struct FTW *ftw) {
+    (void)info;
+    (void)type;
+    if (ftw->level == 0) return 0;
+    return remove(path) == 0 ? 0 : 0;
+}
+
+int cvfs_fuzz_reset_tree(const char *path) {
+    mkdir(path, 0755);
+    nftw(path, cvfs_remove_entry, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
+    int dir = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (dir < 0) return -1;
+    int fd = openat(dir, "file", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd >= 0) {
+        const char text[] = "some data in a file\n";
+        write(fd, text, sizeof text - 1);
+        close(fd);
+    }
+    mkdirat(dir, "dir", 0755);
+    fd = openat(dir, "dir/inner", O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    if (fd >= 0) close(fd);
+    symlinkat("file", dir, "link");
+    symlinkat("/etc/passwd", dir, "outside");
+    mknodat(dir, "fifo", S_IFIFO | 0644, 0);
+    close(dir);
+    return 0;
+}
+
+struct cvfs_mount_attr_fuzz {
+    uint64_t attr_set;
+    uint64_t attr_clr;
+    uint64_t propagation;
+    uint64_t userns_fd;
+};
+
+int cvfs_fuzz_confine(const char *const *writable, size_t count) {
+    if (unshare(CLONE_NEWNS) != 0) return -1;
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) return -1;
+    // Binds first, while they can still be made writable; then everything read-only; then the binds back.
+    for (size_t i = 0; i < count; i++) {
+        if (mount(writable[i], writable[i], NULL, MS_BIND, NULL) != 0) return -1;
+    }
+    struct cvfs_mount_attr_fuzz ro = {.attr_set = 0x00000001 /* MOUNT_ATTR_RDONLY */};
+    if (syscall(SYS_mount_setattr, AT_FDCWD, "/", 0x8000 /* AT_RECURSIVE */, &ro, sizeof ro) != 0) return -1;
+    struct cvfs_mount_attr_fuzz rw = {.attr_clr = 0x00000001};
+    for (size_t i = 0; i < count; i++) {
+        if (syscall(SYS_mount_setattr, AT_FDCWD, writable[i], 0, &rw, sizeof rw) != 0) return -1;
+    }
+    return 0;
+}

@@ -384,22 +384,13 @@ public final class FUSESession<FS: FileSystem> {
             try fs.access(context, node: node, mask: input.mask)
         case .getxattr:
             guard let input = reader.read(fuse_getxattr_in.self), let name = reader.readName() else { throw .invalidArgument }
-            if input.size == 0 {
-                let size = try fs.getxattr(context, node: node, name: name, into: UnsafeMutableRawBufferPointer(start: nil, count: 0))
-                reply.append(fuse_getxattr_out(size: UInt32(size), padding: 0))
-            } else {
-                guard reply.remaining >= Int(input.size) || reply.remaining >= 65536 else { throw .range }
-                let n = try fs.getxattr(context, node: node, name: name, into: reply.unused(upTo: Int(input.size)))
-                reply.commit(n)
+            try attributeReply(size: input.size, into: &reply) { (buffer) throws(Errno) -> Int in
+                try fs.getxattr(context, node: node, name: name, into: buffer)
             }
         case .listxattr:
             guard let input = reader.read(fuse_getxattr_in.self) else { throw .invalidArgument }
-            if input.size == 0 {
-                let size = try fs.listxattr(context, node: node, into: UnsafeMutableRawBufferPointer(start: nil, count: 0))
-                reply.append(fuse_getxattr_out(size: UInt32(size), padding: 0))
-            } else {
-                let n = try fs.listxattr(context, node: node, into: reply.unused(upTo: Int(input.size)))
-                reply.commit(n)
+            try attributeReply(size: input.size, into: &reply) { (buffer) throws(Errno) -> Int in
+                try fs.listxattr(context, node: node, into: buffer)
             }
         case .setattr:
             guard let input = reader.read(fuse_setattr_in.self) else { throw .invalidArgument }
@@ -471,8 +462,11 @@ public final class FUSESession<FS: FileSystem> {
             reply.append(fuse_lseek_out(offset: offset))
         case .copyFileRange:
             guard let input = reader.read(fuse_copy_file_range_in.self) else { throw .invalidArgument }
-            let n = try fs.copyFileRange(context, node: node, handle: input.fh_in, offset: input.off_in, toNode: input.nodeid_out, toHandle: input.fh_out, toOffset: input.off_out, length: input.len, flags: input.flags)
-            reply.append(fuse_write_out(size: UInt32(truncatingIfNeeded: n), padding: 0))
+            // The reply counts in 32 bits: at most that much is copied (Linux asks for no more itself).
+            let length = min(input.len, UInt64(UInt32.max) & ~4095)
+            let n = try fs.copyFileRange(context, node: node, handle: input.fh_in, offset: input.off_in, toNode: input.nodeid_out, toHandle: input.fh_out, toOffset: input.off_out, length: length, flags: input.flags)
+            guard n >= 0, UInt64(n) <= length else { throw .ioError }
+            reply.append(fuse_write_out(size: UInt32(n), padding: 0))
         case .setxattr:
             // With SETXATTR_EXT the arguments carry setxattr_flags too (16 bytes instead of 8).
             let extended = server.flags.contains(.setxattrExtended)
@@ -502,6 +496,27 @@ public final class FUSESession<FS: FileSystem> {
         default:
             throw .noFunction
         }
+    }
+
+    /// GETXATTR and LISTXATTR: `size` 0 asks for the value's size (`fuse_getxattr_out`); otherwise the value
+    /// itself, in at most `size` bytes and no more than the guest's buffer holds (ERANGE when it does not fit).
+    /// `body` is the file system's call: an empty buffer asks it for the size only, so it never gets one when
+    /// the value is wanted; and what it says it wrote is checked against what it was given.
+    func attributeReply(size: UInt32, into reply: inout ReplyBuilder, _ body: (UnsafeMutableRawBufferPointer) throws(Errno) -> Int) throws(Errno) {
+        if size == 0 {
+            let needed = try body(UnsafeMutableRawBufferPointer(start: nil, count: 0))
+            guard needed >= 0, needed <= Int(UInt32.max) else { throw .ioError }
+            reply.append(fuse_getxattr_out(size: UInt32(needed), padding: 0))
+            return
+        }
+        let room = min(Int(size), reply.remaining)
+        guard room > 0 else {
+            // No room at all: only an empty value (or list) fits.
+            guard try body(UnsafeMutableRawBufferPointer(start: nil, count: 0)) == 0 else { throw .range }
+            return
+        }
+        let n = try body(reply.unused(upTo: room))
+        guard reply.commit(n) else { throw .ioError }
     }
 
     /// The umask a creating request carries is the guest's only when DONT_MASK was agreed; otherwise the guest

@@ -47,7 +47,13 @@ struct ReplyBuilder {
         UnsafeMutableRawBufferPointer(rebasing: storage[count..<count + min(n, remaining)])
     }
 
-    mutating func commit(_ n: Int) { count += n }
+    /// Counts `n` bytes written through `unused`; false (and nothing counted) when `n` is more than there was
+    /// room for, which only a faulty file system can say.
+    mutating func commit(_ n: Int) -> Bool {
+        guard n >= 0, n <= remaining else { return false }
+        count += n
+        return true
+    }
 
     var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: storage[0..<count]) }
 }

@@ -42,8 +42,11 @@ public struct Frame {
             }
             return readable.withUnsafeMutableBufferPointer { r in
                 memory.vectors.withUnsafeMutableBufferPointer { w in
-                    // The request's unique id is its token, as a chain head is for the device.
-                    session.handle(readable: UnsafeBufferPointer(r), writable: w, token: raw.count >= 16 ? raw.loadUnaligned(fromByteOffset: 8, as: UInt64.self) : 0)
+                    // The request's unique id is its token, as a chain head is for the device; the reply memory is
+                    // the owner a deferred request holds, as guest memory is for the device.
+                    session.handle(
+                        readable: UnsafeBufferPointer(r), writable: w,
+                        token: raw.count >= 16 ? raw.loadUnaligned(fromByteOffset: 8, as: UInt64.self) : 0, owner: memory)
                 }
             }
         }

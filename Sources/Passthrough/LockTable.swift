@@ -117,6 +117,10 @@ let lockToEnd = UInt64(Int64.max)
 extension PassthroughFileSystem {
     func recordLock(_ lock: FileLock) throws(Errno) -> FileDescriptor.RecordLock {
         guard lock.start <= lockToEnd, lock.end >= lock.start || lock.end == lockToEnd else { throw .invalidArgument }
+        // F_RDLCK, F_WRLCK or F_UNLCK exactly: other bits are not cut away into one of them.
+        guard lock.type == UInt32(F_RDLCK) || lock.type == UInt32(F_WRLCK) || lock.type == UInt32(F_UNLCK) else {
+            throw .invalidArgument
+        }
         let length: Int64 = lock.end >= lockToEnd ? 0 : Int64(lock.end - lock.start + 1)
         return FileDescriptor.RecordLock(type: CShort(truncatingIfNeeded: lock.type), start: Int64(lock.start), length: length)
     }
@@ -168,10 +172,11 @@ extension PassthroughFileSystem {
             if handle == 0 && !options.cache.opensDirectories { throw .noLocksAvailable }
             let open = try self.handle(handle)
             let operation: CInt
-            switch CInt(lock.type) {
-            case F_RDLCK: operation = LOCK_SH
-            case F_WRLCK: operation = LOCK_EX
-            case F_UNLCK: operation = LOCK_UN
+            // The type is the guest's 32 bits: compared as they are, never converted (which could trap).
+            switch lock.type {
+            case UInt32(F_RDLCK): operation = LOCK_SH
+            case UInt32(F_WRLCK): operation = LOCK_EX
+            case UInt32(F_UNLCK): operation = LOCK_UN
             default: throw .invalidArgument
             }
             if let wait {

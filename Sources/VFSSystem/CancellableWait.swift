@@ -21,7 +21,10 @@ public final class CancellableWait: Sendable {
 
     private let state = Mutex(State())
 
-    public init() {}
+    /// The wake-up signal's handler, installed once, before the first wait can be cancelled.
+    private static let handlerInstalled: Void = ThreadWakeup.install()
+
+    public init() { Self.handlerInstalled }
 
     /// Whether `cancel` was called.
     public var isCancelled: Bool { state.withLock { $0.cancelled } }

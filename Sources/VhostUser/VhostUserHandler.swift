@@ -304,8 +304,8 @@ public final class VhostUserHandler {
         }
     }
 
-    /// Stops every worker.
-    func stopAll() {
+    /// Stops every queue, as when the front-end goes away: each answers what it handed out first.
+    public func stopAll() {
         for i in vrings.indices { stopVring(i) }
     }
 

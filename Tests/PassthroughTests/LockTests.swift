@@ -130,3 +130,28 @@ struct LockTests {
         #expect(status(session, frame(.setlk, node: node, lockIn(handle: b, owner: 2, type: F_RDLCK, flock: true))) == 0)
     }
 }
+
+@Suite("Lock descriptions have ceilings and go with their node")
+struct LockCeilingTests {
+    @Test("a lock type of any 32 bits is EINVAL, never a trap")
+    func anyLockType() throws {
+        let tree = TemporaryTree()
+        tree.write("file", "data")
+        let completions = Completions()
+        let session = try lockSession(tree, completions)
+        let (_, entry) = Frame(request: frame(.lookup, Array("file\0".utf8)), replySegments: [144]).run(session)
+        let node = payload(entry, as: fuse_entry_out.self).nodeid
+        let (_, opened) = Frame(request: frame(.open, node: node, bytes(fuse_open_in(flags: UInt32(O_RDWR), open_flags: 0))), replySegments: [32]).run(session)
+        let handle = payload(opened, as: fuse_open_out.self).fh
+        for type in [UInt32(0x8000_0000), 0xffff_ffff, 3, 0x1_0001] {
+            for flock in [false, true] {
+                var input = fuse_lk_in()
+                input.fh = handle
+                input.owner = 1
+                input.lk = fuse_file_lock(start: 0, end: 9, type: type, pid: 1)
+                input.lk_flags = flock ? UInt32(FUSE_LK_FLOCK) : 0
+                #expect(status(session, frame(.setlk, node: node, bytes(input))) == -EINVAL, "type \(type), flock \(flock)")
+            }
+        }
+    }
+}

@@ -159,3 +159,11 @@ extern const int CVFS_PR_SET_NAME;
 /// remount of `path` alone where that call is missing), keeping its other flags: device nodes there can still be
 /// made, never opened.
 int cvfs_mount_nodev(const char *path);
+
+/// Fuzzing helpers (the fuzz targets only).
+/// Empties `path` (creating it) and puts a small tree in it: files, a directory, a symlink, a FIFO.
+int cvfs_fuzz_reset_tree(const char *path);
+/// Shuts the calling process (which must have one thread) into a mount namespace where every mount is
+/// read-only except the `count` directories of `writable`: a fuzzed file server running as root cannot harm
+/// the host's files whatever it is tricked into.
+int cvfs_fuzz_confine(const char *const *writable, size_t count);
