@@ -4,7 +4,7 @@
 import PackageDescription
 
 /// Settings shared by every library target.
-let strictMemory: [SwiftSetting] = []
+let strictMemory: [SwiftSetting] = [.strictMemorySafety()]
 
 let package = Package(
     name: "swift-virtiofsd",

@@ -94,6 +94,8 @@ final class LockWaits: Sendable {
 /// The guest's reply buffers of a request finished after its handler returned, and what keeps them valid: the
 /// guest memory they point into stays mapped until this is gone, even if the front-end replaced the memory
 /// table meanwhile.
+// SAFETY: Holds `owner`, which keeps the memory `writable` points into mapped until the reply is written.
+@safe
 final class DeferredReply: @unchecked Sendable {
     let writable: [iovec]
     /// Keeps `writable` mapped (the transport's guest memory map).
@@ -101,16 +103,19 @@ final class DeferredReply: @unchecked Sendable {
     let unique: UInt64
 
     init(writable: UnsafeMutableBufferPointer<iovec>, owner: AnyObject?, unique: UInt64) {
-        self.writable = Array(writable)
+        // SAFETY: the iovecs are copied; `owner` keeps the memory they point into mapped for as long as this lives.
+        unsafe self.writable = unsafe Array(writable)
         self.owner = owner
         self.unique = unique
     }
 
     /// Writes a header-only reply with `error` (nil: success); returns the bytes written.
     func finish(error: Errno?) -> UInt32 {
-        var copy = writable
-        return copy.withUnsafeMutableBufferPointer { vectors in
-            UInt32(FUSEReply.writeHeader(into: vectors, length: FUSEReply.headerSize, error: error, unique: unique).written)
+        // SAFETY: writes a 16-byte header through WriteCursor, bounded by the buffers' lengths, into memory `owner`
+        // keeps mapped.
+        var copy = unsafe writable
+        return unsafe copy.withUnsafeMutableBufferPointer { vectors in
+            unsafe UInt32(FUSEReply.writeHeader(into: vectors, length: FUSEReply.headerSize, error: error, unique: unique).written)
         }
     }
 }

@@ -6,6 +6,9 @@ import VFSSystem
 
 /// Serves FUSE requests for one queue: owns that queue's scratch memory, so a request allocates nothing.
 /// Used by one thread only.
+// SAFETY: Owns its scratch storage (allocated in `init`, freed in `deinit`); every guest length is checked before it
+// indexes it.
+@safe
 public final class FUSESession<FS: FileSystem> {
     /// Requests larger than this are refused, except for the data of WRITE: names, symlink targets and
     /// xattr values (at most 64 KiB) all fit.
@@ -31,6 +34,7 @@ public final class FUSESession<FS: FileSystem> {
     /// - Parameters:
     ///   - deferred: shared by every session of one queue, which `DeferredWork.cancelAll` ends when it stops.
     ///   - complete: called, from another thread, when a request that `handle` deferred is finished.
+    // SAFETY: allocates the scratch storage this session owns, freed in deinit.
     public init(
         server: FUSEServer<FS>, label: String = "FUSE session", deferred: DeferredWork = DeferredWork(),
         complete: @escaping @Sendable (UInt64, UInt32) -> Void = { _, _ in }
@@ -39,30 +43,32 @@ public final class FUSESession<FS: FileSystem> {
         self.label = label
         self.deferred = deferred
         self.completeDeferred = complete
-        requestStorage = .allocate(byteCount: Self.requestCapacity, alignment: 16)
-        replyStorage = .allocate(byteCount: Int(server.options.maxWrite) + 64 * 1024, alignment: 16)
-        dataVectors = .allocate(capacity: 1024 + 2)
-        opcodeCounts = .allocate(capacity: 64)
-        opcodeCounts.initialize(repeating: 0)
+        unsafe requestStorage = .allocate(byteCount: Self.requestCapacity, alignment: 16)
+        unsafe replyStorage = .allocate(byteCount: Int(server.options.maxWrite) + 64 * 1024, alignment: 16)
+        unsafe dataVectors = .allocate(capacity: 1024 + 2)
+        unsafe opcodeCounts = .allocate(capacity: 64)
+        unsafe opcodeCounts.initialize(repeating: 0)
     }
 
     deinit {
-        if server.logger.logLevel <= .debug, let summary = Self.summary(of: UnsafeBufferPointer(opcodeCounts)) {
+        // SAFETY: frees exactly what init allocated; no request runs once the session is going away.
+        if server.logger.logLevel <= .debug, let summary = unsafe Self.summary(of: UnsafeBufferPointer(opcodeCounts)) {
             server.logger.debug("\(label) served \(summary)")
         }
-        requestStorage.deallocate()
-        replyStorage.deallocate()
-        dataVectors.deallocate()
-        opcodeCounts.deallocate()
+        unsafe requestStorage.deallocate()
+        unsafe replyStorage.deallocate()
+        unsafe dataVectors.deallocate()
+        unsafe opcodeCounts.deallocate()
     }
 
     /// "N requests: lookup a, getattr b, ...", most frequent first (ties in opcode order); nil when there were none.
     static func summary(of counts: UnsafeBufferPointer<UInt64>) -> String? {
-        let total = counts.reduce(0, +)
+        // SAFETY: reads the counts buffer within its own bounds, during the call.
+        let total = unsafe counts.reduce(0, +)
         guard total > 0 else { return nil }
-        let named = counts.indices.filter { counts[$0] > 0 }.sorted { (counts[$0], $1) > (counts[$1], $0) }.map { index in
+        let named = counts.indices.filter { unsafe counts[$0] > 0 }.sorted { unsafe (counts[$0], $1) > (counts[$1], $0) }.map { index in
             let name = index == 0 ? "unknown" : FUSEOpcode(rawValue: UInt32(index)).map { "\($0)" } ?? "opcode \(index)"
-            return "\(name) \(counts[index])"
+            return unsafe "\(name) \(counts[index])"
         }
         return "\(total) requests: " + named.joined(separator: ", ")
     }
@@ -74,46 +80,49 @@ public final class FUSESession<FS: FileSystem> {
     ///     holds it until its reply is written.
     /// - Returns: the number of bytes written into `writable` (0 for requests that have no reply), or nil when
     ///   the request was deferred and will be finished through the session's `complete` callback.
+    // SAFETY: `readable` and `writable` are the transport's buffers, valid during this call (or for as long as `owner`
+    // lives, for a deferred reply); every length from the header is checked by RequestLayout before it slices
+    // `requestStorage`.
     public func handle(
         readable: UnsafeBufferPointer<iovec>, writable: UnsafeMutableBufferPointer<iovec>, token: UInt64 = 0,
         owner: AnyObject? = nil
     ) -> UInt32? {
         // The header alone first: a WRITE's data is not copied, it goes from the guest's buffers to the file.
-        var (gathered, total) = gather(readable, upTo: MemoryLayout<fuse_in_header>.size)
+        var (gathered, total) = unsafe gather(readable, upTo: MemoryLayout<fuse_in_header>.size)
         var writableLength = 0
-        for v in writable { writableLength += v.iov_len }
+        for unsafe v in unsafe writable { unsafe writableLength += v.iov_len }
         guard gathered == MemoryLayout<fuse_in_header>.size else {
             reportMalformed("a request of \(total) bytes is shorter than its header; dropped")
             return 0
         }
-        let header = requestStorage.loadUnaligned(as: fuse_in_header.self)
+        let header = unsafe requestStorage.loadUnaligned(as: fuse_in_header.self)
         let opcode = FUSEOpcode(rawValue: header.opcode)
-        opcodeCounts[opcode == nil || header.opcode >= 64 ? 0 : Int(header.opcode)] &+= 1
+        unsafe opcodeCounts[opcode == nil || header.opcode >= 64 ? 0 : Int(header.opcode)] &+= 1
         let hasReply = opcode?.hasReply ?? true
         guard !hasReply || writableLength >= Self.headerSize else {
             reportMalformed("request \(header.unique): no room for a reply; dropped")
             return 0
         }
         // Every length the header gives is checked against the request before anything is sliced with it.
-        guard let layout = RequestLayout(header: header, total: total, capacity: requestStorage.count, isWrite: opcode == .write)
+        guard let layout = unsafe RequestLayout(header: header, total: total, capacity: requestStorage.count, isWrite: opcode == .write)
         else {
             guard hasReply else {
                 reportMalformed("request \(header.unique): its lengths do not match its buffers; dropped")
                 return 0
             }
-            return finish(unique: header.unique, error: .invalidArgument, payload: UnsafeRawBufferPointer(start: nil, count: 0), into: writable)
+            return unsafe finish(unique: header.unique, error: .invalidArgument, payload: UnsafeRawBufferPointer(start: nil, count: 0), into: writable)
         }
-        (gathered, _) = gather(readable, from: gathered, upTo: layout.gatherEnd)
-        var reader = ByteReader(UnsafeRawBufferPointer(rebasing: requestStorage[layout.argumentsStart..<layout.readerEnd]))
+        (gathered, _) = unsafe gather(readable, from: gathered, upTo: layout.gatherEnd)
+        var reader = unsafe ByteReader(UnsafeRawBufferPointer(rebasing: requestStorage[layout.argumentsStart..<layout.readerEnd]))
         if let opcode, !hasReply {
             serveNoReply(opcode, header: header, reader: &reader)
             return 0
         }
         var context = RequestContext(unique: header.unique, nodeID: header.nodeid, uid: header.uid, gid: header.gid, pid: header.pid)
         if layout.hasExtensions, let opcode, opcode.createsNode, server.flags.contains(.securityContext) {
-            context.securityContext = Self.securityContext(in: UnsafeRawBufferPointer(rebasing: requestStorage[layout.argumentsEnd..<layout.length]))
+            context.securityContext = unsafe Self.securityContext(in: UnsafeRawBufferPointer(rebasing: requestStorage[layout.argumentsEnd..<layout.length]))
         }
-        var reply = ReplyBuilder(storage: replyStorage, limit: writableLength - Self.headerSize)
+        var reply = unsafe ReplyBuilder(storage: replyStorage, limit: writableLength - Self.headerSize)
         var status: Errno?
         do throws(Errno) {
             guard let opcode else { throw .noFunction }
@@ -122,11 +131,11 @@ public final class FUSESession<FS: FileSystem> {
             guard reply.limit >= opcode.fixedReplySize else { throw .invalidArgument }
             switch opcode {
             case .read:
-                return try read(context, &reader, writable: writable, writableLength: writableLength)
+                return unsafe try read(context, &reader, writable: writable, writableLength: writableLength)
             case .write:
-                try write(context, &reader, readable: readable, argumentsEnd: layout.argumentsEnd, into: &reply)
+                try unsafe write(context, &reader, readable: readable, argumentsEnd: layout.argumentsEnd, into: &reply)
             case .setlkw:
-                try deferLockWait(context, &reader, writable: writable, token: token, owner: owner)
+                try unsafe deferLockWait(context, &reader, writable: writable, token: token, owner: owner)
                 return nil
             default:
                 try serve(opcode, context, header: header, reader: &reader, into: &reply)
@@ -136,7 +145,7 @@ public final class FUSESession<FS: FileSystem> {
             // The daemon's own descriptor table being full is not the guest process's EMFILE.
             status = error == .tooManyOpenFiles ? .tooManyOpenFilesInSystem : error
         }
-        return finish(unique: header.unique, error: status, payload: status == nil ? reply.bytes : UnsafeRawBufferPointer(start: nil, count: 0), into: writable)
+        return unsafe finish(unique: header.unique, error: status, payload: status == nil ? reply.bytes : UnsafeRawBufferPointer(start: nil, count: 0), into: writable)
     }
 
     /// One warning line per session for requests that cannot be answered at all.
@@ -149,17 +158,18 @@ public final class FUSESession<FS: FileSystem> {
     /// The first security context among a request's extensions (`fuse_secctx_header`, then `fuse_secctx`,
     /// name and value), or nil when there is none or it is malformed.
     static func securityContext(in extensions: UnsafeRawBufferPointer) -> SecurityContext? {
-        var reader = ByteReader(extensions)
+        // SAFETY: every size is checked against what remains in `extensions` (ByteReader) before a slice is made.
+        var reader = unsafe ByteReader(extensions)
         while let header = reader.read(fuse_ext_header.self) {
             let size = Int(header.size)
             guard size >= MemoryLayout<fuse_ext_header>.size, size - MemoryLayout<fuse_ext_header>.size <= reader.remainingCount else { return nil }
-            var body = ByteReader(UnsafeRawBufferPointer(rebasing: reader.remaining.prefix(size - MemoryLayout<fuse_ext_header>.size)))
+            var body = unsafe ByteReader(UnsafeRawBufferPointer(rebasing: reader.remaining.prefix(size - MemoryLayout<fuse_ext_header>.size)))
             // Extension types 0...FUSE_MAX_NR_SECCTX are a fuse_secctx_header: the type is the context count.
             if header.type >= 1, header.type <= UInt32(FUSE_MAX_NR_SECCTX.rawValue),
                let item = body.read(fuse_secctx.self), let name = body.readName(), body.remainingCount >= Int(item.size) {
-                return SecurityContext(name: name.bytes, value: UnsafeRawBufferPointer(rebasing: body.remaining.prefix(Int(item.size))))
+                return unsafe SecurityContext(name: name.bytes, value: UnsafeRawBufferPointer(rebasing: body.remaining.prefix(Int(item.size))))
             }
-            _ = reader.read(bytes: size - MemoryLayout<fuse_ext_header>.size)
+            _ = unsafe reader.read(bytes: size - MemoryLayout<fuse_ext_header>.size)
         }
         return nil
     }
@@ -168,15 +178,17 @@ public final class FUSESession<FS: FileSystem> {
     /// byte once: the guest may change them meanwhile). Returns how many bytes are in `requestStorage` now and
     /// how many the request has in all.
     func gather(_ readable: UnsafeBufferPointer<iovec>, from start: Int = 0, upTo limit: Int) -> (gathered: Int, total: Int) {
+        // SAFETY: copies at most `limit - start` bytes into requestStorage (limit never exceeds its size) from inside
+        // each buffer's iov_len.
         var gathered = start
         var total = 0
-        for v in readable {
+        for unsafe v in unsafe readable {
             // This buffer holds request bytes total..<total + iov_len; copy those in gathered..<limit.
             let skip = gathered - total
-            total += v.iov_len
-            let n = min(v.iov_len - max(skip, 0), limit - gathered)
-            if n > 0, skip >= 0, let base = v.iov_base {
-                requestStorage.baseAddress!.advanced(by: gathered).copyMemory(from: base.advanced(by: skip), byteCount: n)
+            unsafe total += v.iov_len
+            let n = unsafe min(v.iov_len - max(skip, 0), limit - gathered)
+            if n > 0, skip >= 0, let base = unsafe v.iov_base {
+                unsafe requestStorage.baseAddress!.advanced(by: gathered).copyMemory(from: base.advanced(by: skip), byteCount: n)
                 gathered += n
             }
         }
@@ -185,65 +197,72 @@ public final class FUSESession<FS: FileSystem> {
 
     /// Writes the out header and `payload` into the guest's buffers; returns the bytes written.
     func finish(unique: UInt64, error: Errno?, payload: UnsafeRawBufferPointer, into writable: UnsafeMutableBufferPointer<iovec>) -> UInt32 {
+        // SAFETY: the fast path writes only when the first buffer holds the whole reply; otherwise WriteCursor stays
+        // within every buffer.
         // The common case, a small reply that fits the first buffer: two plain copies.
         let length = Self.headerSize + payload.count
-        if let first = writable.first, first.iov_len >= length, let base = first.iov_base {
-            base.storeBytes(of: FUSEReply.outHeader(length: length, error: error, unique: unique), as: fuse_out_header.self)
-            if payload.count > 0 { (base + Self.headerSize).copyMemory(from: payload.baseAddress!, byteCount: payload.count) }
+        if let first = unsafe writable.first, unsafe first.iov_len >= length, let base = unsafe first.iov_base {
+            unsafe base.storeBytes(of: FUSEReply.outHeader(length: length, error: error, unique: unique), as: fuse_out_header.self)
+            if payload.count > 0 { unsafe (base + Self.headerSize).copyMemory(from: payload.baseAddress!, byteCount: payload.count) }
             return UInt32(length)
         }
-        var cursor = FUSEReply.writeHeader(into: writable, length: Self.headerSize + payload.count, error: error, unique: unique)
-        cursor.write(payload)
+        var cursor = unsafe FUSEReply.writeHeader(into: writable, length: Self.headerSize + payload.count, error: error, unique: unique)
+        unsafe cursor.write(payload)
         return UInt32(cursor.written)
     }
 
     /// The guest's data buffers for READ or WRITE, as `iovec`s in the session's scratch list: `buffers` without
     /// their first `skip` bytes (the headers), cut at `wanted` bytes or at the list's capacity.
     func dataBuffers(_ buffers: UnsafeBufferPointer<iovec>, skipping skip: Int, upTo wanted: Int) -> (UnsafeBufferPointer<iovec>, Int) {
+        // SAFETY: each iovec built lies inside one of `buffers`, at most `dataVectors.count` of them.
         var skip = skip
         var count = 0
         var length = 0
-        for v in buffers where length < wanted && count < dataVectors.count {
-            guard var base = v.iov_base else { continue }
-            var size = v.iov_len
+        for unsafe v in unsafe buffers where unsafe length < wanted && count < dataVectors.count {
+            guard var base = unsafe v.iov_base else { continue }
+            var size = unsafe v.iov_len
             if skip > 0 {
                 let s = min(skip, size)
                 skip -= s
-                base += s
+                unsafe base += s
                 size -= s
             }
             guard size > 0 else { continue }
             let take = min(size, wanted - length)
-            dataVectors[count] = iovec(iov_base: base, iov_len: take)
+            unsafe dataVectors[count] = unsafe iovec(iov_base: base, iov_len: take)
             count += 1
             length += take
         }
-        return (UnsafeBufferPointer(rebasing: dataVectors[0..<count]), length)
+        return unsafe (UnsafeBufferPointer(rebasing: dataVectors[0..<count]), length)
     }
 
     /// READ: the host file is read straight into the guest's buffers after the out header.
     func read(_ context: RequestContext, _ reader: inout ByteReader, writable: UnsafeMutableBufferPointer<iovec>, writableLength: Int) throws(Errno) -> UInt32 {
+        // SAFETY: the data buffers lie inside `writable` after the header; the file system writes at most `length`
+        // bytes into them (checked after).
         guard let input = reader.read(fuse_read_in.self) else { throw .invalidArgument }
         let wanted = min(Int(input.size), writableLength - Self.headerSize, Int(server.options.maxWrite))
-        let (buffers, length) = dataBuffers(UnsafeBufferPointer(writable), skipping: Self.headerSize, upTo: wanted)
-        let destination = ReadDestination(buffers: buffers, length: length)
+        let (buffers, length) = unsafe dataBuffers(UnsafeBufferPointer(writable), skipping: Self.headerSize, upTo: wanted)
+        let destination = unsafe ReadDestination(buffers: buffers, length: length)
         let n = try server.fileSystem.read(context, node: context.nodeID, handle: input.fh, offset: input.offset, into: destination)
         guard n >= 0, n <= length else { throw .ioError }
-        _ = FUSEReply.writeHeader(into: writable, length: Self.headerSize + n, error: nil, unique: context.unique)
+        _ = unsafe FUSEReply.writeHeader(into: writable, length: Self.headerSize + n, error: nil, unique: context.unique)
         return UInt32(Self.headerSize + n)
     }
 
     /// WRITE: the guest's buffers after the arguments go straight to the host file.
     func write(_ context: RequestContext, _ reader: inout ByteReader, readable: UnsafeBufferPointer<iovec>, argumentsEnd: Int, into reply: inout ReplyBuilder) throws(Errno) {
+        // SAFETY: the data buffers lie inside `readable` after the arguments, `wanted` bytes in all, checked against
+        // the header's len.
         guard let input = reader.read(fuse_write_in.self) else { throw .invalidArgument }
         guard input.size <= server.options.maxWrite else { throw .invalidArgument }
         let headers = MemoryLayout<fuse_in_header>.size + MemoryLayout<fuse_write_in>.size
         // The data is what the header's length says follows the arguments, and the buffers hold it all.
         let wanted = Int(input.size)
         guard headers + wanted <= argumentsEnd else { throw .invalidArgument }
-        let (buffers, length) = dataBuffers(readable, skipping: headers, upTo: wanted)
+        let (buffers, length) = unsafe dataBuffers(readable, skipping: headers, upTo: wanted)
         guard length == wanted else { throw .invalidArgument }
-        let source = WriteSource(buffers: buffers, length: length)
+        let source = unsafe WriteSource(buffers: buffers, length: length)
         let killSetID = input.write_flags & UInt32(FUSE_WRITE_KILL_SUIDGID) != 0
         let n = try server.fileSystem.write(context, node: context.nodeID, handle: input.fh, offset: input.offset, from: source, killSetIDBits: killSetID)
         guard n >= 0, n <= wanted else { throw .ioError }
@@ -254,6 +273,8 @@ public final class FUSESession<FS: FileSystem> {
     /// request is finished from there, or fails with EINTR when the guest interrupts it or its ring stops.
     /// At most `FUSELimits.lockWaits` wait at once: past that, ENOLCK.
     func deferLockWait(_ context: RequestContext, _ reader: inout ByteReader, writable: UnsafeMutableBufferPointer<iovec>, token: UInt64, owner: AnyObject?) throws(Errno) {
+        // SAFETY: the deferred reply copies the iovecs and holds `owner`, which keeps them mapped until the reply is
+        // written.
         guard let input = reader.read(fuse_lk_in.self) else { throw .invalidArgument }
         let wait = CancellableWait()
         let waits = server.lockWaits
@@ -268,7 +289,7 @@ public final class FUSESession<FS: FileSystem> {
             waits.end(wait, unique: context.unique)
             throw .interrupted
         }
-        let reply = DeferredReply(writable: writable, owner: owner, unique: context.unique)
+        let reply = unsafe DeferredReply(writable: writable, owner: owner, unique: context.unique)
         let fs = server.fileSystem
         let complete = completeDeferred
         let lock = FileLock(start: input.lk.start, end: input.lk.end, type: input.lk.type, pid: input.lk.pid)
@@ -316,6 +337,8 @@ public final class FUSESession<FS: FileSystem> {
 
     /// Decodes one request with a reply, calls the file system, and encodes the reply payload.
     func serve(_ opcode: FUSEOpcode, _ context: RequestContext, header: fuse_in_header, reader: inout ByteReader, into reply: inout ReplyBuilder) throws(Errno) {
+        // SAFETY: names and values are views of requestStorage made by ByteReader (bounds-checked); reply writes go
+        // through ReplyBuilder (bounded by its limit).
         let fs = server.fileSystem
         let node = header.nodeid
         switch opcode {
@@ -323,7 +346,7 @@ public final class FUSESession<FS: FileSystem> {
             let size = reader.remainingCount
             guard size >= 16 else { throw .invalidArgument }
             var input = fuse_init_in()
-            withUnsafeMutableBytes(of: &input) { $0.copyMemory(from: UnsafeRawBufferPointer(rebasing: reader.remaining.prefix(MemoryLayout<fuse_init_in>.size))) }
+            unsafe withUnsafeMutableBytes(of: &input) { unsafe $0.copyMemory(from: UnsafeRawBufferPointer(rebasing: reader.remaining.prefix(MemoryLayout<fuse_init_in>.size))) }
             try server.initialize(input, inputSize: size, into: &reply)
         case .destroy:
             server.reset()
@@ -338,10 +361,10 @@ public final class FUSESession<FS: FileSystem> {
         case .readlink:
             // Read whole into scratch space first: a target longer than the guest's buffer is an error, never
             // a target cut short.
-            let n = try withUnsafeTemporaryAllocation(byteCount: 4096, alignment: 1) { (buffer) throws(Errno) -> Int in
-                let n = try fs.readlink(context, node: node, into: buffer)
+            let n = try unsafe withUnsafeTemporaryAllocation(byteCount: 4096, alignment: 1) { (buffer) throws(Errno) -> Int in
+                let n = try unsafe fs.readlink(context, node: node, into: buffer)
                 guard n >= 0, n <= buffer.count else { throw .ioError }
-                guard reply.append(bytes: UnsafeRawBufferPointer(rebasing: buffer[0..<n])) else { throw .range }
+                guard unsafe reply.append(bytes: UnsafeRawBufferPointer(rebasing: buffer[0..<n])) else { throw .range }
                 return n
             }
             _ = n
@@ -384,18 +407,19 @@ public final class FUSESession<FS: FileSystem> {
             try fs.access(context, node: node, mask: input.mask)
         case .getxattr:
             guard let input = reader.read(fuse_getxattr_in.self), let name = reader.readName() else { throw .invalidArgument }
-            try attributeReply(size: input.size, into: &reply) { (buffer) throws(Errno) -> Int in
-                try fs.getxattr(context, node: node, name: name, into: buffer)
+            try unsafe attributeReply(size: input.size, into: &reply) { (buffer) throws(Errno) -> Int in
+                try unsafe fs.getxattr(context, node: node, name: name, into: buffer)
             }
         case .listxattr:
             guard let input = reader.read(fuse_getxattr_in.self) else { throw .invalidArgument }
-            try attributeReply(size: input.size, into: &reply) { (buffer) throws(Errno) -> Int in
-                try fs.listxattr(context, node: node, into: buffer)
+            try unsafe attributeReply(size: input.size, into: &reply) { (buffer) throws(Errno) -> Int in
+                try unsafe fs.listxattr(context, node: node, into: buffer)
             }
         case .setattr:
             guard let input = reader.read(fuse_setattr_in.self) else { throw .invalidArgument }
             let valid = input.valid
             func time(_ set: UInt32, _ now: UInt32, _ seconds: UInt64, _ nanoseconds: UInt32) -> TimeChange {
+                // SAFETY: no pointer here; part of serve, whose views are bounds-checked.
                 guard valid & set != 0 else { return .omit }
                 if valid & now != 0 { return .now }
                 return .to(FileTime(seconds: Int64(bitPattern: seconds), nanoseconds: nanoseconds))
@@ -477,8 +501,8 @@ public final class FUSESession<FS: FileSystem> {
                 extraFlags = f
             }
             guard let name = reader.readName(), reader.remainingCount >= Int(size) else { throw .invalidArgument }
-            let value = UnsafeRawBufferPointer(rebasing: reader.remaining.prefix(Int(size)))
-            try fs.setxattr(context, node: node, name: name, value: value, flags: flags, killSGID: extraFlags & UInt32(FUSE_SETXATTR_ACL_KILL_SGID) != 0)
+            let value = unsafe UnsafeRawBufferPointer(rebasing: reader.remaining.prefix(Int(size)))
+            try unsafe fs.setxattr(context, node: node, name: name, value: value, flags: flags, killSGID: extraFlags & UInt32(FUSE_SETXATTR_ACL_KILL_SGID) != 0)
         case .removexattr:
             guard let name = reader.readName() else { throw .invalidArgument }
             try fs.removexattr(context, node: node, name: name)
@@ -503,8 +527,10 @@ public final class FUSESession<FS: FileSystem> {
     /// `body` is the file system's call: an empty buffer asks it for the size only, so it never gets one when
     /// the value is wanted; and what it says it wrote is checked against what it was given.
     func attributeReply(size: UInt32, into reply: inout ReplyBuilder, _ body: (UnsafeMutableRawBufferPointer) throws(Errno) -> Int) throws(Errno) {
+        // SAFETY: the file system writes into `reply.unused`, at most `room` bytes, and what it says it wrote is
+        // checked by commit.
         if size == 0 {
-            let needed = try body(UnsafeMutableRawBufferPointer(start: nil, count: 0))
+            let needed = try unsafe body(UnsafeMutableRawBufferPointer(start: nil, count: 0))
             guard needed >= 0, needed <= Int(UInt32.max) else { throw .ioError }
             reply.append(fuse_getxattr_out(size: UInt32(needed), padding: 0))
             return
@@ -512,10 +538,10 @@ public final class FUSESession<FS: FileSystem> {
         let room = min(Int(size), reply.remaining)
         guard room > 0 else {
             // No room at all: only an empty value (or list) fits.
-            guard try body(UnsafeMutableRawBufferPointer(start: nil, count: 0)) == 0 else { throw .range }
+            guard try unsafe body(UnsafeMutableRawBufferPointer(start: nil, count: 0)) == 0 else { throw .range }
             return
         }
-        let n = try body(reply.unused(upTo: room))
+        let n = try unsafe body(reply.unused(upTo: room))
         guard reply.commit(n) else { throw .ioError }
     }
 
@@ -572,26 +598,30 @@ enum FUSEEncoding {
 }
 
 /// Scatters bytes across the guest's writable buffers.
+// SAFETY: Writes stay within the buffers it was given, which are valid for the request it answers.
+@safe
 struct WriteCursor {
     let buffers: UnsafeMutableBufferPointer<iovec>
     var index = 0
     var offset = 0
     private(set) var written = 0
 
-    init(_ buffers: UnsafeMutableBufferPointer<iovec>) { self.buffers = buffers }
+    // SAFETY: keeps the caller's buffers, valid for the request being answered.
+    init(_ buffers: UnsafeMutableBufferPointer<iovec>) { unsafe self.buffers = unsafe buffers }
 
     mutating func write(_ bytes: UnsafeRawBufferPointer) {
+        // SAFETY: each copy is at most what remains of the current buffer and of `bytes`.
         var done = 0
-        while done < bytes.count && index < buffers.count {
-            let buffer = buffers[index]
-            let n = min(buffer.iov_len - offset, bytes.count - done)
+        while unsafe done < bytes.count && index < buffers.count {
+            let buffer = unsafe buffers[index]
+            let n = unsafe min(buffer.iov_len - offset, bytes.count - done)
             if n > 0 {
-                buffer.iov_base!.advanced(by: offset).copyMemory(from: bytes.baseAddress!.advanced(by: done), byteCount: n)
+                unsafe buffer.iov_base!.advanced(by: offset).copyMemory(from: bytes.baseAddress!.advanced(by: done), byteCount: n)
                 done += n
                 offset += n
                 written += n
             }
-            if offset == buffer.iov_len {
+            if unsafe offset == buffer.iov_len {
                 index += 1
                 offset = 0
             }
@@ -615,6 +645,7 @@ struct DirectoryReplySink: DirectoryEntrySink {
     func fits(nameLength: Int) -> Bool { recordSize(nameLength: nameLength) <= reply.remaining }
 
     mutating func add(name: UnsafeRawBufferPointer, inode: UInt64, type: UInt32, offset: UInt64, entry: Entry?) -> Bool {
+        // SAFETY: every append is bounded by the reply's limit (ReplyBuilder), checked first by recordSize.
         let size = recordSize(nameLength: name.count)
         guard size <= reply.remaining else { return false }
         let start = reply.count
@@ -629,7 +660,7 @@ struct DirectoryReplySink: DirectoryEntrySink {
         reply.append(UInt64(offset))
         reply.append(UInt32(name.count))
         reply.append(UInt32(type))
-        reply.append(bytes: name)
+        unsafe reply.append(bytes: name)
         reply.appendZeros(size - (reply.count - start))
         return true
     }

@@ -37,11 +37,13 @@ public struct AttributeChanges: Sendable, Equatable {
 }
 
 /// Where a WRITE's data is: the guest's own buffers (zero-copy), as `iovec`s.
+// SAFETY: A view of the guest's buffers, valid during the request; file systems use it only within the call.
+@safe
 public struct WriteSource {
     public let buffers: UnsafeBufferPointer<iovec>
     public let length: Int
     public init(buffers: UnsafeBufferPointer<iovec>, length: Int) {
-        self.buffers = buffers
+        unsafe self.buffers = unsafe buffers
         self.length = length
     }
 }

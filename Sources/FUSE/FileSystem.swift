@@ -8,20 +8,23 @@ public let fuseRootID: UInt64 = 1
 
 /// A security label the guest wants on a file it creates (FUSE_SECURITY_CTX): an xattr name and its value.
 /// Valid only during the request.
+// SAFETY: A view into the request, valid during it; used only within the call.
+@safe
 public struct SecurityContext: @unchecked Sendable, Equatable {
     public let name: UnsafeRawBufferPointer
     public let value: UnsafeRawBufferPointer
 
     public init(name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) {
-        self.name = name
-        self.value = value
+        unsafe self.name = unsafe name
+        unsafe self.value = unsafe value
     }
 
     /// The name as a C string (it is NUL-terminated in the request).
-    public var nameCString: UnsafePointer<CChar> { name.baseAddress!.assumingMemoryBound(to: CChar.self) }
+    public var nameCString: UnsafePointer<CChar> { unsafe name.baseAddress!.assumingMemoryBound(to: CChar.self) }
 
     public static func == (a: SecurityContext, b: SecurityContext) -> Bool {
-        a.name.elementsEqual(b.name) && a.value.elementsEqual(b.value)
+        // SAFETY: both views are valid during the request that carries them.
+        unsafe a.name.elementsEqual(b.name) && a.value.elementsEqual(b.value)
     }
 }
 
@@ -108,28 +111,34 @@ public struct InitRequest: Sendable, Equatable {
 
 /// A file name from a request: the bytes up to (not including) the terminating NUL, which is still in memory
 /// right after them, so `cString` can go straight to a system call. Valid only during the request.
+// SAFETY: A view of the request's name in the session's scratch storage, valid during the request; file systems use it
+// only within the call.
+@safe
 public struct FUSEName {
     public let bytes: UnsafeRawBufferPointer
 
     /// Wraps `bytes`, which must be followed in memory by a NUL byte.
-    public init(bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
+    public init(bytes: UnsafeRawBufferPointer) { unsafe self.bytes = unsafe bytes }
 
     /// The name as a NUL-terminated C string.
-    public var cString: UnsafePointer<CChar> { bytes.baseAddress!.assumingMemoryBound(to: CChar.self) }
+    public var cString: UnsafePointer<CChar> { unsafe bytes.baseAddress!.assumingMemoryBound(to: CChar.self) }
 
     /// Whether the name may name an entry of a directory: not empty, no '/', not longer than NAME_MAX.
     public var isValidComponent: Bool {
-        !bytes.isEmpty && bytes.count <= 255 && !bytes.contains(UInt8(ascii: "/"))
+        // SAFETY: reads the name's bytes, valid during the request.
+        unsafe !bytes.isEmpty && bytes.count <= 255 && !bytes.contains(UInt8(ascii: "/"))
     }
     /// "."
-    public var isDot: Bool { bytes.count == 1 && bytes[0] == UInt8(ascii: ".") }
+    public var isDot: Bool { unsafe bytes.count == 1 && bytes[0] == UInt8(ascii: ".") }
     /// ".."
-    public var isDotDot: Bool { bytes.count == 2 && bytes[0] == UInt8(ascii: ".") && bytes[1] == UInt8(ascii: ".") }
+    public var isDotDot: Bool { unsafe bytes.count == 2 && bytes[0] == UInt8(ascii: ".") && bytes[1] == UInt8(ascii: ".") }
 
-    public var string: String { String(decoding: bytes, as: UTF8.self) }
+    public var string: String { unsafe String(decoding: bytes, as: UTF8.self) }
 }
 
 /// Where a READ puts its data: the guest's own buffers (zero-copy), as `iovec`s.
+// SAFETY: A view of the guest's buffers, valid during the request; file systems use it only within the call.
+@safe
 public struct ReadDestination {
     /// The buffers, in order; their lengths add up to `length`.
     public let buffers: UnsafeBufferPointer<iovec>
@@ -137,7 +146,8 @@ public struct ReadDestination {
     public let length: Int
 
     public init(buffers: UnsafeBufferPointer<iovec>, length: Int) {
-        self.buffers = buffers
+        // SAFETY: keeps the guest's buffers for the call they are passed to.
+        unsafe self.buffers = unsafe buffers
         self.length = length
     }
 }

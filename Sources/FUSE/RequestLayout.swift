@@ -57,9 +57,10 @@ enum FUSEReply {
     /// Writes a `fuse_out_header` announcing `length` reply bytes at the start of the guest's buffers; the
     /// returned cursor continues after it. Every reply, inline, zero-copy or deferred, starts here.
     static func writeHeader(into writable: UnsafeMutableBufferPointer<iovec>, length: Int, error: Errno?, unique: UInt64) -> WriteCursor {
+        // SAFETY: WriteCursor stays within the buffers, valid for the request being answered.
         var header = outHeader(length: length, error: error, unique: unique)
-        var cursor = WriteCursor(writable)
-        withUnsafeBytes(of: &header) { cursor.write($0) }
+        var cursor = unsafe WriteCursor(writable)
+        unsafe withUnsafeBytes(of: &header) { unsafe cursor.write($0) }
         return cursor
     }
 }

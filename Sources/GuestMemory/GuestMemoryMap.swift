@@ -12,6 +12,8 @@ public struct GuestAddress: RawRepresentable, Hashable, Sendable, Comparable {
 
 /// One region of guest memory: where it sits in the guest, in the front-end's address space, and in ours.
 /// Sendable: the pointer is into a shared mapping that `mapping` keeps alive; guest memory is shared by design.
+// SAFETY: `hostBase` points into `mapping`, which the region holds, and every translation is bounds-checked.
+@safe
 public struct GuestMemoryRegion: @unchecked Sendable {
     /// Guest physical address of the first byte.
     public let guestAddress: UInt64
@@ -27,6 +29,7 @@ public struct GuestMemoryRegion: @unchecked Sendable {
     /// Describes a region that starts `offset` bytes into `mapping`.
     /// - Throws: `Errno.invalidArgument` when the region does not fit in the mapping or wraps the address space.
     public init(guestAddress: UInt64, size: UInt64, userAddress: UInt64, mapping: MemoryMapping, offset: UInt64) throws(Errno) {
+        // SAFETY: offset + size is checked to lie inside the mapping, which the region holds.
         let (end, overflow) = offset.addingReportingOverflow(size)
         guard size > 0, !overflow, end <= UInt64(mapping.length) else { throw .invalidArgument }
         guard !guestAddress.addingReportingOverflow(size - 1).overflow,
@@ -36,16 +39,18 @@ public struct GuestMemoryRegion: @unchecked Sendable {
         self.size = size
         self.userAddress = userAddress
         self.mapping = mapping
-        self.hostBase = mapping.base + Int(offset)
+        unsafe self.hostBase = unsafe mapping.base + Int(offset)
     }
 
     /// The host address of `length` bytes at `address - start` in this region, or nil when they do not all fit.
     @inlinable
     func host(at address: UInt64, length: UInt64, start: UInt64) -> UnsafeMutableRawPointer? {
+        // SAFETY: offset and length are checked against the region's size, with no overflow, before the pointer is
+        // made.
         guard address >= start else { return nil }
         let offset = address &- start
         guard offset < size, length <= size &- offset else { return nil }
-        return hostBase + Int(offset)
+        return unsafe hostBase + Int(offset)
     }
 }
 
@@ -94,9 +99,10 @@ public final class GuestMemoryMap: Sendable {
     /// The host address of `length` bytes of guest memory at `address`, or nil unless all of them lie in one region.
     @inlinable
     public func translate(_ address: GuestAddress, length: UInt64) -> UnsafeMutableRawPointer? {
+        // SAFETY: every candidate pointer comes from a region's bounds-checked host().
         for region in regions {
-            if let host = region.host(at: address.rawValue, length: length, start: region.guestAddress) {
-                return host
+            if let host = unsafe region.host(at: address.rawValue, length: length, start: region.guestAddress) {
+                return unsafe host
             }
         }
         return nil
@@ -104,9 +110,10 @@ public final class GuestMemoryMap: Sendable {
 
     /// The host address of `length` bytes at the front-end's virtual `address` (vring addresses), or nil.
     public func translate(userAddress address: UInt64, length: UInt64) -> UnsafeMutableRawPointer? {
+        // SAFETY: every candidate pointer comes from a region's bounds-checked host().
         for region in regions {
-            if let host = region.host(at: address, length: length, start: region.userAddress) {
-                return host
+            if let host = unsafe region.host(at: address, length: length, start: region.userAddress) {
+                return unsafe host
             }
         }
         return nil

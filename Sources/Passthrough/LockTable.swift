@@ -210,7 +210,7 @@ extension PassthroughFileSystem {
 /// Ceilings on the host descriptors that stand for the guest's POSIX lock owners (see `LockTable`).
 public enum LockLimits {
     /// Lock owners with a description of one node. Past it, SETLK and SETLKW of a new owner answer ENOLCK.
-    public static let ownersPerNode = 256
+    public static let ownersPerNode = 1024
     /// Lock owners' descriptions over all nodes.
     public static let owners = 4096
 }

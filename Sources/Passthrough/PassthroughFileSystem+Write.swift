@@ -41,15 +41,17 @@ extension PassthroughFileSystem {
     }
 
     func validate(_ name: FUSEName) throws(Errno) {
+        // SAFETY: reads the name's bytes, valid during the request.
         guard name.isValidComponent, !name.isDot, !name.isDotDot else {
-            throw name.bytes.count > 255 ? .nameTooLong : .invalidArgument
+            throw unsafe name.bytes.count > 255 ? .nameTooLong : .invalidArgument
         }
     }
 
     /// A file's `O_PATH` descriptor, from an open descriptor of it (same inode, through the magic link).
     func pathDescriptor(of fd: borrowing OwnedFD) throws(Errno) -> OwnedFD {
-        try withDecimal(fd.rawValue) { (name) throws(Errno) -> OwnedFD in
-            try procSelf.fd.borrowed.open(name, flags: [.path])
+        // SAFETY: the decimal name is a temporary C string, valid for the call.
+        try unsafe withDecimal(fd.rawValue) { (name) throws(Errno) -> OwnedFD in
+            try unsafe procSelf.fd.borrowed.open(name, flags: [.path])
         }
     }
 
@@ -57,16 +59,19 @@ extension PassthroughFileSystem {
     /// set just after the file is made: if it cannot be set, the request fails and the file stays, unlabelled.
     /// Symlinks are not labelled (their xattrs cannot be reached through `/proc/self/fd`).
     func label(_ path: UnsafePointer<CChar>, _ context: RequestContext) throws(Errno) {
+        // SAFETY: the label's name and value are views of the request, valid for the call.
         guard options.securityLabel, let label = context.securityContext else { return }
-        try PathCalls.setExtendedAttribute(path, label.nameCString, label.value, flags: 0)
+        try unsafe PathCalls.setExtendedAttribute(path, label.nameCString, label.value, flags: 0)
     }
 
     /// Labels a node just looked up after its creation.
     func label(_ entry: Entry, _ context: RequestContext) throws(Errno) {
+        // SAFETY: the /proc path names a descriptor the node holds for the call; the kernel reads the C strings during
+        // it.
         guard options.securityLabel, context.securityContext != nil, let data = inodes.get(entry.nodeID),
               data.fileType != .symbolicLink
         else { return }
-        try withProcPath(of: data) { (path) throws(Errno) in try label(path, context) }
+        try unsafe withProcPath(of: data) { (path) throws(Errno) in try unsafe label(path, context) }
     }
 
     /// Labels `entry` (see `label`) and returns it; on failure its lookup is given back.
@@ -82,63 +87,72 @@ extension PassthroughFileSystem {
 
     /// Registers a file just created through `fd` as a node, and `fd` as a handle.
     func register(created fd: consuming OwnedFD, parent: InodeData, context: RequestContext) throws(Errno) -> (Entry, OpenReply) {
-        try withProcPath(fd.rawValue) { (path) throws(Errno) in try label(path, context) }
+        // SAFETY: the /proc path names a descriptor the node holds for the call; the kernel reads the C strings during
+        // it.
+        try unsafe withProcPath(fd.rawValue) { (path) throws(Errno) in try unsafe label(path, context) }
         let path = try pathDescriptor(of: fd)
-        let stat = try path.borrowed.statx("")
+        let stat = try unsafe path.borrowed.statx("")
         let data = try node(for: path, stat)
         let handle = handles.insert(fd, writer: options.cache == .auto ? data : nil)
         return (entry(data, stat, parent: parent), OpenReply(handle: handle, flags: options.cache.fileOpenFlags))
     }
 
     public func mknod(_ context: RequestContext, parent: UInt64, name: FUSEName, mode: UInt32, device: UInt32, umask: UInt32) throws(Errno) -> Entry {
+        // SAFETY: the name is a view of the request, valid for the call; the kernel reads it up to its NUL.
         let dir = try creationParent(parent, name)
         try withPath(dir) { (fd) throws(Errno) in
             // `creating` keeps the permission bits; the file-type bits go back on for mknod.
             try creating(context, mode: mode, umask: umask) { (m) throws(Errno) in
-                try fd.makeNode(name.cString, mode: m | (mode & 0o170000), device: dev_t(device))
+                try unsafe fd.makeNode(name.cString, mode: m | (mode & 0o170000), device: dev_t(device))
             }
         }
-        return try labelled(lookupEntry(dir, name.cString, isDotDot: false, isDot: false), context)
+        return try unsafe labelled(lookupEntry(dir, name.cString, isDotDot: false, isDot: false), context)
     }
 
     public func mkdir(_ context: RequestContext, parent: UInt64, name: FUSEName, mode: UInt32, umask: UInt32) throws(Errno) -> Entry {
+        // SAFETY: the name is a view of the request, valid for the call; the kernel reads it up to its NUL.
         let dir = try creationParent(parent, name)
         try withPath(dir) { (fd) throws(Errno) in
-            try creating(context, mode: mode, umask: umask) { (m) throws(Errno) in try fd.makeDirectory(name.cString, mode: m) }
+            try creating(context, mode: mode, umask: umask) { (m) throws(Errno) in try unsafe fd.makeDirectory(name.cString, mode: m) }
         }
-        return try labelled(lookupEntry(dir, name.cString, isDotDot: false, isDot: false), context)
+        return try unsafe labelled(lookupEntry(dir, name.cString, isDotDot: false, isDot: false), context)
     }
 
     public func symlink(_ context: RequestContext, parent: UInt64, name: FUSEName, target: FUSEName) throws(Errno) -> Entry {
+        // SAFETY: the name is a view of the request, valid for the call; the kernel reads it up to its NUL.
         let dir = try creationParent(parent, name)
-        guard !target.bytes.isEmpty, target.bytes.count < 4096 else { throw target.bytes.isEmpty ? .noEntry : .nameTooLong }
+        guard unsafe !target.bytes.isEmpty, unsafe target.bytes.count < 4096 else { throw unsafe target.bytes.isEmpty ? .noEntry : .nameTooLong }
         try withPath(dir) { (fd) throws(Errno) in
-            try asGuestUser(context) { () throws(Errno) in try fd.makeSymbolicLink(name.cString, target: target.cString) }
+            try asGuestUser(context) { () throws(Errno) in try unsafe fd.makeSymbolicLink(name.cString, target: target.cString) }
         }
-        return try lookupEntry(dir, name.cString, isDotDot: false, isDot: false)
+        return try unsafe lookupEntry(dir, name.cString, isDotDot: false, isDot: false)
     }
 
     public func link(_ context: RequestContext, node: UInt64, newParent: UInt64, newName: FUSEName) throws(Errno) -> Entry {
+        // SAFETY: the name is a view of the request, valid for the call; the kernel reads it up to its NUL.
         let dir = try creationParent(newParent, newName)
         let existing = try self.node(node)
         guard existing.fileType != .directory else { throw .notPermitted }
-        try withProcPath(of: existing) { (path) throws(Errno) in
-            try withPath(dir) { (fd) throws(Errno) in try PathCalls.link(path, in: fd, as: newName.cString) }
+        try unsafe withProcPath(of: existing) { (path) throws(Errno) in
+            try withPath(dir) { (fd) throws(Errno) in try unsafe PathCalls.link(path, in: fd, as: newName.cString) }
         }
-        return try lookupEntry(dir, newName.cString, isDotDot: false, isDot: false)
+        return try unsafe lookupEntry(dir, newName.cString, isDotDot: false, isDot: false)
     }
 
     public func unlink(_ context: RequestContext, parent: UInt64, name: FUSEName) throws(Errno) {
+        // SAFETY: the name is a view of the request, valid for the call; the kernel reads it up to its NUL.
         let dir = try creationParent(parent, name)
-        try withPath(dir) { (fd) throws(Errno) in try fd.unlink(name.cString, directory: false) }
+        try withPath(dir) { (fd) throws(Errno) in try unsafe fd.unlink(name.cString, directory: false) }
     }
 
     public func rmdir(_ context: RequestContext, parent: UInt64, name: FUSEName) throws(Errno) {
+        // SAFETY: the name is a view of the request, valid for the call; the kernel reads it up to its NUL.
         let dir = try creationParent(parent, name)
-        try withPath(dir) { (fd) throws(Errno) in try fd.unlink(name.cString, directory: true) }
+        try withPath(dir) { (fd) throws(Errno) in try unsafe fd.unlink(name.cString, directory: true) }
     }
 
     public func rename(_ context: RequestContext, parent: UInt64, name: FUSEName, newParent: UInt64, newName: FUSEName, flags: UInt32) throws(Errno) {
+        // SAFETY: the name is a view of the request, valid for the call; the kernel reads it up to its NUL.
         let from = try creationParent(parent, name)
         let to = try creationParent(newParent, newName)
         let known = CVFS_RENAME_NOREPLACE | CVFS_RENAME_EXCHANGE | CVFS_RENAME_WHITEOUT
@@ -147,7 +161,7 @@ extension PassthroughFileSystem {
         try withPath(from) { (source) throws(Errno) in
             try withPath(to) { (target) throws(Errno) in
                 try asGuestUser(flags & CVFS_RENAME_WHITEOUT != 0 ? context : RequestContext()) { () throws(Errno) in
-                    try source.rename(name.cString, to: target, newName.cString, flags: flags)
+                    try unsafe source.rename(name.cString, to: target, newName.cString, flags: flags)
                 }
             }
         }
@@ -170,16 +184,17 @@ extension PassthroughFileSystem {
     /// is checked on that descriptor, and that very file is opened through it. A device node, FIFO or socket
     /// answers EBADF, a directory EISDIR, a symlink ELOOP (the guest's O_CREAT never follows one here).
     func createOrOpen(in dirFD: FileDescriptor, _ name: FUSEName, flags: CInt, mode: mode_t, exclusive: Bool) throws(Errno) -> OwnedFD {
+        // SAFETY: the name is a view of the request, valid for the call; the kernel reads it up to its NUL.
         // The name can come and go between the two steps; a few tries settle it.
         for _ in 0..<8 {
             do throws(Errno) {
-                return try dirFD.open(name.cString, flags: OpenFlags(rawValue: flags | O_CREAT | O_EXCL | CVFS_O_NOFOLLOW), mode: mode)
+                return try unsafe dirFD.open(name.cString, flags: OpenFlags(rawValue: flags | O_CREAT | O_EXCL | CVFS_O_NOFOLLOW), mode: mode)
             } catch {
                 guard error == .fileExists, !exclusive else { throw error }
             }
             let path: OwnedFD
             do throws(Errno) {
-                path = try dirFD.open(name.cString, flags: [.path, .noFollow])
+                path = try unsafe dirFD.open(name.cString, flags: [.path, .noFollow])
             } catch {
                 if error == .noEntry { continue }  // removed meanwhile: create it
                 throw error
@@ -195,19 +210,22 @@ extension PassthroughFileSystem {
     }
 
     public func tmpfile(_ context: RequestContext, parent: UInt64, flags: UInt32, mode: UInt32, umask: UInt32) throws(Errno) -> (Entry, OpenReply) {
+        // SAFETY: the directory's "." is a literal C string; the kernel reads it during the call.
         try checkWritable()
         let dir = try node(parent)
         guard dir.fileType == .directory else { throw .notDirectory }
         let hostFlags = hostOpenFlags(flags) | CVFS_O_TMPFILE
         let fd = try withPath(dir) { (dirFD) throws(Errno) -> OwnedFD in
             try creating(context, mode: mode, umask: umask) { (m) throws(Errno) -> OwnedFD in
-                try dirFD.open(".", flags: OpenFlags(rawValue: hostFlags), mode: m)
+                try unsafe dirFD.open(".", flags: OpenFlags(rawValue: hostFlags), mode: m)
             }
         }
         return try register(created: fd, parent: dir, context: context)
     }
 
     public func setattr(_ context: RequestContext, node: UInt64, changes: AttributeChanges) throws(Errno) -> AttributeReply {
+        // SAFETY: the /proc path names a descriptor the node holds for the call; the kernel reads the C strings during
+        // it.
         try checkWritable()
         let data = try self.node(node)
         let open = try changes.handle.map { (handle) throws(Errno) -> HandleData in try self.handle(handle) }
@@ -216,7 +234,7 @@ extension PassthroughFileSystem {
                 try open.fd.borrowed.changeMode(mode_t(mode & 0o7777))
             } else {
                 guard data.fileType != .symbolicLink else { throw .notSupported }
-                try withProcPath(of: data) { (path) throws(Errno) in try PathCalls.changeMode(path, mode_t(mode & 0o7777)) }
+                try unsafe withProcPath(of: data) { (path) throws(Errno) in try unsafe PathCalls.changeMode(path, mode_t(mode & 0o7777)) }
             }
         }
         if changes.uid != nil || changes.gid != nil {
@@ -239,7 +257,7 @@ extension PassthroughFileSystem {
                 try open.fd.borrowed.truncate(to: Int64(size))
             } else {
                 switch data.fileType {
-                case .regular: try withProcPath(of: data) { (path) throws(Errno) in try PathCalls.truncate(path, to: Int64(size)) }
+                case .regular: try unsafe withProcPath(of: data) { (path) throws(Errno) in try unsafe PathCalls.truncate(path, to: Int64(size)) }
                 case .directory: throw .isDirectory
                 default: throw .invalidArgument
                 }
@@ -263,23 +281,26 @@ extension PassthroughFileSystem {
     /// Clears set-user-id, and set-group-id when group execution is on, as a write by an unprivileged user does
     /// (FUSE_HANDLE_KILLPRIV_V2: the daemon, being root, would otherwise keep them).
     func clearSetIDBits(_ data: InodeData) throws(Errno) {
+        // SAFETY: the /proc path names a descriptor the node holds for the call; the kernel reads the C strings during
+        // it.
         guard data.fileType == .regular else { return }
         let mode = try withPath(data) { (fd) throws(Errno) -> FileStat in try fd.stat() }.mode
         // S_ISUID, S_ISGID and S_IXGRP are fixed by the Linux ABI.
         var cleared = mode & ~UInt32(0o4000)
         if mode & 0o010 != 0 { cleared &= ~UInt32(0o2000) }
         if cleared != mode {
-            try withProcPath(of: data) { (path) throws(Errno) in try PathCalls.changeMode(path, mode_t(cleared & 0o7777)) }
+            try unsafe withProcPath(of: data) { (path) throws(Errno) in try unsafe PathCalls.changeMode(path, mode_t(cleared & 0o7777)) }
         }
     }
 
     public func write(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, from source: WriteSource, killSetIDBits: Bool) throws(Errno) -> Int {
+        // SAFETY: the guest's buffers are valid during the request; pwritev reads source.length bytes of them.
         try checkWritable()
         guard offset <= UInt64(Int64.max) else { throw .invalidArgument }
         let open = try self.handle(handle)
         if killSetIDBits { try clearSetIDBits(try self.node(node)) }
         guard source.length > 0 else { return 0 }
-        return try open.fd.borrowed.write(from: source.buffers, at: Int64(offset))
+        return try unsafe open.fd.borrowed.write(from: source.buffers, at: Int64(offset))
     }
 
     public func fsync(_ context: RequestContext, node: UInt64, handle: UInt64, dataOnly: Bool, directory: Bool) throws(Errno) {
@@ -313,27 +334,29 @@ extension PassthroughFileSystem {
     }
 
     public func setxattr(_ context: RequestContext, node: UInt64, name: FUSEName, value: UnsafeRawBufferPointer, flags: UInt32, killSGID: Bool) throws(Errno) {
+        // SAFETY: the name and value are views of the request, valid for the call; the kernel reads value.count bytes.
         guard options.xattr else { throw .noFunction }
         try checkWritable()
         let data = try self.node(node)
-        try withProcPath(of: data) { (path) throws(Errno) in
-            try PathCalls.setExtendedAttribute(path, name.cString, value, flags: CInt(bitPattern: flags))
+        try unsafe withProcPath(of: data) { (path) throws(Errno) in
+            try unsafe PathCalls.setExtendedAttribute(path, name.cString, value, flags: CInt(bitPattern: flags))
         }
         // Setting an access ACL: the guest kernel found that the set-group-id bit must go, as it would locally.
         if killSGID {
             let mode = try withPath(data) { (fd) throws(Errno) -> FileStat in try fd.stat() }.mode
             if mode & 0o2000 != 0 {
-                try withProcPath(of: data) { (path) throws(Errno) in try PathCalls.changeMode(path, mode_t(mode & 0o5777)) }
+                try unsafe withProcPath(of: data) { (path) throws(Errno) in try unsafe PathCalls.changeMode(path, mode_t(mode & 0o5777)) }
             }
         }
     }
 
     public func removexattr(_ context: RequestContext, node: UInt64, name: FUSEName) throws(Errno) {
+        // SAFETY: the name is a view of the request, valid for the call; the kernel reads it up to its NUL.
         guard options.xattr else { throw .noFunction }
         try checkWritable()
         let data = try self.node(node)
-        try withProcPath(of: data) { (path) throws(Errno) in
-            try PathCalls.removeExtendedAttribute(path, name.cString)
+        try unsafe withProcPath(of: data) { (path) throws(Errno) in
+            try unsafe PathCalls.removeExtendedAttribute(path, name.cString)
         }
     }
 

@@ -100,10 +100,11 @@ public final class PassthroughFileSystem: FileSystem {
 
     /// Opens the shared directory and `/proc/self/fd`.
     public init(options: PassthroughOptions, logger: Logger) throws(Errno) {
+        // SAFETY: the shared directory's C string lives for the open call.
         self.options = options
         self.logger = logger
         let root = try FileDescriptor.open(options.sharedDirectory, flags: [.path, .directory])
-        let stat = try root.borrowed.statx("")
+        let stat = try unsafe root.borrowed.statx("")
         inodes = InodeStore(root: root, stat: stat)
         if let given = options.procSelf {
             procSelf = given
@@ -179,8 +180,9 @@ public final class PassthroughFileSystem: FileSystem {
     /// Opens the file an `O_PATH` descriptor names, through `/proc/self/fd/N`: the same inode, never a name
     /// looked up again. The caller has checked that it is a regular file or a directory.
     func reopen(path fd: FileDescriptor, flags: CInt) throws(Errno) -> OwnedFD {
-        try withDecimal(fd.rawValue) { (name) throws(Errno) -> OwnedFD in
-            try procSelf.fd.borrowed.open(name, flags: OpenFlags(rawValue: flags & ~CVFS_O_NOFOLLOW))
+        // SAFETY: the decimal name is a temporary C string, valid for the call.
+        try unsafe withDecimal(fd.rawValue) { (name) throws(Errno) -> OwnedFD in
+            try unsafe procSelf.fd.borrowed.open(name, flags: OpenFlags(rawValue: flags & ~CVFS_O_NOFOLLOW))
         }
     }
 
@@ -193,19 +195,21 @@ public final class PassthroughFileSystem: FileSystem {
 
     /// Runs `body` with the `/proc/self/fd` path of the node's file (see `withProcPath(_:_:)`).
     func withProcPath<T>(of data: InodeData, _ body: (UnsafePointer<CChar>) throws(Errno) -> T) throws(Errno) -> T {
-        try withPath(data) { (fd) throws(Errno) -> T in try withProcPath(fd.rawValue, body) }
+        // SAFETY: the path is valid while body runs, and so is the descriptor it names (held by the node or this call).
+        try withPath(data) { (fd) throws(Errno) -> T in try unsafe withProcPath(fd.rawValue, body) }
     }
 
     /// Decides how a new node is held, per `--inode-file-handles`. A file on a mount not seen yet, that is not
     /// itself a directory to open the mount by, keeps its descriptor (or fails, with `mandatory`).
     func holding(_ fd: FileDescriptor, _ stat: FileStat) throws(Errno) -> NodeHolding {
+        // SAFETY: the decimal name is a temporary C string, valid for the call.
         guard options.inodeFileHandles != .never else { return .descriptor }
         do throws(Errno) {
             let handle = try fd.fileHandle()
             let mountFD = try mounts.descriptor(for: handle.mountID) { () throws(Errno) -> OwnedFD in
                 guard stat.fileType == .directory else { throw .notSupported }
-                return try withDecimal(fd.rawValue) { (name) throws(Errno) -> OwnedFD in
-                    try procSelf.fd.borrowed.open(name, flags: [.directory])
+                return try unsafe withDecimal(fd.rawValue) { (name) throws(Errno) -> OwnedFD in
+                    try unsafe procSelf.fd.borrowed.open(name, flags: [.directory])
                 }
             }
             return .handle(handle, mountFD: mountFD)
@@ -227,14 +231,16 @@ public final class PassthroughFileSystem: FileSystem {
     /// absolute `/proc/self/fd/N` does not exist inside the sandbox, where the shared directory is the root).
     /// Threads that unshare their file-system state later copy that directory with it.
     func withProcPath<T>(_ fd: CInt, _ body: (UnsafePointer<CChar>) throws(Errno) -> T) throws(Errno) -> T {
-        try withDecimal(fd) { (name) throws(Errno) -> T in try body(name) }
+        // SAFETY: the path is valid while body runs; the caller holds the descriptor it names.
+        try unsafe withDecimal(fd) { (name) throws(Errno) -> T in try unsafe body(name) }
     }
 
     /// Runs `body` with the decimal digits of `value` as a C string.
     func withDecimal<T: ~Copyable>(_ value: CInt, _ body: (UnsafePointer<CChar>) throws(Errno) -> T) throws(Errno) -> T {
-        try withUnsafeTemporaryAllocation(of: CChar.self, capacity: 16) { (buffer) throws(Errno) -> T in
-            writeDecimal(value, into: buffer.baseAddress!)
-            return try body(buffer.baseAddress!)
+        // SAFETY: 16 bytes hold any CInt's digits and the NUL; the C string is valid only while body runs.
+        try unsafe withUnsafeTemporaryAllocation(of: CChar.self, capacity: 16) { (buffer) throws(Errno) -> T in
+            unsafe writeDecimal(value, into: buffer.baseAddress!)
+            return try unsafe body(buffer.baseAddress!)
         }
     }
 
@@ -271,29 +277,31 @@ public final class PassthroughFileSystem: FileSystem {
     }
 
     public func lookup(_ context: RequestContext, parent: UInt64, name: FUSEName) throws(Errno) -> Entry {
+        // SAFETY: the name is a view of the request, valid for the call; the kernel reads it up to its NUL.
         let parentData = try node(parent)
-        guard name.isValidComponent else { throw name.bytes.count > 255 ? .nameTooLong : .invalidArgument }
-        return try lookupEntry(parentData, name.cString, isDotDot: name.isDotDot, isDot: name.isDot)
+        guard name.isValidComponent else { throw unsafe name.bytes.count > 255 ? .nameTooLong : .invalidArgument }
+        return try unsafe lookupEntry(parentData, name.cString, isDotDot: name.isDotDot, isDot: name.isDot)
     }
 
     /// Looks `name` up in `parent` and adds one lookup to the node found.
     func lookupEntry(_ parent: InodeData, _ name: UnsafePointer<CChar>, isDotDot: Bool, isDot: Bool) throws(Errno) -> Entry {
+        // SAFETY: the name is a view of the request, valid for the call; the kernel reads it up to its NUL.
         guard parent.fileType == .directory else { throw .notDirectory }
         // ".." of the shared directory is the shared directory: the guest cannot climb out of it.
         if isDot || (isDotDot && parent.nodeID == fuseRootID) {
             let found = isDot ? parent : inodes.root
             let fd = try withPath(found) { (fd) throws(Errno) -> OwnedFD in try fd.duplicate() }
-            let stat = try fd.borrowed.statx("")
+            let stat = try unsafe fd.borrowed.statx("")
             return entry(try node(for: fd, stat), stat)
         }
         return try withPath(parent) { (dir) throws(Errno) -> Entry in
             // A node the guest holds already is found by its identity: one statx, no descriptor opened.
-            let seen = try dir.statx(name)
+            let seen = try unsafe dir.statx(name)
             if let known = inodes.lookupExisting(key: InodeKey(seen)) {
                 return entry(known, seen, parent: parent)
             }
-            let fd = try dir.open(name, flags: [.path, .noFollow])
-            let stat = try fd.borrowed.statx("")
+            let fd = try unsafe dir.open(name, flags: [.path, .noFollow])
+            let stat = try unsafe fd.borrowed.statx("")
             return entry(try node(for: fd, stat), stat, parent: parent)
         }
     }
@@ -316,9 +324,10 @@ public final class PassthroughFileSystem: FileSystem {
     }
 
     public func readlink(_ context: RequestContext, node: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
+        // SAFETY: the kernel writes at most buffer.count bytes into the caller's buffer.
         let data = try self.node(node)
         guard data.fileType == .symbolicLink else { throw .invalidArgument }
-        return try withPath(data) { (fd) throws(Errno) -> Int in try fd.readLink(into: buffer) }
+        return try withPath(data) { (fd) throws(Errno) -> Int in try unsafe fd.readLink(into: buffer) }
     }
 
     /// The flags a guest open may pass to the host: no creation, no controlling terminal, no following of
@@ -366,10 +375,11 @@ public final class PassthroughFileSystem: FileSystem {
     }
 
     public func read(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, into destination: ReadDestination) throws(Errno) -> Int {
+        // SAFETY: the guest's buffers are valid during the request; preadv writes at most destination.length bytes.
         guard destination.length > 0 else { return 0 }
         guard offset <= UInt64(Int64.max) else { throw .invalidArgument }
         let open = try self.handle(handle)
-        return try open.fd.borrowed.read(into: destination.buffers, at: Int64(offset))
+        return try unsafe open.fd.borrowed.read(into: destination.buffers, at: Int64(offset))
     }
 
     public func flush(_ context: RequestContext, node: UInt64, handle: UInt64, lockOwner: UInt64) throws(Errno) {
@@ -421,30 +431,32 @@ public final class PassthroughFileSystem: FileSystem {
     }
 
     /// Lists the directory from the cookie `offset` (a `d_off` we returned earlier, or 0).
+    // SAFETY: each record is read only after checking it lies inside the n bytes getdents64 returned; names stop at
+    // their NUL or the record's end.
     func readDirectory<Sink: DirectoryEntrySink>(
         parent: InodeData, fd: FileDescriptor, offset: UInt64, plus: Bool, into sink: inout Sink
     ) throws(Errno) {
         guard offset <= UInt64(Int64.max) else { throw .invalidArgument }
         try fd.seek(to: Int64(offset))
         var added = 0
-        try withUnsafeTemporaryAllocation(byteCount: 16 * 1024, alignment: 8) { (buffer) throws(Errno) in
+        try unsafe withUnsafeTemporaryAllocation(byteCount: 16 * 1024, alignment: 8) { (buffer) throws(Errno) in
             while true {
-                let n = try fd.directoryEntries(into: buffer)
+                let n = try unsafe fd.directoryEntries(into: buffer)
                 if n == 0 { return }
                 var position = 0
                 // struct linux_dirent64 { u64 d_ino; s64 d_off; u16 d_reclen; u8 d_type; char d_name[]; }
                 while position + 19 < n {
-                    let record = UnsafeRawPointer(buffer.baseAddress!) + position
-                    let inode = record.loadUnaligned(as: UInt64.self)
-                    let next = record.loadUnaligned(fromByteOffset: 8, as: UInt64.self)
-                    let recordLength = Int(record.loadUnaligned(fromByteOffset: 16, as: UInt16.self))
-                    let type = record.load(fromByteOffset: 18, as: UInt8.self)
+                    let record = unsafe UnsafeRawPointer(buffer.baseAddress!) + position
+                    let inode = unsafe record.loadUnaligned(as: UInt64.self)
+                    let next = unsafe record.loadUnaligned(fromByteOffset: 8, as: UInt64.self)
+                    let recordLength = unsafe Int(record.loadUnaligned(fromByteOffset: 16, as: UInt16.self))
+                    let type = unsafe record.load(fromByteOffset: 18, as: UInt8.self)
                     guard recordLength > 19, position + recordLength <= n else { throw .ioError }
-                    let namePointer = (record + 19).assumingMemoryBound(to: CChar.self)
-                    let nameLength = strnlen(namePointer, recordLength - 19)
-                    let name = UnsafeRawBufferPointer(start: record + 19, count: nameLength)
-                    let isDot = nameLength == 1 && name[0] == UInt8(ascii: ".")
-                    let isDotDot = nameLength == 2 && name[0] == UInt8(ascii: ".") && name[1] == UInt8(ascii: ".")
+                    let namePointer = unsafe (record + 19).assumingMemoryBound(to: CChar.self)
+                    let nameLength = unsafe strnlen(namePointer, recordLength - 19)
+                    let name = unsafe UnsafeRawBufferPointer(start: record + 19, count: nameLength)
+                    let isDot = unsafe nameLength == 1 && name[0] == UInt8(ascii: ".")
+                    let isDotDot = unsafe nameLength == 2 && name[0] == UInt8(ascii: ".") && name[1] == UInt8(ascii: ".")
                     var entry: Entry? = nil
                     if plus && !isDot && !isDotDot {
                         // Not even one entry fits the guest's buffer: an error, not an empty listing, which
@@ -454,7 +466,7 @@ public final class PassthroughFileSystem: FileSystem {
                             return
                         }
                         do throws(Errno) {
-                            entry = try lookupEntry(parent, namePointer, isDotDot: false, isDot: false)
+                            entry = unsafe try lookupEntry(parent, namePointer, isDotDot: false, isDot: false)
                         } catch {
                             // Gone since getdents (or unreadable): fail only if nothing was listed yet.
                             if added == 0 && error != .noEntry { throw error }
@@ -462,7 +474,7 @@ public final class PassthroughFileSystem: FileSystem {
                             continue
                         }
                     }
-                    guard sink.add(name: name, inode: inode, type: UInt32(type), offset: next, entry: entry) else {
+                    guard unsafe sink.add(name: name, inode: inode, type: UInt32(type), offset: next, entry: entry) else {
                         if let entry { forget(RequestContext(), node: entry.nodeID, count: 1) }
                         if added == 0 { throw .invalidArgument }
                         return
@@ -496,35 +508,40 @@ public final class PassthroughFileSystem: FileSystem {
     }
 
     public func getxattr(_ context: RequestContext, node: UInt64, name: FUSEName, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
+        // SAFETY: the /proc path names a descriptor the node holds for the call; the kernel reads the C strings during
+        // it.
         guard options.xattr else { throw .noFunction }
         let data = try self.node(node)
-        return try withProcPath(of: data) { (path) throws(Errno) -> Int in
-            try ExtendedAttributes.get(path: path, name: name.cString, into: buffer)
+        return try unsafe withProcPath(of: data) { (path) throws(Errno) -> Int in
+            try unsafe ExtendedAttributes.get(path: path, name: name.cString, into: buffer)
         }
     }
 
     public func listxattr(_ context: RequestContext, node: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
+        // SAFETY: the /proc path names a descriptor the node holds for the call; the kernel reads the C strings during
+        // it.
         guard options.xattr else { throw .noFunction }
         let data = try self.node(node)
-        return try withProcPath(of: data) { (path) throws(Errno) -> Int in
-            try ExtendedAttributes.list(path: path, into: buffer)
+        return try unsafe withProcPath(of: data) { (path) throws(Errno) -> Int in
+            try unsafe ExtendedAttributes.list(path: path, into: buffer)
         }
     }
 }
 
 /// Writes the decimal digits of a non-negative `value` and a NUL at `p` (at most 11 bytes).
 func writeDecimal(_ value: CInt, into p: UnsafeMutablePointer<CChar>) {
+    // SAFETY: callers give at least 12 bytes; a CInt has at most 10 digits, plus the NUL.
     var digits: (CChar, CChar, CChar, CChar, CChar, CChar, CChar, CChar, CChar, CChar, CChar, CChar) =
         (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
     var v = UInt32(max(value, 0))
     var count = 0
-    withUnsafeMutableBytes(of: &digits) { raw in
+    unsafe withUnsafeMutableBytes(of: &digits) { raw in
         repeat {
-            raw[count] = UInt8(ascii: "0") + UInt8(v % 10)
+            unsafe raw[count] = UInt8(ascii: "0") + UInt8(v % 10)
             v /= 10
             count += 1
         } while v > 0
-        for i in 0..<count { p[i] = CChar(bitPattern: raw[count - 1 - i]) }
+        for i in 0..<count { unsafe p[i] = unsafe CChar(bitPattern: raw[count - 1 - i]) }
     }
-    p[count] = 0
+    unsafe p[count] = 0
 }

@@ -15,6 +15,7 @@ public enum Capabilities {
     /// The set to keep: the default, DAC_READ_SEARCH when inodes are held as file handles, then `--modcaps`
     /// edits (`+cap:-cap`, names with or without the `cap_` prefix, any case).
     public static func set(fileHandles: Bool, modifications: String?) throws(Invalid) -> [String] {
+        // SAFETY: the names' C strings live for each libcap-ng call.
         var kept = defaultSet + (fileHandles ? ["dac_read_search"] : [])
         for item in (modifications ?? "").split(separator: ":") {
             guard let sign = item.first, sign == "+" || sign == "-" else {
@@ -22,7 +23,7 @@ public enum Capabilities {
             }
             var name = item.dropFirst().lowercased()
             if name.hasPrefix("cap_") { name.removeFirst(4) }
-            guard capng_name_to_capability(name) >= 0 else {
+            guard unsafe capng_name_to_capability(name) >= 0 else {
                 throw Invalid(description: "--modcaps: '\(item.dropFirst())' is not a capability")
             }
             if sign == "+" {
@@ -37,9 +38,10 @@ public enum Capabilities {
     /// Drops every capability but `kept` from the effective and permitted sets of this thread (and of the
     /// threads it starts afterwards), and clears the inheritable, ambient and bounding sets.
     public static func drop(keeping kept: [String]) throws(Invalid) {
+        // SAFETY: the names' C strings live for each libcap-ng call.
         capng_clear(CAPNG_SELECT_ALL)
         for name in kept {
-            let value = capng_name_to_capability(name)
+            let value = unsafe capng_name_to_capability(name)
             guard value >= 0 else { throw Invalid(description: "unknown capability \(name)") }
             let type = capng_type_t(rawValue: CAPNG_EFFECTIVE.rawValue | CAPNG_PERMITTED.rawValue)
             guard capng_update(CAPNG_ADD, type, UInt32(value)) == 0 else {

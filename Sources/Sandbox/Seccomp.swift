@@ -93,6 +93,7 @@ public enum Seccomp {
 
     /// Installs the filter on the calling thread and every thread it starts afterwards (and sets no_new_privs).
     public static func install(_ action: SeccompAction) throws(Failure) {
+        // SAFETY: the filter is released after loading; the comparisons are a local array read during each rule's call.
         let otherwise: UInt32
         switch action {
         case .none: return
@@ -100,34 +101,34 @@ public enum Seccomp {
         case .log: otherwise = cvfs_scmp_log()
         case .trap: otherwise = cvfs_scmp_trap()
         }
-        guard let filter = seccomp_init(otherwise) else { throw Failure(description: "seccomp_init failed") }
-        defer { seccomp_release(filter) }
+        guard let filter = unsafe seccomp_init(otherwise) else { throw Failure(description: "seccomp_init failed") }
+        defer { unsafe seccomp_release(filter) }
         for name in allowedSyscalls {
-            let number = seccomp_syscall_resolve_name(name)
+            let number = unsafe seccomp_syscall_resolve_name(name)
             // A name this architecture does not have (an older call's) is skipped.
             guard number != __NR_SCMP_ERROR else { continue }
-            let result = seccomp_rule_add_array(filter, cvfs_scmp_allow(), number, 0, nil)
+            let result = unsafe seccomp_rule_add_array(filter, cvfs_scmp_allow(), number, 0, nil)
             guard result == 0 else { throw Failure(description: "seccomp: cannot allow \(name) (\(result))") }
         }
         for (name, checks) in conditionalRules {
-            let number = seccomp_syscall_resolve_name(name)
+            let number = unsafe seccomp_syscall_resolve_name(name)
             guard number != __NR_SCMP_ERROR else { continue }
             var comparisons = checks.map { check in
                 check.mask == UInt64.max
                     ? scmp_arg_cmp(arg: check.argument, op: SCMP_CMP_EQ, datum_a: check.value, datum_b: 0)
                     : scmp_arg_cmp(arg: check.argument, op: SCMP_CMP_MASKED_EQ, datum_a: check.mask, datum_b: check.value)
             }
-            let result = seccomp_rule_add_array(filter, cvfs_scmp_allow(), number, UInt32(comparisons.count), &comparisons)
+            let result = unsafe seccomp_rule_add_array(filter, cvfs_scmp_allow(), number, UInt32(comparisons.count), &comparisons)
             guard result == 0 else { throw Failure(description: "seccomp: cannot allow \(name) with its arguments (\(result))") }
         }
         // clone3 passes its flags in memory, where a filter cannot read them: it fails with ENOSYS, and glibc
         // makes its threads with clone instead, whose flags the rule above checks.
-        let clone3 = seccomp_syscall_resolve_name("clone3")
+        let clone3 = unsafe seccomp_syscall_resolve_name("clone3")
         if clone3 != __NR_SCMP_ERROR {
-            let result = seccomp_rule_add_array(filter, cvfs_scmp_enosys(), clone3, 0, nil)
+            let result = unsafe seccomp_rule_add_array(filter, cvfs_scmp_enosys(), clone3, 0, nil)
             guard result == 0 else { throw Failure(description: "seccomp: cannot refuse clone3 (\(result))") }
         }
-        let result = seccomp_load(filter)
+        let result = unsafe seccomp_load(filter)
         guard result == 0 else { throw Failure(description: "seccomp_load failed (\(result))") }
     }
 }

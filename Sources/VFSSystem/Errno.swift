@@ -15,8 +15,9 @@ public struct Errno: RawRepresentable, Error, Hashable, Sendable, CustomStringCo
     public static var current: Errno { Errno(rawValue: cvfs_errno()) }
 
     public var description: String {
-        guard let text = strerror(rawValue) else { return "errno \(rawValue)" }
-        return String(cString: text)
+        // SAFETY: strerror returns a static or thread-local C string, copied into a String at once.
+        guard let text = unsafe strerror(rawValue) else { return "errno \(rawValue)" }
+        return unsafe String(cString: text)
     }
 
     public static let notPermitted = Errno(rawValue: EPERM)

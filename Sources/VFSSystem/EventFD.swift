@@ -30,22 +30,25 @@ public struct EventFD: ~Copyable, Sendable {
 
     /// Blocks until the semaphore eventfd `fd` is above zero, and takes one.
     public static func waitSemaphore(_ fd: FileDescriptor) {
+        // SAFETY: read writes 8 bytes into this local counter.
         var value: UInt64 = 0
-        while Glibc.read(fd.rawValue, &value, 8) < 0 && errno == EINTR {}
+        while unsafe Glibc.read(fd.rawValue, &value, 8) < 0 && errno == EINTR {}
     }
 
     /// Adds one to the counter of the eventfd `fd`.
     public static func signal(_ fd: FileDescriptor) {
+        // SAFETY: write reads 8 bytes of this local counter.
         var one: UInt64 = 1
-        while Glibc.write(fd.rawValue, &one, 8) < 0 && errno == EINTR {}
+        while unsafe Glibc.write(fd.rawValue, &one, 8) < 0 && errno == EINTR {}
     }
 
     /// Reads and resets the counter of the eventfd `fd`.
     @discardableResult
     public static func drain(_ fd: FileDescriptor) -> UInt64 {
+        // SAFETY: read writes 8 bytes into this local counter.
         var value: UInt64 = 0
         while true {
-            let n = Glibc.read(fd.rawValue, &value, 8)
+            let n = unsafe Glibc.read(fd.rawValue, &value, 8)
             if n == 8 { return value }
             if n < 0 && errno == EINTR { continue }
             return 0
@@ -74,9 +77,10 @@ public final class SharedEventFD: Sendable {
 
     /// Waits up to `milliseconds` (-1: for ever) for the counter to be above zero; whether it is.
     public func wait(milliseconds: CInt) -> Bool {
+        // SAFETY: poll reads and writes this local pollfd during the call.
         var pfd = pollfd(fd: event.fd.rawValue, events: Int16(POLLIN), revents: 0)
         while true {
-            let n = poll(&pfd, 1, milliseconds)
+            let n = unsafe poll(&pfd, 1, milliseconds)
             if n < 0 && errno == EINTR { continue }
             return n == 1
         }

@@ -6,40 +6,47 @@ import Glibc
 extension FileDescriptor {
     /// The corresponding C function is `mkdirat`.
     public func makeDirectory(_ name: UnsafePointer<CChar>, mode: mode_t) throws(Errno) {
-        try nothingOrErrno { mkdirat(rawValue, name, mode) }
+        // SAFETY: the kernel reads the NUL-terminated names passed in (valid for the call) and writes nothing back.
+        try nothingOrErrno { unsafe mkdirat(rawValue, name, mode) }
     }
 
     /// The corresponding C function is `mknodat`.
     public func makeNode(_ name: UnsafePointer<CChar>, mode: mode_t, device: dev_t) throws(Errno) {
-        try nothingOrErrno { mknodat(rawValue, name, mode, device) }
+        // SAFETY: the kernel reads the NUL-terminated names passed in (valid for the call) and writes nothing back.
+        try nothingOrErrno { unsafe mknodat(rawValue, name, mode, device) }
     }
 
     /// Creates `name` in this directory as a symlink to `target`. The corresponding C function is `symlinkat`.
     public func makeSymbolicLink(_ name: UnsafePointer<CChar>, target: UnsafePointer<CChar>) throws(Errno) {
-        try nothingOrErrno { symlinkat(target, rawValue, name) }
+        // SAFETY: the kernel reads the NUL-terminated names passed in (valid for the call) and writes nothing back.
+        try nothingOrErrno { unsafe symlinkat(target, rawValue, name) }
     }
 
     /// Removes `name` (a directory with `AT_REMOVEDIR`). The corresponding C function is `unlinkat`.
     public func unlink(_ name: UnsafePointer<CChar>, directory: Bool) throws(Errno) {
-        try nothingOrErrno { unlinkat(rawValue, name, directory ? AT_REMOVEDIR : 0) }
+        // SAFETY: the kernel reads the NUL-terminated names passed in (valid for the call) and writes nothing back.
+        try nothingOrErrno { unsafe unlinkat(rawValue, name, directory ? AT_REMOVEDIR : 0) }
     }
 
     /// The corresponding call is `renameat2`.
     public func rename(_ name: UnsafePointer<CChar>, to newDirectory: FileDescriptor, _ newName: UnsafePointer<CChar>, flags: UInt32) throws(Errno) {
-        try nothingOrErrno { cvfs_renameat2(rawValue, name, newDirectory.rawValue, newName, flags) }
+        // SAFETY: the kernel reads the NUL-terminated names passed in (valid for the call) and writes nothing back.
+        try nothingOrErrno { unsafe cvfs_renameat2(rawValue, name, newDirectory.rawValue, newName, flags) }
     }
 
     /// Changes the owner of the file this descriptor names (an `O_PATH` descriptor will do), never following a
     /// symlink; `UInt32.max` leaves an id as it is. The corresponding C function is `fchownat(AT_EMPTY_PATH)`.
     public func changeOwner(uid: UInt32, gid: UInt32) throws(Errno) {
-        try nothingOrErrno { fchownat(rawValue, "", uid, gid, CVFS_AT_EMPTY_PATH | CVFS_AT_SYMLINK_NOFOLLOW) }
+        // SAFETY: an empty C string literal for AT_EMPTY_PATH; nothing is written.
+        try nothingOrErrno { unsafe fchownat(rawValue, "", uid, gid, CVFS_AT_EMPTY_PATH | CVFS_AT_SYMLINK_NOFOLLOW) }
     }
 
     /// Sets access and modification times (`UTIME_NOW`, `UTIME_OMIT` allowed) of the file this descriptor names,
     /// never following a symlink. The corresponding C function is `utimensat(AT_EMPTY_PATH)`.
     public func setTimes(_ times: (timespec, timespec)) throws(Errno) {
+        // SAFETY: the two timespecs are a local tuple, read by the kernel during the call.
         var t = [times.0, times.1]
-        try nothingOrErrno { utimensat(rawValue, "", &t, CVFS_AT_EMPTY_PATH | CVFS_AT_SYMLINK_NOFOLLOW) }
+        try nothingOrErrno { unsafe utimensat(rawValue, "", &t, CVFS_AT_EMPTY_PATH | CVFS_AT_SYMLINK_NOFOLLOW) }
     }
 
     /// The corresponding C function is `fchmod`.
@@ -70,9 +77,10 @@ extension FileDescriptor {
     /// Copies `length` bytes from this file at `offset` to `destination` at `destinationOffset`.
     /// The corresponding C function is `copy_file_range`.
     public func copyRange(offset: Int64, to destination: FileDescriptor, at destinationOffset: Int64, length: Int, flags: UInt32) throws(Errno) -> Int {
+        // SAFETY: the offsets are locals the kernel updates during the call.
         var from = offset
         var to = destinationOffset
-        return try valueOrErrno { cvfs_copy_file_range(rawValue, &from, destination.rawValue, &to, length, flags) }
+        return try valueOrErrno { unsafe cvfs_copy_file_range(rawValue, &from, destination.rawValue, &to, length, flags) }
     }
 
     /// A record lock on this open file description (F_OFD_*). `length` 0 means to the end of the file.
@@ -92,16 +100,18 @@ extension FileDescriptor {
 
     /// F_OFD_GETLK: the lock that conflicts with `lock`, or `lock` with type F_UNLCK.
     public func conflictingLock(_ lock: RecordLock) throws(Errno) -> RecordLock {
+        // SAFETY: the shim writes the lock's fields through pointers to this local copy, during the call.
         var result = lock
-        try nothingOrErrno { cvfs_ofd_lock(rawValue, 0, &result.type, &result.start, &result.length, &result.pid) }
+        try nothingOrErrno { unsafe cvfs_ofd_lock(rawValue, 0, &result.type, &result.start, &result.length, &result.pid) }
         return result
     }
 
     /// F_OFD_SETLK, or F_OFD_SETLKW when `wait`; a wait interrupted by a signal throws EINTR (it is not retried).
     public func setLock(_ lock: RecordLock, wait: Bool) throws(Errno) {
+        // SAFETY: the shim reads and writes this local copy's fields during the call.
         var l = lock
         var pid: CInt = 0
-        try nothingOrErrno(retryOnInterrupt: false) { cvfs_ofd_lock(rawValue, wait ? 2 : 1, &l.type, &l.start, &l.length, &pid) }
+        try nothingOrErrno(retryOnInterrupt: false) { unsafe cvfs_ofd_lock(rawValue, wait ? 2 : 1, &l.type, &l.start, &l.length, &pid) }
     }
 
     /// BSD `flock` on this open file description; a wait interrupted by a signal throws EINTR.
@@ -114,28 +124,33 @@ extension FileDescriptor {
 public enum PathCalls {
     /// The corresponding C function is `chmod`.
     public static func changeMode(_ path: UnsafePointer<CChar>, _ mode: mode_t) throws(Errno) {
-        try nothingOrErrno { chmod(path, mode) }
+        // SAFETY: the kernel reads the NUL-terminated names passed in (valid for the call) and writes nothing back.
+        try nothingOrErrno { unsafe chmod(path, mode) }
     }
 
     /// The corresponding C function is `truncate`.
     public static func truncate(_ path: UnsafePointer<CChar>, to size: Int64) throws(Errno) {
-        try nothingOrErrno { Glibc.truncate(path, off_t(size)) }
+        // SAFETY: the kernel reads the NUL-terminated names passed in (valid for the call) and writes nothing back.
+        try nothingOrErrno { unsafe Glibc.truncate(path, off_t(size)) }
     }
 
     /// Hard-links the file at `path` (following the magic link to its inode) as `name` in `directory`.
     /// The corresponding C function is `linkat(AT_SYMLINK_FOLLOW)`.
     public static func link(_ path: UnsafePointer<CChar>, in directory: FileDescriptor, as name: UnsafePointer<CChar>) throws(Errno) {
-        try nothingOrErrno { linkat(CVFS_AT_FDCWD, path, directory.rawValue, name, AT_SYMLINK_FOLLOW) }
+        // SAFETY: the kernel reads the NUL-terminated names passed in (valid for the call) and writes nothing back.
+        try nothingOrErrno { unsafe linkat(CVFS_AT_FDCWD, path, directory.rawValue, name, AT_SYMLINK_FOLLOW) }
     }
 
     /// The corresponding C function is `setxattr`.
     public static func setExtendedAttribute(_ path: UnsafePointer<CChar>, _ name: UnsafePointer<CChar>, _ value: UnsafeRawBufferPointer, flags: CInt) throws(Errno) {
-        try nothingOrErrno { setxattr(path, name, value.baseAddress, value.count, flags) }
+        // SAFETY: the kernel reads the names and value.count bytes of the value, all valid for the call.
+        try nothingOrErrno { unsafe setxattr(path, name, value.baseAddress, value.count, flags) }
     }
 
     /// The corresponding C function is `removexattr`.
     public static func removeExtendedAttribute(_ path: UnsafePointer<CChar>, _ name: UnsafePointer<CChar>) throws(Errno) {
-        try nothingOrErrno { removexattr(path, name) }
+        // SAFETY: the kernel reads the NUL-terminated names passed in (valid for the call) and writes nothing back.
+        try nothingOrErrno { unsafe removexattr(path, name) }
     }
 }
 

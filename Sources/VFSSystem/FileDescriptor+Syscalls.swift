@@ -26,34 +26,38 @@ public struct OpenFlags: OptionSet, Sendable, Hashable {
 extension FileDescriptor {
     /// Opens `name` relative to this directory. `O_CLOEXEC` is always added.
     /// The corresponding C function is `openat`.
+    // SAFETY: the kernel reads the NUL-terminated name, valid for the call.
     public func open(
         _ name: UnsafePointer<CChar>, flags: OpenFlags, mode: mode_t = 0, retryOnInterrupt: Bool = true
     ) throws(Errno) -> OwnedFD {
         let fd = try valueOrErrno(retryOnInterrupt: retryOnInterrupt) {
-            openat(rawValue, name, flags.union(.closeOnExec).rawValue, mode)
+            unsafe openat(rawValue, name, flags.union(.closeOnExec).rawValue, mode)
         }
         return OwnedFD(taking: fd)
     }
 
     /// Opens `path` (absolute, or relative to the working directory). `O_CLOEXEC` is always added.
     public static func open(_ path: String, flags: OpenFlags, mode: mode_t = 0) throws(Errno) -> OwnedFD {
-        try FileDescriptor.currentWorkingDirectory.open(path, flags: flags, mode: mode)
+        // SAFETY: the String's C representation lives for the call.
+        try unsafe FileDescriptor.currentWorkingDirectory.open(path, flags: flags, mode: mode)
     }
 
     /// The attributes of the file this descriptor names, without following a symlink it may name.
     /// The corresponding C function is `fstatat(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW)`.
     public func stat() throws(Errno) -> FileStat {
+        // SAFETY: fstat fills this local struct during the call.
         var s = Glibc.stat()
-        try nothingOrErrno { fstatat(rawValue, "", &s, CVFS_AT_EMPTY_PATH | CVFS_AT_SYMLINK_NOFOLLOW) }
+        try nothingOrErrno { unsafe fstatat(rawValue, "", &s, CVFS_AT_EMPTY_PATH | CVFS_AT_SYMLINK_NOFOLLOW) }
         return FileStat(s)
     }
 
     /// The attributes of `name` in this directory (or of this descriptor itself when `name` is empty),
     /// never following a symlink, with the mount id. The corresponding C function is `statx`.
     public func statx(_ name: UnsafePointer<CChar>) throws(Errno) -> FileStat {
+        // SAFETY: statx fills this local struct during the call and reads the NUL-terminated name.
         var s = CVirtioFS.statx()
         try nothingOrErrno {
-            cvfs_statx(rawValue, name, CVFS_AT_EMPTY_PATH | CVFS_AT_SYMLINK_NOFOLLOW,
+            unsafe cvfs_statx(rawValue, name, CVFS_AT_EMPTY_PATH | CVFS_AT_SYMLINK_NOFOLLOW,
                        CVFS_STATX_BASIC_STATS | CVFS_STATX_MNT_ID, &s)
         }
         return FileStat(s)
@@ -62,38 +66,45 @@ extension FileDescriptor {
     /// Reads the target of the symlink this descriptor names into `buffer`, returning its length.
     /// The corresponding C function is `readlinkat(fd, "", ...)`.
     public func readLink(into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
+        // SAFETY: the kernel writes at most buffer.count bytes into the caller's buffer, valid for the call.
         guard let base = buffer.baseAddress else { throw .invalidArgument }
-        return try valueOrErrno { readlinkat(rawValue, "", base.assumingMemoryBound(to: CChar.self), buffer.count) }
+        return try valueOrErrno { unsafe readlinkat(rawValue, "", base.assumingMemoryBound(to: CChar.self), buffer.count) }
     }
 
     /// Reads into the buffers `vectors` from `offset`. The corresponding C function is `preadv`.
     public func read(into vectors: UnsafeBufferPointer<iovec>, at offset: Int64) throws(Errno) -> Int {
-        try valueOrErrno { preadv(rawValue, vectors.baseAddress, CInt(vectors.count), off_t(offset)) }
+        // SAFETY: the kernel writes into the caller's buffers, each valid for its iov_len during the call.
+        try valueOrErrno { unsafe preadv(rawValue, vectors.baseAddress, CInt(vectors.count), off_t(offset)) }
     }
 
     /// Writes the buffers `vectors` at `offset`. The corresponding C function is `pwritev`.
     public func write(from vectors: UnsafeBufferPointer<iovec>, at offset: Int64) throws(Errno) -> Int {
-        try valueOrErrno { pwritev(rawValue, vectors.baseAddress, CInt(vectors.count), off_t(offset)) }
+        // SAFETY: the kernel reads the caller's buffers, each valid for its iov_len during the call.
+        try valueOrErrno { unsafe pwritev(rawValue, vectors.baseAddress, CInt(vectors.count), off_t(offset)) }
     }
 
     /// Reads into `buffer` from `offset`. The corresponding C function is `pread`.
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws(Errno) -> Int {
-        try valueOrErrno { pread(rawValue, buffer.baseAddress, buffer.count, off_t(offset)) }
+        // SAFETY: the kernel writes at most buffer.count bytes into the caller's buffer, valid for the call.
+        try valueOrErrno { unsafe pread(rawValue, buffer.baseAddress, buffer.count, off_t(offset)) }
     }
 
     /// Writes `buffer` at `offset`. The corresponding C function is `pwrite`.
     public func write(_ buffer: UnsafeRawBufferPointer, at offset: Int64) throws(Errno) -> Int {
-        try valueOrErrno { pwrite(rawValue, buffer.baseAddress, buffer.count, off_t(offset)) }
+        // SAFETY: the kernel reads buffer.count bytes of the caller's buffer, valid for the call.
+        try valueOrErrno { unsafe pwrite(rawValue, buffer.baseAddress, buffer.count, off_t(offset)) }
     }
 
     /// Reads into `buffer` at the current position. The corresponding C function is `read`.
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
-        try valueOrErrno { Glibc.read(rawValue, buffer.baseAddress, buffer.count) }
+        // SAFETY: the kernel writes at most buffer.count bytes into the caller's buffer, valid for the call.
+        try valueOrErrno { unsafe Glibc.read(rawValue, buffer.baseAddress, buffer.count) }
     }
 
     /// Writes `buffer` at the current position. The corresponding C function is `write`.
     public func write(_ buffer: UnsafeRawBufferPointer) throws(Errno) -> Int {
-        try valueOrErrno { Glibc.write(rawValue, buffer.baseAddress, buffer.count) }
+        // SAFETY: the kernel reads buffer.count bytes of the caller's buffer, valid for the call.
+        try valueOrErrno { unsafe Glibc.write(rawValue, buffer.baseAddress, buffer.count) }
     }
 
     /// Moves the file position. The corresponding C function is `lseek`.
@@ -104,13 +115,15 @@ extension FileDescriptor {
 
     /// Reads directory entries (`struct linux_dirent64`) into `buffer`. The corresponding call is `getdents64`.
     public func directoryEntries(into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
-        try valueOrErrno { cvfs_getdents64(rawValue, buffer.baseAddress, buffer.count) }
+        // SAFETY: the kernel writes at most buffer.count bytes into the caller's buffer, valid for the call.
+        try valueOrErrno { unsafe cvfs_getdents64(rawValue, buffer.baseAddress, buffer.count) }
     }
 
     /// Statistics of the file system holding this file. The corresponding C function is `fstatvfs`.
     public func fileSystemStats() throws(Errno) -> FileSystemStats {
+        // SAFETY: fstatvfs fills this local struct during the call.
         var s = Glibc.statvfs()
-        try nothingOrErrno { fstatvfs(rawValue, &s) }
+        try nothingOrErrno { unsafe fstatvfs(rawValue, &s) }
         return FileSystemStats(
             blocks: UInt64(s.f_blocks), freeBlocks: UInt64(s.f_bfree), availableBlocks: UInt64(s.f_bavail),
             files: UInt64(s.f_files), freeFiles: UInt64(s.f_ffree), blockSize: UInt32(truncatingIfNeeded: s.f_bsize),
@@ -126,14 +139,16 @@ extension FileDescriptor {
 /// Extended attributes, by path (`/proc/self/fd/N` reaches an `O_PATH` descriptor's file).
 public enum ExtendedAttributes {
     /// The corresponding C function is `getxattr`.
+    // SAFETY: the kernel reads the names and writes at most buffer.count bytes (none when it is empty).
     public static func get(
         path: UnsafePointer<CChar>, name: UnsafePointer<CChar>, into buffer: UnsafeMutableRawBufferPointer
     ) throws(Errno) -> Int {
-        try valueOrErrno { getxattr(path, name, buffer.baseAddress, buffer.count) }
+        try valueOrErrno { unsafe getxattr(path, name, buffer.baseAddress, buffer.count) }
     }
 
     /// The corresponding C function is `listxattr`.
     public static func list(path: UnsafePointer<CChar>, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
-        try valueOrErrno { listxattr(path, buffer.baseAddress?.assumingMemoryBound(to: CChar.self), buffer.count) }
+        // SAFETY: the kernel reads the path and writes at most buffer.count bytes (none when it is empty).
+        try valueOrErrno { unsafe listxattr(path, buffer.baseAddress?.assumingMemoryBound(to: CChar.self), buffer.count) }
     }
 }

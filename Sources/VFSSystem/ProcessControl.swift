@@ -16,8 +16,9 @@ public enum ProcessControl {
 
     /// Waits for `pid` to end; its exit status, or 128 + the signal that ended it.
     public static func waitForExit(_ pid: pid_t) -> Int32 {
+        // SAFETY: waitpid writes the status into this local.
         var status: Int32 = 0
-        while waitpid(pid, &status, 0) == -1 {
+        while unsafe waitpid(pid, &status, 0) == -1 {
             if errno != EINTR { return 1 }
         }
         if status & 0x7f == 0 { return (status >> 8) & 0xff }  // WIFEXITED, WEXITSTATUS
@@ -36,29 +37,36 @@ public enum ProcessControl {
     }
 
     public static func makeMountsPrivate() throws(Errno) { try nothingOrErrno { cvfs_make_mounts_private() } }
-    public static func mountProc(at path: String) throws(Errno) { try nothingOrErrno { cvfs_mount_proc(path) } }
-    public static func bindOnItself(_ path: String) throws(Errno) { try nothingOrErrno { cvfs_bind_self(path) } }
+    // SAFETY: the path's C string lives for the call.
+    public static func mountProc(at path: String) throws(Errno) { try nothingOrErrno { unsafe cvfs_mount_proc(path) } }
+    // SAFETY: the path's C string lives for the call.
+    public static func bindOnItself(_ path: String) throws(Errno) { try nothingOrErrno { unsafe cvfs_bind_self(path) } }
     /// Makes the mount at `path`, and the mounts under it, nodev. The corresponding C function is `mount_setattr`.
-    public static func forbidDevices(under path: String) throws(Errno) { try nothingOrErrno { cvfs_mount_nodev(path) } }
+    // SAFETY: the path's C string lives for the call.
+    public static func forbidDevices(under path: String) throws(Errno) { try nothingOrErrno { unsafe cvfs_mount_nodev(path) } }
 
     /// The id of group `name` (a name from the group database, or a number).
     public static func groupID(named name: String) -> gid_t? {
+        // SAFETY: getgrnam returns a static entry, read at once, before any other call could replace it (start-up, one
+        // thread).
         if let number = gid_t(name) { return number }
-        guard let entry = getgrnam(name) else { return nil }
-        return entry.pointee.gr_gid
+        guard let entry = unsafe getgrnam(name) else { return nil }
+        return unsafe entry.pointee.gr_gid
     }
 
     /// Makes `path` the root of this mount namespace and detaches the old root.
     public static func pivotRoot(to path: String) throws(Errno) {
-        try nothingOrErrno { chdir(path) }
+        // SAFETY: the path's C string lives for the call.
+        try nothingOrErrno { unsafe chdir(path) }
         try nothingOrErrno { cvfs_pivot_to_cwd() }
     }
 
     /// chroot(2) to `path`, then to its "/".
     public static func changeRoot(to path: String) throws(Errno) {
-        try nothingOrErrno { chdir(path) }
-        try nothingOrErrno { chroot(".") }
-        try nothingOrErrno { chdir("/") }
+        // SAFETY: the path's C string lives for the call.
+        try nothingOrErrno { unsafe chdir(path) }
+        try nothingOrErrno { unsafe chroot(".") }
+        try nothingOrErrno { unsafe chdir("/") }
     }
 
     /// The process working directory; every thread that has not unshared its file-system state shares it.
@@ -74,19 +82,21 @@ public enum ProcessControl {
 
     /// Writes `text` to an existing file such as /proc/PID/uid_map, in one write(2).
     public static func writeFile(_ path: String, _ text: String) throws(Errno) {
-        let fd = try valueOrErrno { open(path, O_WRONLY | O_CLOEXEC) }
+        // SAFETY: write reads the bytes of a local array, valid for the call.
+        let fd = try valueOrErrno { unsafe open(path, O_WRONLY | O_CLOEXEC) }
         defer { close(fd) }
         var bytes = Array(text.utf8)
-        let written = try valueOrErrno { write(fd, &bytes, bytes.count) }
+        let written = try valueOrErrno { unsafe write(fd, &bytes, bytes.count) }
         guard written == bytes.count else { throw .ioError }
     }
 
     /// Runs a program found on PATH (newuidmap, newgidmap) and waits for it; its exit status.
     public static func run(_ arguments: [String]) throws(Errno) -> Int32 {
+        // SAFETY: argv holds strdup'd strings freed after posix_spawnp returns; the child gets copies.
         var pid: pid_t = 0
-        var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        let result = posix_spawnp(&pid, arguments[0], nil, nil, &argv, environ)
+        var argv: [UnsafeMutablePointer<CChar>?] = unsafe arguments.map { unsafe strdup($0) } + [nil]
+        defer { unsafe argv.forEach { unsafe free($0) } }
+        let result = unsafe posix_spawnp(&pid, arguments[0], nil, nil, &argv, environ)
         guard result == 0 else { throw Errno(rawValue: result) }
         return waitForExit(pid)
     }
@@ -98,22 +108,25 @@ public struct SyncPipe: ~Copyable {
     public let writeEnd: OwnedFD
 
     public init() throws(Errno) {
+        // SAFETY: pipe2 writes two descriptors into this local array.
         var fds: [CInt] = [0, 0]
-        try nothingOrErrno { cvfs_pipe_cloexec(&fds) }
+        try nothingOrErrno { unsafe cvfs_pipe_cloexec(&fds) }
         readEnd = OwnedFD(taking: fds[0])
         writeEnd = OwnedFD(taking: fds[1])
     }
 
     /// Sends one byte.
     public func signal(_ value: UInt8 = 1) throws(Errno) {
+        // SAFETY: write reads one byte of this local.
         var byte = value
-        _ = try valueOrErrno { write(writeEnd.rawValue, &byte, 1) }
+        _ = try valueOrErrno { unsafe write(writeEnd.rawValue, &byte, 1) }
     }
 
     /// Waits for one byte; nil when the other side closed its end first.
     public func wait() throws(Errno) -> UInt8? {
+        // SAFETY: read writes one byte into this local.
         var byte: UInt8 = 0
-        let n = try valueOrErrno { read(readEnd.rawValue, &byte, 1) }
+        let n = try valueOrErrno { unsafe read(readEnd.rawValue, &byte, 1) }
         return n == 1 ? byte : nil
     }
 }

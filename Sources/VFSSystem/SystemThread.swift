@@ -19,19 +19,21 @@ public final class SystemThread: @unchecked Sendable {
 
     /// Starts `body` on a new thread named `name` (at most 15 bytes are kept).
     public init(name: String, body: @escaping @Sendable () -> Void) throws(Errno) {
-        let start = Unmanaged.passRetained(Start(name: name, body: body)).toOpaque()
+        // SAFETY: the Start box is retained across pthread_create and released exactly once, by the thread or on
+        // failure.
+        let start = unsafe Unmanaged.passRetained(Start(name: name, body: body)).toOpaque()
         var thread = pthread_t()
-        let result = pthread_create(&thread, nil, { argument in
-            let start = Unmanaged<Start>.fromOpaque(argument!).takeRetainedValue()
-            _ = cvfs_set_thread_name(String(start.name.utf8.prefix(15))!)
+        let result = unsafe pthread_create(&thread, nil, { argument in
+            let start = unsafe Unmanaged<Start>.fromOpaque(argument!).takeRetainedValue()
+            _ = unsafe cvfs_set_thread_name(String(start.name.utf8.prefix(15))!)
             // A stack of its own for the crash handler, so that even a stack overflow gets its log line.
-            let signalStack = cvfs_alternate_signal_stack()
+            let signalStack = unsafe cvfs_alternate_signal_stack()
             start.body()
-            cvfs_free_alternate_signal_stack(signalStack)
+            unsafe cvfs_free_alternate_signal_stack(signalStack)
             return nil
-        }, start)
+        }, unsafe start)
         if result != 0 {
-            Unmanaged<Start>.fromOpaque(start).release()
+            unsafe Unmanaged<Start>.fromOpaque(start).release()
             throw Errno(rawValue: result)
         }
         handle = thread
@@ -62,19 +64,21 @@ public enum ProcessSettings {
     /// Unblocks every signal of the calling thread, so that SIGTERM works whatever mask the starting program left
     /// (a program started from a libdispatch worker inherits that worker's mask, which blocks nearly all).
     public static func unblockAllSignals() {
+        // SAFETY: the signal set is a local, read during the call.
         var none = sigset_t()
-        sigemptyset(&none)
-        pthread_sigmask(SIG_SETMASK, &none, nil)
+        unsafe sigemptyset(&none)
+        unsafe pthread_sigmask(SIG_SETMASK, &none, nil)
     }
 
     /// Raises the soft limit on open descriptors to `limit` (or the hard limit, if lower); returns the new limit.
     @discardableResult
     public static func raiseOpenFileLimit(to limit: UInt64) -> UInt64 {
+        // SAFETY: getrlimit and setrlimit read and write locals during the calls.
         var current = rlimit()
-        guard getrlimit(CInt(RLIMIT_NOFILE.rawValue), &current) == 0 else { return 0 }
+        guard unsafe getrlimit(CInt(RLIMIT_NOFILE.rawValue), &current) == 0 else { return 0 }
         var wanted = current
         wanted.rlim_cur = rlim_t(min(UInt64(current.rlim_max), limit))
-        if wanted.rlim_cur > current.rlim_cur, setrlimit(CInt(RLIMIT_NOFILE.rawValue), &wanted) == 0 {
+        if wanted.rlim_cur > current.rlim_cur, unsafe setrlimit(CInt(RLIMIT_NOFILE.rawValue), &wanted) == 0 {
             return UInt64(wanted.rlim_cur)
         }
         return UInt64(current.rlim_cur)
@@ -84,17 +88,18 @@ public enum ProcessSettings {
     /// limit now in force.
     @discardableResult
     public static func setOpenFileLimit(_ limit: UInt64) -> UInt64 {
+        // SAFETY: getrlimit and setrlimit read and write locals during the calls.
         var current = rlimit()
-        guard getrlimit(CInt(RLIMIT_NOFILE.rawValue), &current) == 0 else { return 0 }
+        guard unsafe getrlimit(CInt(RLIMIT_NOFILE.rawValue), &current) == 0 else { return 0 }
         var wanted = current
         wanted.rlim_cur = rlim_t(limit)
         if UInt64(wanted.rlim_max) < limit { wanted.rlim_max = rlim_t(limit) }
-        if setrlimit(CInt(RLIMIT_NOFILE.rawValue), &wanted) != 0 {
+        if unsafe setrlimit(CInt(RLIMIT_NOFILE.rawValue), &wanted) != 0 {
             wanted.rlim_max = current.rlim_max
             wanted.rlim_cur = rlim_t(min(limit, UInt64(current.rlim_max)))
-            _ = setrlimit(CInt(RLIMIT_NOFILE.rawValue), &wanted)
+            _ = unsafe setrlimit(CInt(RLIMIT_NOFILE.rawValue), &wanted)
         }
-        _ = getrlimit(CInt(RLIMIT_NOFILE.rawValue), &current)
+        _ = unsafe getrlimit(CInt(RLIMIT_NOFILE.rawValue), &current)
         return UInt64(current.rlim_cur)
     }
 
@@ -109,20 +114,22 @@ public enum ThreadWakeup {
 
     /// Installs the handler, once per process.
     public static func install() {
+        // SAFETY: the sigaction struct is a local; the handler does nothing, so it is async-signal-safe.
         var action = sigaction()
-        action.__sigaction_handler.sa_handler = { _ in }
+        unsafe action.__sigaction_handler.sa_handler = { _ in }
         action.sa_flags = 0  // no SA_RESTART: the blocked call returns EINTR
-        sigemptyset(&action.sa_mask)
-        sigaction(signalNumber, &action, nil)
+        unsafe sigemptyset(&action.sa_mask)
+        unsafe sigaction(signalNumber, &action, nil)
     }
 
     /// Lets the wake-up signal reach the calling thread: a thread inherits its creator's signal mask, which
     /// may block it.
     public static func allowOnCurrentThread() {
+        // SAFETY: the signal set is a local, read during the call.
         var set = sigset_t()
-        sigemptyset(&set)
-        sigaddset(&set, signalNumber)
-        pthread_sigmask(SIG_UNBLOCK, &set, nil)
+        unsafe sigemptyset(&set)
+        unsafe sigaddset(&set, signalNumber)
+        unsafe pthread_sigmask(SIG_UNBLOCK, &set, nil)
     }
 
     /// The calling thread, as `wake` names it.
@@ -139,10 +146,11 @@ public enum CrashReporting {
     /// Installs the fatal-signal handlers and an alternate stack for the calling thread; threads started with
     /// `SystemThread` get one of their own.
     public static func install(program: String) {
+        // SAFETY: the program name is strdup'd and kept for the process's life, as the handler reads it.
         // The handler keeps the pointer for the life of the process.
-        let name = strdup(program)
-        cvfs_install_crash_handlers(name)
-        _ = cvfs_alternate_signal_stack()
+        let name = unsafe strdup(program)
+        unsafe cvfs_install_crash_handlers(name)
+        _ = unsafe cvfs_alternate_signal_stack()
     }
 }
 
@@ -156,6 +164,7 @@ public enum DebugProbe {
 
     /// Runs probe `name`; returns what happened ("allowed", or the errno's text) if the process survives it.
     public static func run(_ name: String) -> String {
+        // SAFETY: probes only: the crash probes fault on purpose; the rest pass no pointers of ours.
         let result: CInt
         switch name {
         case "unshare-user": result = cvfs_probe_unshare(CVFS_CLONE_NEWUSER)
@@ -184,7 +193,7 @@ public enum DebugProbe {
                     // A failed runtime check, as an out-of-range index in the request path would be.
                     _ = values[Int(getpid() % 2) + 1]
                 } else {
-                    UnsafeMutablePointer<Int>(bitPattern: 8)!.pointee = 1
+                    unsafe UnsafeMutablePointer<Int>(bitPattern: 8)!.pointee = 1
                 }
             }
             thread?.join()

@@ -331,19 +331,20 @@ public final class VhostUserHandler {
     }
 
     func setMemoryTable(_ message: VhostUserMessage) throws(VhostUserError) {
+        // SAFETY: loads are at offsets checked to lie inside the payload (header + count regions).
         let request = VhostUserRequest.setMemTable
         let header = 8
         let regionSize = MemoryLayout<cvfs_vhost_memory_region>.size
         guard message.payload.count >= header else { throw .badPayloadSize(request, UInt32(message.payload.count)) }
-        let count = message.payload.withUnsafeBytes { Int(UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self))) }
+        let count = unsafe message.payload.withUnsafeBytes { unsafe Int(UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self))) }
         guard count >= 1, count <= Int(CVFS_VHOST_MEMORY_BASELINE_NREGIONS),
               message.payload.count >= header + count * regionSize
         else { throw .badPayloadSize(request, UInt32(message.payload.count)) }
         guard message.fds.count == count else { throw .badDescriptorCount(request, message.fds.count) }
         var regions: [GuestMemoryRegion] = []
         for i in 0..<count {
-            let region = message.payload.withUnsafeBytes {
-                $0.loadUnaligned(fromByteOffset: header + i * regionSize, as: cvfs_vhost_memory_region.self)
+            let region = unsafe message.payload.withUnsafeBytes {
+                unsafe $0.loadUnaligned(fromByteOffset: header + i * regionSize, as: cvfs_vhost_memory_region.self)
             }
             guard let fd = message.fds.take(i) else { throw .badDescriptorCount(request, count) }
             regions.append(try mapRegion(region, fd: fd, request))

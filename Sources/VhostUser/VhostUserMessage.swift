@@ -19,10 +19,11 @@ public struct VhostUserMessage: Sendable {
 
     /// Reads a C struct from the payload, which must be exactly its size.
     func decode<T>(_ type: T.Type, for request: VhostUserRequest) throws(VhostUserError) -> T {
+        // SAFETY: loads only when the payload is exactly the struct's size.
         guard payload.count == MemoryLayout<T>.size else {
             throw .badPayloadSize(request, UInt32(payload.count))
         }
-        return payload.withUnsafeBytes { $0.loadUnaligned(as: T.self) }
+        return unsafe payload.withUnsafeBytes { unsafe $0.loadUnaligned(as: T.self) }
     }
 
     /// Reads the payload as one u64.
@@ -42,16 +43,18 @@ public struct VhostUserConnection: ~Copyable, Sendable {
 
     /// Reads the next message; nil when the front-end closed the connection between messages.
     public func receive() throws(VhostUserError) -> VhostUserMessage? {
+        // SAFETY: receives into the local header, never past its size, then into a payload array of exactly `size`
+        // bytes.
         var header = cvfs_vhost_user_header()
         let headerSize = MemoryLayout<cvfs_vhost_user_header>.size
         var received = 0
         var fds = ReceivedFDs([])
         // The descriptors arrive with the first byte of the header.
-        try withUnsafeMutableBytes(of: &header) { (raw) throws(VhostUserError) in
+        try unsafe withUnsafeMutableBytes(of: &header) { (raw) throws(VhostUserError) in
             while received < headerSize {
                 let result: (count: Int, fds: ReceivedFDs, truncated: Bool)
                 do throws(Errno) {
-                    result = try UnixSocket.receive(socket.borrowed, into: UnsafeMutableRawBufferPointer(rebasing: raw[received...]))
+                    result = try unsafe UnixSocket.receive(socket.borrowed, into: UnsafeMutableRawBufferPointer(rebasing: raw[received...]))
                 } catch {
                     throw .io(error)
                 }
@@ -75,8 +78,8 @@ public struct VhostUserConnection: ~Copyable, Sendable {
         var payload = [UInt8](repeating: 0, count: Int(size))
         if size > 0 {
             let fd = socket.borrowed
-            let result = payload.withUnsafeMutableBytes { raw in
-                Result { () throws(Errno) -> Bool in try UnixSocket.receiveExactly(fd, into: raw) }
+            let result = unsafe payload.withUnsafeMutableBytes { raw in
+                Result { () throws(Errno) -> Bool in try unsafe UnixSocket.receiveExactly(fd, into: raw) }
             }
             switch result {
             case .success(true): break
@@ -94,16 +97,18 @@ public struct VhostUserConnection: ~Copyable, Sendable {
 
     /// Sends a message (a reply, or a request when we play the front-end in tests and the load generator).
     public func send(request: UInt32, flags: UInt32, payload: [UInt8], fds: [CInt] = []) throws(VhostUserError) {
+        // SAFETY: copies the local header into an array sized for header and payload; the shim reads that array during
+        // the call.
         var header = cvfs_vhost_user_header(
             request: request.littleEndian, flags: flags.littleEndian, size: UInt32(payload.count).littleEndian)
         var bytes = [UInt8](repeating: 0, count: MemoryLayout<cvfs_vhost_user_header>.size + payload.count)
-        withUnsafeBytes(of: &header) { header in
-            bytes.withUnsafeMutableBytes { $0.copyMemory(from: header) }
+        unsafe withUnsafeBytes(of: &header) { header in
+            unsafe bytes.withUnsafeMutableBytes { unsafe $0.copyMemory(from: header) }
         }
         bytes.replaceSubrange(MemoryLayout<cvfs_vhost_user_header>.size..., with: payload)
         let fd = socket.borrowed
-        let result = bytes.withUnsafeBytes { raw in
-            Result { () throws(Errno) in try UnixSocket.send(fd, raw, fds: fds) }
+        let result = unsafe bytes.withUnsafeBytes { raw in
+            Result { () throws(Errno) in try unsafe UnixSocket.send(fd, raw, fds: fds) }
         }
         if case .failure(let error) = result { throw .io(error) }
     }
@@ -111,5 +116,6 @@ public struct VhostUserConnection: ~Copyable, Sendable {
 
 /// Encodes a C struct or integer as payload bytes.
 public func payloadBytes<T>(of value: T) -> [UInt8] {
-    withUnsafeBytes(of: value) { Array($0) }
+    // SAFETY: copies the value's bytes into a new array.
+    unsafe withUnsafeBytes(of: value) { unsafe Array($0) }
 }

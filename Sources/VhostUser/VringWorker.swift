@@ -53,36 +53,43 @@ struct VringAddresses: Sendable, Equatable {
 /// Heads of the chains a queue's handler deferred and has not finished: a guest that makes one of them
 /// available again while it is in flight (which no correct driver does) is not served twice, so deferred work
 /// per queue never exceeds the queue's size. Used by the worker thread only.
+// SAFETY: Owns its words; every index is checked against `wordCount`.
+@safe
 struct InFlightHeads: ~Copyable {
     private let words: UnsafeMutablePointer<UInt64>
     private let wordCount: Int
     private(set) var count = 0
 
     init(size: UInt16) {
+        // SAFETY: allocates and zeroes the words this value owns.
         wordCount = (Int(size) + 63) / 64
-        words = .allocate(capacity: wordCount)
-        words.initialize(repeating: 0, count: wordCount)
+        unsafe words = .allocate(capacity: wordCount)
+        unsafe words.initialize(repeating: 0, count: wordCount)
     }
 
-    deinit { words.deallocate() }
+    // SAFETY: frees what init allocated, once (the value is not copyable).
+    deinit { unsafe words.deallocate() }
 
     @inline(__always)
     func contains(_ head: UInt16) -> Bool {
+        // SAFETY: the word index is checked against wordCount.
         let word = Int(head) >> 6
-        return word < wordCount && words[word] & (1 << UInt64(head & 63)) != 0
+        return unsafe word < wordCount && words[word] & (1 << UInt64(head & 63)) != 0
     }
 
     mutating func insert(_ head: UInt16) {
+        // SAFETY: the word index is checked against wordCount.
         let word = Int(head) >> 6
-        guard word < wordCount, words[word] & (1 << UInt64(head & 63)) == 0 else { return }
-        words[word] |= 1 << UInt64(head & 63)
+        guard word < wordCount, unsafe words[word] & (1 << UInt64(head & 63)) == 0 else { return }
+        unsafe words[word] |= 1 << UInt64(head & 63)
         count += 1
     }
 
     mutating func remove(_ head: UInt16) {
+        // SAFETY: the word index is checked against wordCount.
         let word = Int(head) >> 6
-        guard word < wordCount, words[word] & (1 << UInt64(head & 63)) != 0 else { return }
-        words[word] &= ~(1 << UInt64(head & 63))
+        guard word < wordCount, unsafe words[word] & (1 << UInt64(head & 63)) != 0 else { return }
+        unsafe words[word] &= ~(1 << UInt64(head & 63))
         count -= 1
     }
 }
@@ -189,13 +196,14 @@ final class VringWorker: @unchecked Sendable {
         /// Requests completed in a batch between two signals to the guest (see `process`).
         static var signalEvery: Int { 16 }
 
+        // SAFETY: the kick descriptor is owned from here on; the chain's capacity covers a queue's longest chain.
         init(
             index: Int, queue: SplitQueue, addresses: VringAddresses, kick: consuming OwnedFD, stop: SharedEventFD,
             wake: SharedEventFD, shared: VringShared, handler: any VringRequestHandler, completions: DeferredCompletions,
             logger: Logger
         ) {
             self.index = index
-            self.queue = queue
+            unsafe self.queue = queue
             self.addresses = addresses
             self.kick = kick
             self.stop = stop
@@ -207,12 +215,13 @@ final class VringWorker: @unchecked Sendable {
             // A chain has at most `size` direct descriptors, or one indirect table; 1 MiB of 4 KiB pages plus
             // headers fits comfortably in 1024 buffers per side.
             self.chain = DescriptorChain(capacity: max(Int(queue.size), 1024), memory: queue.memory)
-            self.inFlight = InFlightHeads(size: queue.size)
+            unsafe self.inFlight = InFlightHeads(size: queue.size)
         }
 
         func run() {
+            // SAFETY: epoll watches descriptors this body or its shared objects own for as long as it runs.
             defer {
-                let next = queue.nextAvailable
+                let next = unsafe queue.nextAvailable
                 shared.state.withLock { $0.stoppedAt = next }
             }
             do {
@@ -229,20 +238,21 @@ final class VringWorker: @unchecked Sendable {
         }
 
         private func serve(_ epoll: borrowing Epoll) {
+            // SAFETY: the token buffer is allocated for 4 entries and epoll.wait writes at most that many.
             // Buffers may have been made available before the kick fd was set up.
             process()
             let tokens = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: 4)
-            defer { tokens.deallocate() }
+            defer { unsafe tokens.deallocate() }
             while true {
                 let count: Int
                 do {
-                    count = try epoll.wait(into: tokens)
+                    count = try unsafe epoll.wait(into: tokens)
                 } catch {
                     logger.error("queue \(index): epoll_wait failed: \(error)")
                     return
                 }
                 for i in 0..<count {
-                    switch tokens[i] {
+                    switch unsafe tokens[i] {
                     case VringWorker.stopToken: return
                     case VringWorker.kickToken: EventFD.drain(kick.borrowed)
                     case VringWorker.completionToken: completions.wake.drain()
@@ -255,47 +265,52 @@ final class VringWorker: @unchecked Sendable {
 
         /// Publishes the requests finished off this thread; whether there were any.
         func publishCompletions() -> Bool {
-            completions.take(into: &taken)
-            for done in taken {
-                inFlight.remove(done.head)
-                queue.complete(head: done.head, length: done.length)
+            // SAFETY: the used ring is written through the queue, whose pointers are into memory it holds.
+            unsafe completions.take(into: &taken)
+            for done in unsafe taken {
+                unsafe inFlight.remove(done.head)
+                unsafe queue.complete(head: done.head, length: done.length)
             }
-            return !taken.isEmpty
+            return unsafe !taken.isEmpty
         }
 
         /// The ring stops: every request handed out and not yet answered is ended (the handler cancels its lock
         /// waits, its pool runs its jobs to their end), each reply is published, and the guest is signalled.
         func finishDeferred() {
+            // SAFETY: completions are published as in process; the handler's deferred requests hold the memory their
+            // replies go to.
             var published = publishCompletions()
             handler.stopDeferred()
             var waited: CInt = 0
-            while inFlight.count > 0 {
+            while unsafe inFlight.count > 0 {
                 published = publishCompletions() || published
-                if inFlight.count == 0 { break }
+                if unsafe inFlight.count == 0 { break }
                 guard waited < VringWorker.stopTimeoutMilliseconds else {
-                    logger.error("queue \(index): \(inFlight.count) requests still unanswered after \(waited / 1000) s; stopping without them")
+                    logger.error(unsafe "queue \(index): \(inFlight.count) requests still unanswered after \(waited / 1000) s; stopping without them")
                     break
                 }
                 if completions.wake.wait(milliseconds: 100) { completions.wake.drain() } else { waited += 100 }
             }
-            if published && queue.needsNotification() { shared.signalGuest() }
+            if unsafe published && queue.needsNotification() { shared.signalGuest() }
         }
 
         /// Serves everything available, then re-arms notifications and signals the guest once.
         func process() {
+            // SAFETY: chains point into memory the queue holds; the handler uses them during its call or holds
+            // chain.memory.
             let (enabled, memory, generation) = shared.state.withLock { ($0.enabled, $0.memory, $0.memoryGeneration) }
-            if generation != memoryGeneration {
-                memoryGeneration = generation
+            if unsafe generation != memoryGeneration {
+                unsafe memoryGeneration = generation
                 do {
-                    try queue.updateMemory(
+                    try unsafe queue.updateMemory(
                         memory, descriptorsAt: addresses.descriptors, availableAt: addresses.available,
                         usedAt: addresses.used)
                 } catch {
                     logger.error("queue \(index): the rings are not in the new memory table; queue stopped")
-                    broken = true
+                    unsafe broken = true
                 }
             }
-            guard enabled, !broken else { return }
+            guard enabled, unsafe !broken else { return }
             var completed = publishCompletions()
             // In a long batch the guest hears every `signalEvery` requests, not only at the end, so that it can
             // take its first replies and queue more while this thread serves the rest: guest and back-end then
@@ -305,9 +320,9 @@ final class VringWorker: @unchecked Sendable {
             repeat {
                 while true {
                     do {
-                        guard try queue.pop(into: chain) else { break }
+                        guard try unsafe queue.pop(into: chain) else { break }
                         let head = chain.headIndex
-                        if inFlight.contains(head) {
+                        if unsafe inFlight.contains(head) {
                             // Made available again while it is in flight: serving it again would answer one
                             // chain twice and let a guest multiply deferred work without end.
                             if duplicateReported.first() {
@@ -316,14 +331,14 @@ final class VringWorker: @unchecked Sendable {
                             continue
                         }
                         if let written = handler.handle(chain) {
-                            queue.complete(head: head, length: written)
+                            unsafe queue.complete(head: head, length: written)
                             sinceSignal += 1
                             if sinceSignal == Self.signalEvery {
                                 sinceSignal = 0
-                                if queue.needsNotification() { shared.signalGuest() }
+                                if unsafe queue.needsNotification() { shared.signalGuest() }
                             }
                         } else {
-                            inFlight.insert(head)
+                            unsafe inFlight.insert(head)
                         }
                     } catch let error {
                         switch error {
@@ -331,17 +346,17 @@ final class VringWorker: @unchecked Sendable {
                             if malformedReported.first() {
                                 logger.warning("queue \(index): malformed descriptor chain \(head): \(reason); returned empty (further ones are not logged)")
                             }
-                            if !inFlight.contains(head) { queue.complete(head: head, length: 0) }
+                            if unsafe !inFlight.contains(head) { unsafe queue.complete(head: head, length: 0) }
                         default:
                             logger.error("queue \(index): broken ring (\(error)); queue stopped")
-                            broken = true
+                            unsafe broken = true
                         }
                     }
                     completed = true
-                    if broken { break }
+                    if unsafe broken { break }
                 }
-            } while !broken && queue.enableNotification()
-            if completed && queue.needsNotification() {
+            } while unsafe !broken && queue.enableNotification()
+            if unsafe completed && queue.needsNotification() {
                 shared.signalGuest()
             }
         }

@@ -79,11 +79,12 @@ public final class Frontend {
 
     /// The regions of the drivers' memory, one per queue, as a SET_MEM_TABLE payload.
     public func memoryTablePayload() -> [UInt8] {
+        // SAFETY: stores at most 8 regions (the drivers), each inside the table's regions array.
         var table = cvfs_vhost_memory()
         table.num_regions = UInt32(drivers.count)
-        withUnsafeMutableBytes(of: &table.regions) { raw in
+        unsafe withUnsafeMutableBytes(of: &table.regions) { raw in
             for (i, d) in drivers.enumerated() {
-                raw.storeBytes(of: cvfs_vhost_memory_region(
+                unsafe raw.storeBytes(of: cvfs_vhost_memory_region(
                     guest_address: d.guestBase, size: UInt64(d.mapping.length), user_address: d.userBase, mmap_offset: 0),
                     toByteOffset: i * 32, as: cvfs_vhost_memory_region.self)
             }
@@ -116,11 +117,12 @@ public final class Frontend {
 
     /// GET_VRING_BASE: stops queue `q` and returns where the back-end stopped.
     public func stopQueue(_ q: Int) throws -> UInt16 {
+        // SAFETY: the payload is checked to be 8 bytes before it is read.
         try send(.getVringBase, payloadBytes(of: cvfs_vhost_vring_state(index: UInt32(q), num: 0)))
         guard let reply = try connection.receive(), reply.request == VhostUserRequest.getVringBase.rawValue,
               reply.payload.count == 8
         else { throw Failure(description: "no reply to GET_VRING_BASE") }
-        return reply.payload.withUnsafeBytes { UInt16(truncatingIfNeeded: $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self)) }
+        return unsafe reply.payload.withUnsafeBytes { unsafe UInt16(truncatingIfNeeded: $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self)) }
     }
 
     public func send(_ request: VhostUserRequest, _ payload: [UInt8] = [], fds: [CInt] = [], needReply: Bool = false) throws {
@@ -131,11 +133,12 @@ public final class Frontend {
 
     /// Sends a request and reads its u64 reply (GET_FEATURES and the like, or a REPLY_ACK).
     public func u64(_ request: VhostUserRequest, _ payload: [UInt8] = [], fds: [CInt] = [], needReply: Bool = false) throws -> UInt64 {
+        // SAFETY: the payload is checked to be 8 bytes before it is read.
         try send(request, payload, fds: fds, needReply: needReply)
         guard let reply = try connection.receive(), reply.request == request.rawValue, reply.payload.count == 8 else {
             throw Failure(description: "no reply to \(request)")
         }
-        return reply.payload.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }
+        return unsafe reply.payload.withUnsafeBytes { unsafe $0.loadUnaligned(as: UInt64.self) }
     }
 }
 
@@ -148,8 +151,9 @@ extension EventFD {
         public func signal() { event.signal() }
         /// Waits up to `milliseconds` for a signal and resets the counter; false on timeout.
         public func wait(milliseconds: CInt) -> Bool {
+            // SAFETY: poll reads and writes this local pollfd during the call.
             var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            guard poll(&pfd, 1, milliseconds) == 1 else { return false }
+            guard unsafe poll(&pfd, 1, milliseconds) == 1 else { return false }
             event.drain()
             return true
         }

@@ -22,6 +22,8 @@ final class RequestPool<FS: FileSystem>: @unchecked Sendable {
     static var jobCapacity: Int { 272 }
 
     /// Passed whole from the queue worker to one pool thread and back through the locked lists: never shared.
+    // SAFETY: Owns its iovec arrays; `memory` keeps the guest memory they point into mapped while the job lives.
+    @safe
     final class Job: @unchecked Sendable {
         let readable = UnsafeMutableBufferPointer<iovec>.allocate(capacity: RequestPool.jobCapacity)
         let writable = UnsafeMutableBufferPointer<iovec>.allocate(capacity: RequestPool.jobCapacity)
@@ -32,8 +34,9 @@ final class RequestPool<FS: FileSystem>: @unchecked Sendable {
         var memory: AnyObject?
 
         deinit {
-            readable.deallocate()
-            writable.deallocate()
+            // SAFETY: frees the job's own arrays; nothing refers to them once the job is gone.
+            unsafe readable.deallocate()
+            unsafe writable.deallocate()
         }
     }
 
@@ -53,11 +56,12 @@ final class RequestPool<FS: FileSystem>: @unchecked Sendable {
         }
 
         func serve(_ session: FUSESession<FS>) {
+            // SAFETY: a job's buffers point into guest memory its `memory` holds until the job is done.
             while true {
                 EventFD.waitSemaphore(ready.borrowed)
                 if stopping.load(ordering: .acquiring) { return }
                 guard let job = pending.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) else { continue }
-                let written = session.handle(
+                let written = unsafe session.handle(
                     readable: UnsafeBufferPointer(rebasing: job.readable[0..<job.readableCount]),
                     writable: UnsafeMutableBufferPointer(rebasing: job.writable[0..<job.writableCount]),
                     token: UInt64(job.head), owner: job.memory)
@@ -90,10 +94,11 @@ final class RequestPool<FS: FileSystem>: @unchecked Sendable {
 
     /// Hands `chain` to the pool; false when it has more buffers than a job holds (serve it inline then).
     func submit(_ chain: DescriptorChain) -> Bool {
+        // SAFETY: copies at most jobCapacity iovecs (checked first) and holds the chain's memory with them.
         guard chain.readableCount <= Self.jobCapacity, chain.writableCount <= Self.jobCapacity else { return false }
         let job = core.free.withLock { $0.popLast() } ?? Job()
-        for i in 0..<chain.readableCount { job.readable[i] = chain.readable[i] }
-        for i in 0..<chain.writableCount { job.writable[i] = chain.writable[i] }
+        for i in 0..<chain.readableCount { unsafe job.readable[i] = unsafe chain.readable[i] }
+        for i in 0..<chain.writableCount { unsafe job.writable[i] = unsafe chain.writable[i] }
         job.readableCount = chain.readableCount
         job.writableCount = chain.writableCount
         job.head = chain.headIndex

@@ -63,8 +63,10 @@ public final class VirtioFSBackend<FS: FileSystem>: VhostUserBackend {
         }
 
         func handle(_ chain: DescriptorChain) -> UInt32? {
+            // SAFETY: the chain's buffers are valid during this call, and `chain.memory` keeps them mapped for a
+            // deferred reply.
             if let pool, pool.submit(chain) { return nil }
-            return session.handle(
+            return unsafe session.handle(
                 readable: chain.readableBuffers, writable: chain.writableBuffers, token: UInt64(chain.headIndex),
                 owner: chain.memory)
         }

@@ -8,6 +8,8 @@ import GuestMemory
 ///
 /// Only its worker thread ever touches an instance, so its counters opt out of dynamic exclusivity checks
 /// (`@exclusivity(unchecked)`): on the request path those checks cost more than the counting itself.
+// SAFETY: Owns its buffer lists; the buffers point into `memory`, which it holds, and counts never pass capacity.
+@safe
 public final class DescriptorChain {
     /// Device-readable buffers, in chain order.
     public let readable: UnsafeMutableBufferPointer<iovec>
@@ -29,51 +31,58 @@ public final class DescriptorChain {
 
     /// Room for `capacity` buffers on each side.
     public init(capacity: Int, memory: GuestMemoryMap = .empty) {
-        readable = .allocate(capacity: capacity)
-        writable = .allocate(capacity: capacity)
+        // SAFETY: allocates the buffer lists this chain owns, freed in deinit.
+        unsafe readable = .allocate(capacity: capacity)
+        unsafe writable = .allocate(capacity: capacity)
         self.memory = memory
     }
 
     deinit {
-        readable.deallocate()
-        writable.deallocate()
+        // SAFETY: frees what init allocated; nothing holds the lists once the chain is gone.
+        unsafe readable.deallocate()
+        unsafe writable.deallocate()
     }
 
     /// `head`, for other modules: read there, the stored property costs a dynamic exclusivity check per
     /// request (about 60 instructions) in spite of `@exclusivity(unchecked)`; read here, it costs none.
-    public var headIndex: UInt16 { head }
+    public var headIndex: UInt16 { unsafe head }
 
     /// The readable buffers in use.
     public var readableBuffers: UnsafeBufferPointer<iovec> {
-        UnsafeBufferPointer(rebasing: readable[0..<readableCount])
+        // SAFETY: readableCount never passes the list's capacity (append checks).
+        unsafe UnsafeBufferPointer(rebasing: readable[0..<readableCount])
     }
 
     /// The writable buffers in use.
     public var writableBuffers: UnsafeMutableBufferPointer<iovec> {
-        UnsafeMutableBufferPointer(rebasing: writable[0..<writableCount])
+        // SAFETY: writableCount never passes the list's capacity (append checks).
+        unsafe UnsafeMutableBufferPointer(rebasing: writable[0..<writableCount])
     }
 
     func reset(head: UInt16) {
-        self.head = head
-        readableCount = 0
-        writableCount = 0
-        readableLength = 0
-        writableLength = 0
+        // SAFETY: resets counts only; the lists are reused.
+        unsafe self.head = head
+        unsafe readableCount = 0
+        unsafe writableCount = 0
+        unsafe readableLength = 0
+        unsafe writableLength = 0
     }
 
     /// Appends one buffer; `false` when there is no room left.
     func append(_ base: UnsafeMutableRawPointer, length: UInt32, writable isWritable: Bool) -> Bool {
-        let entry = iovec(iov_base: base, iov_len: Int(length))
+        // SAFETY: stores only after checking room; `base` is a bounds-checked translation of guest memory the chain
+        // holds.
+        let entry = unsafe iovec(iov_base: base, iov_len: Int(length))
         if isWritable {
-            guard writableCount < writable.count else { return false }
-            writable[writableCount] = entry
-            writableCount += 1
-            writableLength += UInt64(length)
+            guard unsafe writableCount < writable.count else { return false }
+            unsafe writable[writableCount] = unsafe entry
+            unsafe writableCount += 1
+            unsafe writableLength += UInt64(length)
         } else {
-            guard readableCount < readable.count else { return false }
-            readable[readableCount] = entry
-            readableCount += 1
-            readableLength += UInt64(length)
+            guard unsafe readableCount < readable.count else { return false }
+            unsafe readable[readableCount] = unsafe entry
+            unsafe readableCount += 1
+            unsafe readableLength += UInt64(length)
         }
         return true
     }

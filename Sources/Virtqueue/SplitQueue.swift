@@ -9,6 +9,9 @@ import GuestMemory
 /// once, every address is translated with bounds checks, and chains are cut at the queue size, so a hostile
 /// guest can make a request fail but cannot make us read outside its memory or loop for ever.
 /// One worker thread owns a `SplitQueue`; it is not shared.
+// SAFETY: The ring pointers are translations into `memory`, which the queue holds; every guest-given index and address
+// is checked before use.
+@safe
 public struct SplitQueue {
     /// Flags of a descriptor (virtio 1.2 §2.7.5).
     static let descriptorNext: UInt16 = 1
@@ -53,33 +56,35 @@ public struct SplitQueue {
         guard size > 0, size & (size &- 1) == 0 else { throw .ringNotInMemory }
         let sizes = Self.ringSizes(size: size)
         func translate(_ address: UInt64, _ length: UInt64) -> UnsafeMutableRawPointer? {
-            userAddresses
+            // SAFETY: each ring part is translated whole, bounds-checked, into memory the queue holds.
+            unsafe userAddresses
                 ? memory.translate(userAddress: address, length: length)
                 : memory.translate(GuestAddress(address), length: length)
         }
-        guard let descriptors = translate(descriptorsAt, sizes.descriptors),
-              let available = translate(availableAt, sizes.available),
-              let used = translate(usedAt, sizes.used)
+        guard let descriptors = unsafe translate(descriptorsAt, sizes.descriptors),
+              let available = unsafe translate(availableAt, sizes.available),
+              let used = unsafe translate(usedAt, sizes.used)
         else { throw .ringNotInMemory }
         self.size = size
         self.eventIndex = eventIndex
         self.memory = memory
-        self.descriptors = descriptors
-        self.available = available
-        self.used = used
+        unsafe self.descriptors = unsafe descriptors
+        unsafe self.available = unsafe available
+        unsafe self.used = unsafe used
         self.nextAvailable = nextAvailable
         // The used index continues from wherever the guest left it (a ring restarted after GET_VRING_BASE).
-        self.nextUsed = cvfs_load_acquire_u16(used + 2)
+        self.nextUsed = unsafe cvfs_load_acquire_u16(used + 2)
     }
 
     // MARK: Ring fields
 
-    @inline(__always) var availableIndex: UInt16 { cvfs_load_acquire_u16(available + 2) }
-    @inline(__always) var availableFlags: UInt16 { cvfs_load_relaxed_u16(available) }
-    @inline(__always) var usedEvent: UInt16 { cvfs_load_relaxed_u16(available + 4 + 2 * Int(size)) }
+    @inline(__always) var availableIndex: UInt16 { unsafe cvfs_load_acquire_u16(available + 2) }
+    @inline(__always) var availableFlags: UInt16 { unsafe cvfs_load_relaxed_u16(available) }
+    @inline(__always) var usedEvent: UInt16 { unsafe cvfs_load_relaxed_u16(available + 4 + 2 * Int(size)) }
 
     @inline(__always) func setAvailableEvent(_ value: UInt16) {
-        cvfs_store_relaxed_u16(used + 4 + 8 * Int(size), value)
+        // SAFETY: avail_event is inside the used ring, translated whole at init.
+        unsafe cvfs_store_relaxed_u16(used + 4 + 8 * Int(size), value)
     }
 
     /// Whether the guest has made buffers available that we have not consumed.
@@ -94,13 +99,14 @@ public struct SplitQueue {
     ///   `complete(head:length: 0)`; `.availableIndexOutOfRange` or `.headOutOfRange` when the ring itself is
     ///   broken, after which the queue must not be used again.
     public mutating func pop(into chain: DescriptorChain) throws(VirtqueueError) -> Bool {
+        // SAFETY: the slot is masked to the ring's size, inside the available ring translated at init.
         let availableIndex = self.availableIndex
         if availableIndex == nextAvailable { return false }
         if availableIndex &- nextAvailable > size {
             throw .availableIndexOutOfRange(available: availableIndex, next: nextAvailable)
         }
         let slot = Int(nextAvailable & (size &- 1))
-        let head = UInt16(littleEndian: cvfs_load_relaxed_u16(available + 4 + 2 * slot))
+        let head = unsafe UInt16(littleEndian: cvfs_load_relaxed_u16(available + 4 + 2 * slot))
         nextAvailable &+= 1
         guard head < size else { throw .headOutOfRange(head) }
         chain.reset(head: head)
@@ -121,17 +127,19 @@ public struct SplitQueue {
 
         @inline(__always)
         init(table: UnsafeRawPointer, index: Int) {
-            let p = table + index * SplitQueue.descriptorSize
-            address = UInt64(littleEndian: p.loadUnaligned(as: UInt64.self))
-            length = UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt32.self))
-            flags = UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 12, as: UInt16.self))
-            next = UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 14, as: UInt16.self))
+            // SAFETY: callers pass an index below the table's size, checked in walk.
+            let p = unsafe table + index * SplitQueue.descriptorSize
+            address = unsafe UInt64(littleEndian: p.loadUnaligned(as: UInt64.self))
+            length = unsafe UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt32.self))
+            flags = unsafe UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 12, as: UInt16.self))
+            next = unsafe UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 14, as: UInt16.self))
         }
     }
 
     /// Follows the chain from `head` (virtio 1.2 §2.7.5.3) and records its buffers; returns a fault or nil.
     func walk(head: UInt16, into chain: DescriptorChain) -> ChainFault? {
-        var table = UnsafeRawPointer(descriptors)
+        // SAFETY: indexes are checked against the table's size and every buffer is translated whole before it is kept.
+        var table = unsafe UnsafeRawPointer(descriptors)
         var tableSize = Int(size)
         var index = Int(head)
         var ttl = Int(size)
@@ -140,7 +148,7 @@ public struct SplitQueue {
         while true {
             guard ttl > 0 else { return .tooLong }
             ttl -= 1
-            let descriptor = Descriptor(table: table, index: index)
+            let descriptor = unsafe Descriptor(table: table, index: index)
             if descriptor.flags & Self.descriptorIndirect != 0 {
                 if inIndirect { return .nestedIndirect }
                 if descriptor.flags & Self.descriptorNext != 0 { return .indirectWithNext }
@@ -148,10 +156,10 @@ public struct SplitQueue {
                 guard length > 0, length % UInt64(Self.descriptorSize) == 0,
                       length / UInt64(Self.descriptorSize) <= 32768
                 else { return .badIndirectLength }
-                guard let indirect = memory.translate(GuestAddress(descriptor.address), length: length) else {
+                guard let indirect = unsafe memory.translate(GuestAddress(descriptor.address), length: length) else {
                     return .bufferNotInMemory
                 }
-                table = UnsafeRawPointer(indirect)
+                unsafe table = UnsafeRawPointer(indirect)
                 tableSize = Int(length) / Self.descriptorSize
                 ttl = tableSize
                 index = 0
@@ -165,10 +173,10 @@ public struct SplitQueue {
                 return .readableAfterWritable
             }
             if descriptor.length > 0 {
-                guard let host = memory.translate(GuestAddress(descriptor.address), length: UInt64(descriptor.length))
+                guard let host = unsafe memory.translate(GuestAddress(descriptor.address), length: UInt64(descriptor.length))
                 else { return .bufferNotInMemory }
-                guard chain.append(host, length: descriptor.length, writable: isWritable) else { return .tooManySegments }
-                if chain.readableLength > UInt64(UInt32.max) || chain.writableLength > UInt64(UInt32.max) {
+                guard unsafe chain.append(host, length: descriptor.length, writable: isWritable) else { return .tooManySegments }
+                if unsafe chain.readableLength > UInt64(UInt32.max) || chain.writableLength > UInt64(UInt32.max) {
                     return .lengthOverflow
                 }
             }
@@ -182,12 +190,13 @@ public struct SplitQueue {
 
     /// Puts `head` into the used ring with `length` bytes written and publishes it (release ordering).
     public mutating func complete(head: UInt16, length: UInt32) {
+        // SAFETY: the slot is masked to the ring's size, inside the used ring translated at init.
         let slot = Int(nextUsed & (size &- 1))
-        let element = used + 4 + 8 * slot
-        element.storeBytes(of: UInt32(head).littleEndian, as: UInt32.self)
-        (element + 4).storeBytes(of: length.littleEndian, as: UInt32.self)
+        let element = unsafe used + 4 + 8 * slot
+        unsafe element.storeBytes(of: UInt32(head).littleEndian, as: UInt32.self)
+        unsafe (element + 4).storeBytes(of: length.littleEndian, as: UInt32.self)
         nextUsed &+= 1
-        cvfs_store_release_u16(used + 2, nextUsed.littleEndian)
+        unsafe cvfs_store_release_u16(used + 2, nextUsed.littleEndian)
     }
 
     /// Whether the guest wants an interrupt for the chains completed since the last call (virtio 1.2 §2.7.10).

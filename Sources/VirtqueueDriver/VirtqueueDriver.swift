@@ -86,7 +86,8 @@ public final class VirtqueueDriver {
 
     /// The host pointer of a guest address in this memory (trapping outside it: test code only).
     public func pointer(_ address: GuestAddress) -> UnsafeMutableRawPointer {
-        mapping.base + Int(address.rawValue - guestBase)
+        // SAFETY: test and load-generator code: addresses are the driver's own allocations inside its mapping.
+        unsafe mapping.base + Int(address.rawValue - guestBase)
     }
 
     /// The front-end virtual address of a guest address.
@@ -105,35 +106,40 @@ public final class VirtqueueDriver {
 
     /// Copies `bytes` into new buffer space.
     public func write(_ bytes: [UInt8]) -> GuestAddress {
+        // SAFETY: copies into space just allocated for exactly these bytes.
         let address = allocate(max(bytes.count, 1))
-        bytes.withUnsafeBytes { pointer(address).copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
+        unsafe bytes.withUnsafeBytes { unsafe pointer(address).copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
         return address
     }
 
     /// Reads `length` bytes of guest memory.
     public func read(_ address: GuestAddress, length: Int) -> [UInt8] {
-        Array(UnsafeRawBufferPointer(start: pointer(address), count: length))
+        // SAFETY: callers read what they allocated (a reply buffer).
+        unsafe Array(UnsafeRawBufferPointer(start: pointer(address), count: length))
     }
 
     func storeU16(_ address: UInt64, _ value: UInt16) {
-        pointer(GuestAddress(address)).storeBytes(of: value.littleEndian, as: UInt16.self)
+        // SAFETY: ring fields inside the driver's own mapping.
+        unsafe pointer(GuestAddress(address)).storeBytes(of: value.littleEndian, as: UInt16.self)
     }
 
     func loadU16(_ address: UInt64) -> UInt16 {
-        UInt16(littleEndian: pointer(GuestAddress(address)).loadUnaligned(as: UInt16.self))
+        // SAFETY: ring fields inside the driver's own mapping.
+        unsafe UInt16(littleEndian: pointer(GuestAddress(address)).loadUnaligned(as: UInt16.self))
     }
 
     // MARK: Descriptors
 
     /// Writes descriptor `index` of the table at `table` as the driver would.
+    // SAFETY: the index is the caller's, inside the table it laid out.
     public func setDescriptor(
         table: UInt64? = nil, index: UInt16, address: UInt64, length: UInt32, flags: UInt16, next: UInt16
     ) {
-        let p = pointer(GuestAddress((table ?? descriptorsAddress) + 16 * UInt64(index)))
-        p.storeBytes(of: address.littleEndian, as: UInt64.self)
-        p.storeBytes(of: length.littleEndian, toByteOffset: 8, as: UInt32.self)
-        p.storeBytes(of: flags.littleEndian, toByteOffset: 12, as: UInt16.self)
-        p.storeBytes(of: next.littleEndian, toByteOffset: 14, as: UInt16.self)
+        let p = unsafe pointer(GuestAddress((table ?? descriptorsAddress) + 16 * UInt64(index)))
+        unsafe p.storeBytes(of: address.littleEndian, as: UInt64.self)
+        unsafe p.storeBytes(of: length.littleEndian, toByteOffset: 8, as: UInt32.self)
+        unsafe p.storeBytes(of: flags.littleEndian, toByteOffset: 12, as: UInt16.self)
+        unsafe p.storeBytes(of: next.littleEndian, toByteOffset: 14, as: UInt16.self)
     }
 
     /// Builds a chain of `buffers` in the descriptor table and returns its head (not yet published).
@@ -181,12 +187,13 @@ public final class VirtqueueDriver {
 
     /// Calls `body` with each completion published since the last call, without allocating (pairs only).
     public func drainUsed(_ body: (Completion) -> Void) {
+        // SAFETY: slots are masked to the ring's size, inside the used ring the driver laid out.
         let end = usedIndex
         while lastUsed != end {
             let slot = UInt64(lastUsed & (size - 1))
-            let p = pointer(GuestAddress(usedAddress + 4 + 8 * slot))
-            let head = UInt16(truncatingIfNeeded: UInt32(littleEndian: p.loadUnaligned(as: UInt32.self)))
-            let length = UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 4, as: UInt32.self))
+            let p = unsafe pointer(GuestAddress(usedAddress + 4 + 8 * slot))
+            let head = unsafe UInt16(truncatingIfNeeded: UInt32(littleEndian: p.loadUnaligned(as: UInt32.self)))
+            let length = unsafe UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 4, as: UInt32.self))
             lastUsed &+= 1
             body(Completion(head: head, length: length))
         }
@@ -194,10 +201,11 @@ public final class VirtqueueDriver {
 
     /// Makes `head` available to the device: writes the ring slot, then publishes avail.idx (release).
     public func publish(_ head: UInt16) {
+        // SAFETY: the slot is masked to the ring's size, inside the available ring the driver laid out.
         let slot = UInt64(availableIndex & (size - 1))
         storeU16(availableAddress + 4 + 2 * slot, head)
         availableIndex &+= 1
-        cvfs_store_release_u16(pointer(GuestAddress(availableAddress + 2)), availableIndex.littleEndian)
+        unsafe cvfs_store_release_u16(pointer(GuestAddress(availableAddress + 2)), availableIndex.littleEndian)
     }
 
     /// Sets avail.idx to any value (to test a misbehaving driver).
@@ -227,13 +235,14 @@ public final class VirtqueueDriver {
     }
 
     /// Sets avail.flags (1 = no interrupt).
+    // SAFETY: a ring field inside the driver's own mapping.
     public func setAvailableFlags(_ value: UInt16) { storeU16(availableAddress, value) }
 
     /// `avail_event` as the device last wrote it.
     public var availableEvent: UInt16 { loadU16(usedAddress + 4 + 8 * UInt64(size)) }
 
     /// used.idx as the device last published it.
-    public var usedIndex: UInt16 { cvfs_load_acquire_u16(pointer(GuestAddress(usedAddress + 2))) }
+    public var usedIndex: UInt16 { unsafe cvfs_load_acquire_u16(pointer(GuestAddress(usedAddress + 2))) }
 
     /// Reads the completions published since the last call and frees their descriptors.
     public func takeUsed() -> [Completion] {

@@ -50,7 +50,7 @@ struct CeilingTests {
         let during = daemon.threadCount
         #expect(during <= before + FUSELimits.lockWaits, "\(during) threads with \(count) SETLKW (\(before) before)")
         // One line for the ceiling, however many requests met it.
-        #expect(daemon.log.split(separator: "\n").filter { $0.contains("ceiling") }.count == 1, "\(daemon.log)")
+        #expect(daemon.log.split(separator: "\n").filter { $0.contains("lock waits reached their ceiling") }.count == 1, "\(daemon.log)")
         // Released, the waiters take the lock in turn, each releasing it... here they simply all finish when
         // the ring stops; the threads go with them.
         _ = try session.frontend.stopQueue(1)
@@ -108,6 +108,6 @@ struct CeilingTests {
         #expect(session.status(.release, node: node, bytes(fuse_release_in(fh: handle, flags: 0, release_flags: 0, lock_owner: 0))) == 0)
         session.hiprio.submit(frame(.forget, unique: session.unique, node: node, uid: 0, gid: 0, bytes(fuse_forget_in(nlookup: 1))), replyLength: 0)
         #expect(eventually { daemon.descriptorCount < before }, "descriptors: \(daemon.descriptorCount), \(before) before")
-        #expect(daemon.log.split(separator: "\n").filter { $0.contains("ceiling") }.count == 1, "\(daemon.log)")
+        #expect(daemon.log.split(separator: "\n").filter { $0.contains("lock owners of one file reached their ceiling") }.count == 1, "\(daemon.log)")
     }
 }

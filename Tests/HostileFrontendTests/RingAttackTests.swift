@@ -22,7 +22,7 @@ struct RingAttackTests {
         let daemon = try DaemonUnderTest()
         let session = try Session(daemon)
         let threads = daemon.threadCount
-        let descriptors = daemon.descriptorCount
+        let descriptors = daemon.settledDescriptorCount
         try attack(session, daemon)
         #expect(daemon.isRunning, "\(what): the daemon died: \(daemon.log)")
         #expect(daemon.threadCount == threads, "\(what): \(daemon.threadCount) threads, \(threads) before")

@@ -28,7 +28,7 @@ final class Scratch {
         try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
     }
     func write(_ name: String, _ text: String) {
-        FileManager.default.createFile(atPath: "\(path)/\(name)", contents: Data(text.utf8))
+        _ = FileManager.default.createFile(atPath: "\(path)/\(name)", contents: Data(text.utf8))
     }
     deinit { try? FileManager.default.removeItem(atPath: path) }
 }
@@ -49,7 +49,7 @@ final class DaemonUnderTest {
         ownsShare = share == nil
         self.socketPath = socketPath ?? NSTemporaryDirectory() + "hostile-\(UUID().uuidString.prefix(8)).sock"
         logPath = NSTemporaryDirectory() + "hostile-log-" + UUID().uuidString
-        FileManager.default.createFile(atPath: logPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         process.executableURL = URL(fileURLWithPath: daemonBinary)
         process.arguments = ["--socket-path", self.socketPath, "--shared-dir", self.share.path, "--sandbox", "none"] + arguments
         process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
@@ -78,6 +78,17 @@ final class DaemonUnderTest {
     let idleThreads = 1
     /// How many threads the daemon has now.
     var threadCount: Int { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task").count) ?? -1 }
+    /// The descriptor count once it stops moving (queue workers set up their epoll on their own threads).
+    var settledDescriptorCount: Int {
+        var last = descriptorCount
+        for _ in 0..<50 {
+            usleep(50_000)
+            let now = descriptorCount
+            if now == last { return now }
+            last = now
+        }
+        return last
+    }
     /// How many descriptors the daemon holds now.
     var descriptorCount: Int { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count) ?? -1 }
 
