@@ -110,4 +110,29 @@ struct CeilingTests {
         #expect(eventually { daemon.descriptorCount < before }, "descriptors: \(daemon.descriptorCount), \(before) before")
         #expect(daemon.log.split(separator: "\n").filter { $0.contains("lock owners of one file reached their ceiling") }.count == 1, "\(daemon.log)")
     }
+
+    @Test("thousands of lock waits, each started and ended, leave threads and memory where they were")
+    func lockWaitChurn() throws {
+        let daemon = try DaemonUnderTest()
+        let session = try Session(daemon, queueSize: 256)
+        let (node, handle) = try openFile(session, daemon)
+        let threads = daemon.threadCount
+        func cycle() {
+            _ = session.status(.setlk, node: node, Session.lock(handle: handle, owner: 1, type: F_WRLCK))
+            let waiting = session.requests.submit(
+                frame(.setlkw, unique: session.unique, node: node, uid: 0, gid: 0, Session.lock(handle: handle, owner: 2, type: F_WRLCK)),
+                replyLength: 16)
+            _ = session.status(.setlk, node: node, Session.lock(handle: handle, owner: 1, type: F_UNLCK))
+            _ = session.requests.wait(for: waiting)
+            _ = session.status(.setlk, node: node, Session.lock(handle: handle, owner: 2, type: F_UNLCK))
+        }
+        for _ in 0..<500 { cycle() }
+        let settled = daemon.residentKilobytes
+        for _ in 0..<3000 { cycle() }
+        let after = daemon.residentKilobytes
+        #expect(after - settled < 2048, "resident memory grew from \(settled) kB to \(after) kB over 3,000 lock waits")
+        #expect(eventually { daemon.threadCount == threads }, "\(daemon.threadCount) threads, \(threads) before")
+        print("lock-wait churn: \(settled) kB after 500 waits, \(after) kB after 3,500")
+    }
 }
+
