@@ -102,10 +102,11 @@ final class DeferredReply: @unchecked Sendable {
     let owner: AnyObject?
     let unique: UInt64
 
-    init(writable: UnsafeMutableBufferPointer<iovec>, owner: AnyObject?, unique: UInt64) {
+    init(writable: UnsafeMutableBufferPointer<iovec>, owner: Unmanaged<AnyObject>?, unique: UInt64) {
         // SAFETY: the iovecs are copied; `owner` keeps the memory they point into mapped for as long as this lives.
         unsafe self.writable = unsafe Array(writable)
-        self.owner = owner
+        // Retained here: from now on this reply keeps the memory mapped, whatever the caller does.
+        self.owner = unsafe owner?.takeUnretainedValue()
         self.unique = unique
     }
 

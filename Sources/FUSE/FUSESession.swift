@@ -76,8 +76,9 @@ public final class FUSESession<FS: FileSystem> {
     /// Serves one request read from `readable`, writing the reply into `writable` (the guest's buffers).
     /// - Parameters:
     ///   - token: names the request if it is deferred (the transport's chain head).
-    ///   - owner: keeps `readable` and `writable` valid (the guest memory they point into); a deferred request
-    ///     holds it until its reply is written.
+    ///   - owner: what keeps `readable` and `writable` valid (the guest memory they point into), unretained:
+    ///     the caller keeps it alive during the call, and a request that is deferred retains it until its reply
+    ///     is written. (Unretained, so that the requests that are not deferred pay no reference counting.)
     /// - Returns: the number of bytes written into `writable` (0 for requests that have no reply), or nil when
     ///   the request was deferred and will be finished through the session's `complete` callback.
     // SAFETY: `readable` and `writable` are the transport's buffers, valid during this call (or for as long as `owner`
@@ -85,7 +86,7 @@ public final class FUSESession<FS: FileSystem> {
     // `requestStorage`.
     public func handle(
         readable: UnsafeBufferPointer<iovec>, writable: UnsafeMutableBufferPointer<iovec>, token: UInt64 = 0,
-        owner: AnyObject? = nil
+        owner: Unmanaged<AnyObject>? = nil
     ) -> UInt32? {
         // The header alone first: a WRITE's data is not copied, it goes from the guest's buffers to the file.
         var (gathered, total) = unsafe gather(readable, upTo: MemoryLayout<fuse_in_header>.size)
@@ -272,7 +273,7 @@ public final class FUSESession<FS: FileSystem> {
     /// SETLKW: waits for the lock on a thread of its own, so that neither this queue nor any other stalls; the
     /// request is finished from there, or fails with EINTR when the guest interrupts it or its ring stops.
     /// At most `FUSELimits.lockWaits` wait at once: past that, ENOLCK.
-    func deferLockWait(_ context: RequestContext, _ reader: inout ByteReader, writable: UnsafeMutableBufferPointer<iovec>, token: UInt64, owner: AnyObject?) throws(Errno) {
+    func deferLockWait(_ context: RequestContext, _ reader: inout ByteReader, writable: UnsafeMutableBufferPointer<iovec>, token: UInt64, owner: Unmanaged<AnyObject>?) throws(Errno) {
         // SAFETY: the deferred reply copies the iovecs and holds `owner`, which keeps them mapped until the reply is
         // written.
         guard let input = reader.read(fuse_lk_in.self) else { throw .invalidArgument }

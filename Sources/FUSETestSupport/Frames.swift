@@ -46,7 +46,8 @@ public struct Frame {
                     // the owner a deferred request holds, as guest memory is for the device.
                     session.handle(
                         readable: UnsafeBufferPointer(r), writable: w,
-                        token: raw.count >= 16 ? raw.loadUnaligned(fromByteOffset: 8, as: UInt64.self) : 0, owner: memory)
+                        token: raw.count >= 16 ? raw.loadUnaligned(fromByteOffset: 8, as: UInt64.self) : 0,
+                        owner: Unmanaged.passUnretained(memory as AnyObject))
                 }
             }
         }

@@ -282,7 +282,7 @@ public enum FUSEFuzz {
         }
         let written = buffers.readable.withUnsafeBufferPointer { readable in
             buffers.writable.withUnsafeMutableBufferPointer { writable in
-                session.handle(readable: readable, writable: writable, token: 0, owner: buffers)
+                session.handle(readable: readable, writable: writable, token: 0, owner: Unmanaged.passUnretained(buffers as AnyObject))
             }
         }
         guard let written else { return nil }

@@ -52,45 +52,46 @@ struct VringAddresses: Sendable, Equatable {
 
 /// Heads of the chains a queue's handler deferred and has not finished: a guest that makes one of them
 /// available again while it is in flight (which no correct driver does) is not served twice, so deferred work
-/// per queue never exceeds the queue's size. Used by the worker thread only.
+/// per queue never exceeds the queue's size. Used by the worker thread only, so its count opts out of dynamic
+/// exclusivity checks.
 // SAFETY: Owns its words; every index is checked against `wordCount`.
 @safe
-struct InFlightHeads: ~Copyable {
+final class InFlightHeads {
     private let words: UnsafeMutablePointer<UInt64>
     private let wordCount: Int
-    private(set) var count = 0
+    @exclusivity(unchecked) private(set) var count = 0
 
     init(size: UInt16) {
-        // SAFETY: allocates and zeroes the words this value owns.
+        // SAFETY: allocates and zeroes the words this object owns.
         wordCount = (Int(size) + 63) / 64
         unsafe words = .allocate(capacity: wordCount)
         unsafe words.initialize(repeating: 0, count: wordCount)
     }
 
-    // SAFETY: frees what init allocated, once (the value is not copyable).
+    // SAFETY: frees what init allocated, once.
     deinit { unsafe words.deallocate() }
 
     @inline(__always)
     func contains(_ head: UInt16) -> Bool {
         // SAFETY: the word index is checked against wordCount.
         let word = Int(head) >> 6
-        return unsafe word < wordCount && words[word] & (1 << UInt64(head & 63)) != 0
+        return unsafe (word < wordCount && words[word] & (1 << UInt64(head & 63)) != 0)
     }
 
-    mutating func insert(_ head: UInt16) {
+    func insert(_ head: UInt16) {
         // SAFETY: the word index is checked against wordCount.
         let word = Int(head) >> 6
         guard word < wordCount, unsafe words[word] & (1 << UInt64(head & 63)) == 0 else { return }
         unsafe words[word] |= 1 << UInt64(head & 63)
-        count += 1
+        unsafe count += 1
     }
 
-    mutating func remove(_ head: UInt16) {
+    func remove(_ head: UInt16) {
         // SAFETY: the word index is checked against wordCount.
         let word = Int(head) >> 6
         guard word < wordCount, unsafe words[word] & (1 << UInt64(head & 63)) != 0 else { return }
         unsafe words[word] &= ~(1 << UInt64(head & 63))
-        count -= 1
+        unsafe count -= 1
     }
 }
 
@@ -186,7 +187,7 @@ final class VringWorker: @unchecked Sendable {
         let completions: DeferredCompletions
         let logger: Logger
         let chain: DescriptorChain
-        @exclusivity(unchecked) var inFlight: InFlightHeads
+        let inFlight: InFlightHeads
         /// Completions taken from `completions`, reused.
         @exclusivity(unchecked) var taken: [(head: UInt16, length: UInt32)] = []
         @exclusivity(unchecked) var memoryGeneration: UInt64 = 0
@@ -215,7 +216,7 @@ final class VringWorker: @unchecked Sendable {
             // A chain has at most `size` direct descriptors, or one indirect table; 1 MiB of 4 KiB pages plus
             // headers fits comfortably in 1024 buffers per side.
             self.chain = DescriptorChain(capacity: max(Int(queue.size), 1024), memory: queue.memory)
-            unsafe self.inFlight = InFlightHeads(size: queue.size)
+            self.inFlight = InFlightHeads(size: queue.size)
         }
 
         func run() {
@@ -268,7 +269,7 @@ final class VringWorker: @unchecked Sendable {
             // SAFETY: the used ring is written through the queue, whose pointers are into memory it holds.
             unsafe completions.take(into: &taken)
             for done in unsafe taken {
-                unsafe inFlight.remove(done.head)
+                inFlight.remove(done.head)
                 unsafe queue.complete(head: done.head, length: done.length)
             }
             return unsafe !taken.isEmpty
@@ -322,7 +323,7 @@ final class VringWorker: @unchecked Sendable {
                     do {
                         guard try unsafe queue.pop(into: chain) else { break }
                         let head = chain.headIndex
-                        if unsafe inFlight.contains(head) {
+                        if inFlight.contains(head) {
                             // Made available again while it is in flight: serving it again would answer one
                             // chain twice and let a guest multiply deferred work without end.
                             if duplicateReported.first() {
@@ -338,7 +339,7 @@ final class VringWorker: @unchecked Sendable {
                                 if unsafe queue.needsNotification() { shared.signalGuest() }
                             }
                         } else {
-                            unsafe inFlight.insert(head)
+                            inFlight.insert(head)
                         }
                     } catch let error {
                         switch error {
@@ -346,7 +347,7 @@ final class VringWorker: @unchecked Sendable {
                             if malformedReported.first() {
                                 logger.warning("queue \(index): malformed descriptor chain \(head): \(reason); returned empty (further ones are not logged)")
                             }
-                            if unsafe !inFlight.contains(head) { unsafe queue.complete(head: head, length: 0) }
+                            if !inFlight.contains(head) { unsafe queue.complete(head: head, length: 0) }
                         default:
                             logger.error("queue \(index): broken ring (\(error)); queue stopped")
                             unsafe broken = true

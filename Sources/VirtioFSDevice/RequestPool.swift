@@ -64,7 +64,7 @@ final class RequestPool<FS: FileSystem>: @unchecked Sendable {
                 let written = unsafe session.handle(
                     readable: UnsafeBufferPointer(rebasing: job.readable[0..<job.readableCount]),
                     writable: UnsafeMutableBufferPointer(rebasing: job.writable[0..<job.writableCount]),
-                    token: UInt64(job.head), owner: job.memory)
+                    token: UInt64(job.head), owner: job.memory.map { unsafe Unmanaged.passUnretained($0) })
                 job.memory = nil
                 let head = job.head
                 free.withLock { $0.append(job) }

@@ -68,7 +68,7 @@ public final class VirtioFSBackend<FS: FileSystem>: VhostUserBackend {
             if let pool, pool.submit(chain) { return nil }
             return unsafe session.handle(
                 readable: chain.readableBuffers, writable: chain.writableBuffers, token: UInt64(chain.headIndex),
-                owner: chain.memory)
+                owner: chain.memoryOwner)
         }
 
         /// Lock waits end with EINTR; pool jobs run to their end and post their completions.

@@ -27,14 +27,14 @@ public final class DescriptorChain {
     @exclusivity(unchecked) public internal(set) var head: UInt16 = 0
     /// The guest memory the buffers point into. A request that outlives its handler (a lock wait, a pool job)
     /// holds this, so the buffers stay mapped after the front-end replaces the memory table.
-    public internal(set) var memory: GuestMemoryMap
+    @exclusivity(unchecked) public internal(set) var memory: GuestMemoryMap
 
     /// Room for `capacity` buffers on each side.
     public init(capacity: Int, memory: GuestMemoryMap = .empty) {
         // SAFETY: allocates the buffer lists this chain owns, freed in deinit.
         unsafe readable = .allocate(capacity: capacity)
         unsafe writable = .allocate(capacity: capacity)
-        self.memory = memory
+        unsafe self.memory = memory
     }
 
     deinit {
@@ -46,6 +46,10 @@ public final class DescriptorChain {
     /// `head`, for other modules: read there, the stored property costs a dynamic exclusivity check per
     /// request (about 60 instructions) in spite of `@exclusivity(unchecked)`; read here, it costs none.
     public var headIndex: UInt16 { unsafe head }
+
+    /// `memory`, unretained, for other modules: a request that is not deferred costs no reference counting and
+    /// no exclusivity check. Valid while this chain's request is being handled.
+    public var memoryOwner: Unmanaged<AnyObject> { unsafe Unmanaged.passUnretained(memory) }
 
     /// The readable buffers in use.
     public var readableBuffers: UnsafeBufferPointer<iovec> {

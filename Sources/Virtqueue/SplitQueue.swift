@@ -111,7 +111,7 @@ public struct SplitQueue {
         guard head < size else { throw .headOutOfRange(head) }
         chain.reset(head: head)
         // Set once per memory table, not per request: an identity check is all a request pays.
-        if chain.memory !== memory { chain.memory = memory }
+        if unsafe chain.memory !== memory { unsafe chain.memory = memory }
         if let fault = walk(head: head, into: chain) {
             throw .invalidChain(head: head, reason: fault)
         }
