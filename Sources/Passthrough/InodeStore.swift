@@ -33,7 +33,8 @@ public final class InodeData: Sendable {
     /// The file handle, when the node holds no descriptor.
     let handle: KernelFileHandle?
     /// A descriptor on the handle's mount (owned by the file system's mount table), for open_by_handle_at.
-    let mountFD: CInt
+    /// The descriptor of the handle's mount (shared with the file system's mount table), for open_by_handle_at.
+    let mount: MountTable.Mount?
     /// What the file looked like when the guest last had it open (`--cache auto`): if it still looks the same
     /// at the next open, the guest may keep its page cache.
     let lastSeen = Mutex<FileVersion?>(nil)
@@ -44,16 +45,16 @@ public final class InodeData: Sendable {
         self.fileType = fileType
         self.descriptor = fd.release()
         self.handle = nil
-        self.mountFD = -1
+        self.mount = nil
     }
 
-    init(nodeID: UInt64, key: InodeKey, fileType: FileType, handle: KernelFileHandle, mountFD: CInt) {
+    init(nodeID: UInt64, key: InodeKey, fileType: FileType, handle: KernelFileHandle, mount: MountTable.Mount) {
         self.nodeID = nodeID
         self.key = key
         self.fileType = fileType
         self.descriptor = -1
         self.handle = handle
-        self.mountFD = mountFD
+        self.mount = mount
     }
 
     /// The node's own descriptor (the root's, or any node held by descriptor).
@@ -83,7 +84,7 @@ public struct FileVersion: Equatable, Sendable {
 /// How a new node is held: its descriptor, or a handle that replaces it.
 public enum NodeHolding: Sendable {
     case descriptor
-    case handle(KernelFileHandle, mountFD: CInt)
+    case handle(KernelFileHandle, mount: MountTable.Mount)
 }
 
 /// The nodes the guest holds, with their lookup counts.
@@ -156,8 +157,8 @@ public final class InodeStore: Sendable {
             switch Result(catching: { () throws(Errno) -> NodeHolding in try holding(fd.borrowed) }) {
             case .failure(let error): return .failure(error)
             case .success(.descriptor): data = InodeData(nodeID: id, key: key, fileType: fileType, fd: fd)
-            case .success(.handle(let handle, let mountFD)):
-                data = InodeData(nodeID: id, key: key, fileType: fileType, handle: handle, mountFD: mountFD)
+            case .success(.handle(let handle, let mount)):
+                data = InodeData(nodeID: id, key: key, fileType: fileType, handle: handle, mount: mount)
             }
             shard.nextCounter += 1
             shard.byID[id] = Node(data: data, lookups: 1)

@@ -171,8 +171,8 @@ public final class PassthroughFileSystem: FileSystem {
     /// so no rename can swap another file in between the check and the open.
     func reopen(_ data: InodeData, flags: CInt) throws(Errno) -> OwnedFD {
         guard data.fileType.canBeOpened else { throw .badFileDescriptor }
-        if let handle = data.handle {
-            return try FileDescriptor(rawValue: data.mountFD).open(handle: handle, flags: OpenFlags(rawValue: flags))
+        if let handle = data.handle, let mount = data.mount {
+            return try mount.fd.borrowed.open(handle: handle, flags: OpenFlags(rawValue: flags))
         }
         return try reopen(path: data.fd(), flags: flags)
     }
@@ -189,7 +189,8 @@ public final class PassthroughFileSystem: FileSystem {
     /// Runs `body` with an `O_PATH` descriptor of the node: its own, or one opened from its handle for the call.
     func withPath<T: ~Copyable>(_ data: InodeData, _ body: (FileDescriptor) throws(Errno) -> T) throws(Errno) -> T {
         if data.descriptor >= 0 { return try body(FileDescriptor(rawValue: data.descriptor)) }
-        let fd = try FileDescriptor(rawValue: data.mountFD).open(handle: data.handle!, flags: [.path, .noFollow])
+        guard let handle = data.handle, let mount = data.mount else { throw .badFileDescriptor }
+        let fd = try mount.fd.borrowed.open(handle: handle, flags: [.path, .noFollow])
         return try body(fd.borrowed)
     }
 
@@ -206,13 +207,13 @@ public final class PassthroughFileSystem: FileSystem {
         guard options.inodeFileHandles != .never else { return .descriptor }
         do throws(Errno) {
             let handle = try fd.fileHandle()
-            let mountFD = try mounts.descriptor(for: handle.mountID) { () throws(Errno) -> OwnedFD in
+            let mount = try mounts.descriptor(for: handle.mountID) { () throws(Errno) -> OwnedFD in
                 guard stat.fileType == .directory else { throw .notSupported }
                 return try unsafe withDecimal(fd.rawValue) { (name) throws(Errno) -> OwnedFD in
                     try unsafe procSelf.fd.borrowed.open(name, flags: [.directory])
                 }
             }
-            return .handle(handle, mountFD: mountFD)
+            return .handle(handle, mount: mount)
         } catch {
             if options.inodeFileHandles == .mandatory { throw error }
             return .descriptor
