@@ -395,6 +395,7 @@ struct cvfs_mount_attr {
 #ifndef SYS_mount_setattr
 #define SYS_mount_setattr 442
 #endif
+#define CVFS_MOUNT_ATTR_RDONLY 0x00000001
 #define CVFS_MOUNT_ATTR_NODEV 0x00000004
 #define CVFS_AT_RECURSIVE 0x8000
 
@@ -446,13 +447,6 @@ int cvfs_fuzz_reset_tree(const char *path) {
     return 0;
 }
 
-struct cvfs_mount_attr_fuzz {
-    uint64_t attr_set;
-    uint64_t attr_clr;
-    uint64_t propagation;
-    uint64_t userns_fd;
-};
-
 int cvfs_fuzz_confine(const char *const *writable, size_t count) {
     if (unshare(CLONE_NEWNS) != 0) return -1;
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) return -1;
@@ -460,9 +454,9 @@ int cvfs_fuzz_confine(const char *const *writable, size_t count) {
     for (size_t i = 0; i < count; i++) {
         if (mount(writable[i], writable[i], NULL, MS_BIND, NULL) != 0) return -1;
     }
-    struct cvfs_mount_attr_fuzz ro = {.attr_set = 0x00000001 /* MOUNT_ATTR_RDONLY */};
-    if (syscall(SYS_mount_setattr, AT_FDCWD, "/", 0x8000 /* AT_RECURSIVE */, &ro, sizeof ro) != 0) return -1;
-    struct cvfs_mount_attr_fuzz rw = {.attr_clr = 0x00000001};
+    struct cvfs_mount_attr ro = {.attr_set = CVFS_MOUNT_ATTR_RDONLY};
+    if (syscall(SYS_mount_setattr, AT_FDCWD, "/", CVFS_AT_RECURSIVE, &ro, sizeof ro) != 0) return -1;
+    struct cvfs_mount_attr rw = {.attr_clr = CVFS_MOUNT_ATTR_RDONLY};
     for (size_t i = 0; i < count; i++) {
         if (syscall(SYS_mount_setattr, AT_FDCWD, writable[i], 0, &rw, sizeof rw) != 0) return -1;
     }

@@ -103,11 +103,17 @@ public final class Frontend {
         let index = UInt32(q)
         try send(.setVringNum, payloadBytes(of: cvfs_vhost_vring_state(index: index, num: UInt32(d.size))))
         try send(.setVringBase, payloadBytes(of: cvfs_vhost_vring_state(index: index, num: UInt32(base))))
-        try send(.setVringAddr, payloadBytes(of: cvfs_vhost_vring_addr(
-            index: index, flags: 0, descriptor: d.userAddress(d.descriptorsAddress), used: d.userAddress(d.usedAddress),
-            available: d.userAddress(d.availableAddress), log: 0)))
+        try send(.setVringAddr, vringAddressPayload(q))
         try send(.setVringCall, payloadBytes(of: UInt64(q)), fds: [calls[q].fd])
         try send(.setVringKick, payloadBytes(of: UInt64(q)), fds: [kicks[q].fd])
+    }
+
+    /// The SET_VRING_ADDR payload of queue `q`: its driver's rings, as front-end virtual addresses.
+    public func vringAddressPayload(_ q: Int, offsets: (descriptors: UInt64, available: UInt64, used: UInt64) = (0, 0, 0)) -> [UInt8] {
+        let d = drivers[q]
+        return payloadBytes(of: cvfs_vhost_vring_addr(
+            index: UInt32(q), flags: 0, descriptor: d.userAddress(d.descriptorsAddress) + offsets.descriptors,
+            used: d.userAddress(d.usedAddress) + offsets.used, available: d.userAddress(d.availableAddress) + offsets.available, log: 0))
     }
 
     /// SET_VRING_ENABLE 1 for queue `q`.

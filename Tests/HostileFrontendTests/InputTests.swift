@@ -94,10 +94,8 @@ struct InputTests {
         #expect(try frontend.u64(.setMemTable, frontend.memoryTablePayload(), fds: frontend.drivers.map { $0.memoryFile.rawValue }, needReply: true) == 0)
         let d = frontend.drivers[1]
         try frontend.send(.setVringNum, payloadBytes(of: cvfs_vhost_vring_state(index: 1, num: UInt32(d.size))))
-        let ack = try frontend.u64(.setVringAddr, payloadBytes(of: cvfs_vhost_vring_addr(
-            index: 1, flags: 0, descriptor: d.userAddress(d.descriptorsAddress) + offsets.0,
-            used: d.userAddress(d.usedAddress) + offsets.2, available: d.userAddress(d.availableAddress) + offsets.1, log: 0)),
-            needReply: true)
+        let ack = try frontend.u64(
+            .setVringAddr, frontend.vringAddressPayload(1, offsets: (offsets.0, offsets.1, offsets.2)), needReply: true)
         #expect(ack != 0, "misaligned rings were accepted")
         #expect(daemon.isRunning)
     }
@@ -118,9 +116,7 @@ struct InputTests {
         #expect(try frontend.u64(.setVringCall, payloadBytes(of: UInt64(1)), fds: [pipeFDs[1]], needReply: true) != 0, "a pipe was taken as call fd")
         let d = frontend.drivers[1]
         try frontend.send(.setVringNum, payloadBytes(of: cvfs_vhost_vring_state(index: 1, num: UInt32(d.size))))
-        try frontend.send(.setVringAddr, payloadBytes(of: cvfs_vhost_vring_addr(
-            index: 1, flags: 0, descriptor: d.userAddress(d.descriptorsAddress), used: d.userAddress(d.usedAddress),
-            available: d.userAddress(d.availableAddress), log: 0)))
+        try frontend.send(.setVringAddr, frontend.vringAddressPayload(1))
         #expect(try frontend.u64(.setVringKick, payloadBytes(of: UInt64(1)), fds: [pipeFDs[0]], needReply: true) != 0, "a pipe was taken as kick fd")
         // With proper eventfds the queue runs, and the file was never written.
         try frontend.startQueue(1)
@@ -145,9 +141,7 @@ struct InputTests {
         try frontend.send(.setVringCall, payloadBytes(of: UInt64(1)), fds: [frontend.calls[1].fd])
         #expect(try frontend.u64(.setVringKick, payloadBytes(of: UInt64(1)), fds: [frontend.kicks[1].fd], needReply: true) != 0)
         // The front-end corrects the addresses and kicks again, with no new call fd.
-        try frontend.send(.setVringAddr, payloadBytes(of: cvfs_vhost_vring_addr(
-            index: 1, flags: 0, descriptor: d.userAddress(d.descriptorsAddress), used: d.userAddress(d.usedAddress),
-            available: d.userAddress(d.availableAddress), log: 0)))
+        try frontend.send(.setVringAddr, frontend.vringAddressPayload(1))
         #expect(try frontend.u64(.setVringKick, payloadBytes(of: UInt64(1)), fds: [frontend.kicks[1].fd], needReply: true) == 0)
         try frontend.enableQueue(1)
         let queue = GuestQueue(frontend, 1)
