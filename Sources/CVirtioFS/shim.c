@@ -447,7 +447,7 @@ int cvfs_fuzz_reset_tree(const char *path) {
     return 0;
 }
 
-int cvfs_fuzz_confine(const char *const *writable, size_t count) {
+int cvfs_fuzz_confine(const char *const *writable, size_t count, const char *scratch, unsigned scratch_mib) {
     if (unshare(CLONE_NEWNS) != 0) return -1;
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) return -1;
     // Binds first, while they can still be made writable; then everything read-only; then the binds back.
@@ -460,5 +460,7 @@ int cvfs_fuzz_confine(const char *const *writable, size_t count) {
     for (size_t i = 0; i < count; i++) {
         if (syscall(SYS_mount_setattr, AT_FDCWD, writable[i], 0, &rw, sizeof rw) != 0) return -1;
     }
-    return 0;
+    char options[64];
+    snprintf(options, sizeof options, "size=%um,mode=0755", scratch_mib);
+    return mount("fuzz-scratch", scratch, "tmpfs", MS_NOSUID, options);
 }

@@ -61,10 +61,12 @@ public enum FileManagerless {
 
 /// Shuts the process into a mount namespace where only the named directories are writable.
 public enum FuzzConfinement {
-    public static func confine(writable: [String]) -> Bool {
+    /// - Parameter scratch: becomes a 64 MiB tmpfs of this process's own, so that a fallocate of a terabyte
+    ///   fills that, not the host's disk (which other tests, and guests, share).
+    public static func confine(writable: [String], scratch: String) -> Bool {
         let pointers = writable.map { strdup($0) }
         defer { pointers.forEach { free($0) } }
         let constPointers = pointers.map { UnsafePointer($0) }
-        return constPointers.withUnsafeBufferPointer { cvfs_fuzz_confine($0.baseAddress, $0.count) } == 0
+        return constPointers.withUnsafeBufferPointer { cvfs_fuzz_confine($0.baseAddress, $0.count, scratch, 64) } == 0
     }
 }

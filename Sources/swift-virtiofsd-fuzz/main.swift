@@ -41,11 +41,12 @@ let rest = CommandLine.arguments.dropFirst(2).map { argument in
 }
 
 if CommandLine.arguments[1] == "passthrough" {
-    // The passthrough target runs as root on a scratch tree: everything else is made read-only first.
-    var writable = [FUSEFuzz.scratchDirectory, FileManagerless.currentDirectory()]
+    // The passthrough target runs as root on a scratch tree (a small tmpfs of its own): everything else is made
+    // read-only first.
+    var writable = [FileManagerless.currentDirectory()]
     writable += rest.filter { !$0.hasPrefix("-") && FileManagerless.isDirectory($0) }
     FileManagerless.makeDirectory(FUSEFuzz.scratchDirectory)
-    guard FuzzConfinement.confine(writable: writable) else {
+    guard FuzzConfinement.confine(writable: writable, scratch: FUSEFuzz.scratchDirectory) else {
         print("swift-virtiofsd-fuzz: cannot confine the passthrough target (run it as root)\n", terminator: "")
         exit(1)
     }

@@ -164,6 +164,7 @@ int cvfs_mount_nodev(const char *path);
 /// Empties `path` (creating it) and puts a small tree in it: files, a directory, a symlink, a FIFO.
 int cvfs_fuzz_reset_tree(const char *path);
 /// Shuts the calling process (which must have one thread) into a mount namespace where every mount is
-/// read-only except the `count` directories of `writable`: a fuzzed file server running as root cannot harm
-/// the host's files whatever it is tricked into.
-int cvfs_fuzz_confine(const char *const *writable, size_t count);
+/// read-only except the `count` directories of `writable`, and `scratch` is a tmpfs of `scratch_mib` MiB of its
+/// own: a fuzzed file server running as root cannot harm the host's files, nor fill its disk, whatever it is
+/// tricked into.
+int cvfs_fuzz_confine(const char *const *writable, size_t count, const char *scratch, unsigned scratch_mib);
