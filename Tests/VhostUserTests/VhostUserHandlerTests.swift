@@ -186,15 +186,16 @@ struct VhostUserHandlerTests {
         let kick = try EventFD()
         let call = try EventFD()
         try frontend.startQueue(1, driver: driver, kick: kick, call: call)
-        // 40 requests, then one kick: the worker serves them as one batch.
+        // 40 requests made available at once, then one kick: the worker serves them as one batch (published one
+        // by one, some could be taken before the rest, when SET_VRING_ENABLE wakes the worker).
         driver.setUsedEvent(usedEvent)
-        for i in 0..<40 {
-            let head = driver.makeChain([
+        let heads = (0..<40).map { i in
+            driver.makeChain([
                 .init(address: driver.write([UInt8(i)]), length: 1, writable: false),
                 .init(address: driver.allocate(8), length: 8, writable: true),
             ])
-            driver.publish(head)
         }
+        driver.publish(heads)
         kick.signal()
         for _ in 0..<500 where driver.usedIndex != 40 { usleep(10_000) }
         #expect(driver.usedIndex == 40)
