@@ -75,7 +75,11 @@ struct Daemon {
             let limit = config.exactOpenFileLimit
                 ? ProcessSettings.setOpenFileLimit(config.openFileLimit)
                 : ProcessSettings.raiseOpenFileLimit(to: config.openFileLimit)
-            logger.debug("open-file limit: \(limit)")
+            if limit < config.openFileLimit && !config.exactOpenFileLimit {
+                logger.warning("open-file limit \(limit), not \(config.openFileLimit): the hard limit could not be raised; a guest that keeps more nodes than that gets ENFILE")
+            } else {
+                logger.debug("open-file limit: \(limit)")
+            }
         }
         // The socket first: its path is out of reach once the shared directory is the root. Its pid file is
         // locked before anything else, so a second daemon on the same path stops here, and its socket is left

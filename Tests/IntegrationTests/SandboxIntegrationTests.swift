@@ -10,7 +10,7 @@ final class WaitingDaemon {
     let socket: String
     let errorPath: String
 
-    init(_ flags: [String], share: String? = nil) throws {
+    init(_ flags: [String], share: String? = nil, launcher: [String] = []) throws {
         let dir = NSTemporaryDirectory() + "sandbox-test-" + UUID().uuidString
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         chmod(dir, 0o777)
@@ -19,7 +19,7 @@ final class WaitingDaemon {
         socket = dir + "/daemon.sock"
         errorPath = dir + "/stderr"
         FileManager.default.createFile(atPath: errorPath, contents: nil)
-        let arguments = [backend, "--socket-path=\(socket)", "--shared-dir=\(self.share)"] + flags
+        let arguments = launcher + [backend, "--socket-path=\(socket)", "--shared-dir=\(self.share)"] + flags
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = arguments
         process.currentDirectoryURL = URL(fileURLWithPath: NSTemporaryDirectory())
@@ -64,11 +64,41 @@ final class TemporaryShare {
     deinit { try? FileManager.default.removeItem(atPath: path) }
 }
 
+/// Whether this process may raise hard resource limits (CAP_SYS_RESOURCE, bit 24, in its effective set).
+let mayRaiseHardLimits: Bool = {
+    let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+    let line = status.split(separator: "\n").first { $0.hasPrefix("CapEff:") } ?? ""
+    let mask = UInt64(line.dropFirst("CapEff:".count).trimmingCharacters(in: .whitespaces), radix: 16) ?? 0
+    return mask & (1 << 24) != 0
+}()
+
 /// The back-end started as nobody (65534), with no supplementary groups.
 let backendAsNobody = "setpriv --reuid=65534 --regid=65534 --clear-groups \(backend)"
 
 @Suite("Sandbox, seccomp and capabilities of the running daemon", .serialized)
 struct SandboxIntegrationTests {
+    @Test("the daemon raises its open-file limit to 1,000,000, the hard limit too where it may, else says so")
+    func openFileLimit() throws {
+        // A guest that caches every node it sees keeps one descriptor per node: a tree of 30,000 files unpacked in
+        // the guest needs more than a hard limit of 20,000 (this machine's).
+        func openFiles(_ daemon: WaitingDaemon) -> [Int] {
+            let limits = (try? String(contentsOfFile: "/proc/\(daemon.servingPID)/limits", encoding: .utf8)) ?? ""
+            let line = limits.split(separator: "\n").first { $0.hasPrefix("Max open files") } ?? ""
+            return line.split(separator: " ").compactMap { Int($0) }
+        }
+        let daemon = try WaitingDaemon([], launcher: ["prlimit", "--nofile=1024:4096"])
+        if mayRaiseHardLimits {
+            #expect(openFiles(daemon) == [1_000_000, 1_000_000], "log: \(daemon.errors)")
+            #expect(!daemon.errors.contains("warning"))
+        } else {
+            // Without CAP_SYS_RESOURCE (a container's root, as on this project's machines): up to the hard limit.
+            #expect(openFiles(daemon) == [4096, 4096], "log: \(daemon.errors)")
+            #expect(daemon.errors.contains("open-file limit 4096, not 1000000"), "log: \(daemon.errors)")
+        }
+        let exact = try WaitingDaemon(["--rlimit-nofile=3000"], launcher: ["prlimit", "--nofile=1024:4096"])
+        #expect(openFiles(exact) == [3000, 4096], "log: \(exact.errors)")
+    }
+
     @Test("namespace mode: the daemon's root is the shared directory, in its own mount, pid and net namespaces")
     func namespaceView() throws {
         let daemon = try WaitingDaemon([])
