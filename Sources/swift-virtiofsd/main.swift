@@ -76,7 +76,7 @@ struct Daemon {
                 ? ProcessSettings.setOpenFileLimit(config.openFileLimit)
                 : ProcessSettings.raiseOpenFileLimit(to: config.openFileLimit)
             if limit < config.openFileLimit && !config.exactOpenFileLimit {
-                logger.warning("open-file limit \(limit), not \(config.openFileLimit): the hard limit could not be raised; a guest that keeps more nodes than that gets ENFILE")
+                logger.notice("open-file limit \(limit), not \(config.openFileLimit): the hard limit could not be raised; a guest that keeps more nodes than that gets ENFILE")
             } else {
                 logger.debug("open-file limit: \(limit)")
             }
