@@ -75,21 +75,11 @@ public enum ProcessSettings {
     /// Never lowers either. Returns the limit now in force.
     @discardableResult
     public static func raiseOpenFileLimit(to limit: UInt64) -> UInt64 {
-        // SAFETY: getrlimit and setrlimit read and write locals during the calls.
+        // SAFETY: getrlimit writes a local during the call.
         var current = rlimit()
         guard unsafe getrlimit(CInt(RLIMIT_NOFILE.rawValue), &current) == 0 else { return 0 }
         guard limit > UInt64(current.rlim_cur) else { return UInt64(current.rlim_cur) }
-        var wanted = current
-        wanted.rlim_cur = rlim_t(limit)
-        wanted.rlim_max = rlim_t(max(UInt64(current.rlim_max), limit))
-        if unsafe setrlimit(CInt(RLIMIT_NOFILE.rawValue), &wanted) != 0 {
-            // Not allowed to raise the hard limit (or beyond fs.nr_open): up to the hard limit only.
-            wanted.rlim_max = current.rlim_max
-            wanted.rlim_cur = rlim_t(min(UInt64(current.rlim_max), limit))
-            _ = unsafe setrlimit(CInt(RLIMIT_NOFILE.rawValue), &wanted)
-        }
-        _ = unsafe getrlimit(CInt(RLIMIT_NOFILE.rawValue), &current)
-        return UInt64(current.rlim_cur)
+        return setOpenFileLimit(limit)
     }
 
     /// Sets the soft limit on open descriptors to `limit` (raising the hard limit too where allowed); returns the

@@ -202,21 +202,27 @@ public final class VirtqueueDriver {
     /// Makes all of `heads` available at once: every ring slot first, then avail.idx once (release), so the
     /// device sees them as one batch.
     public func publish(_ heads: [UInt16]) {
-        for head in heads {
-            let slot = UInt64(availableIndex & (size - 1))
-            storeU16(availableAddress + 4 + 2 * slot, head)
-            availableIndex &+= 1
-        }
-        // SAFETY: avail.idx is a ring field inside the driver's own mapping.
-        unsafe cvfs_store_release_u16(pointer(GuestAddress(availableAddress + 2)), availableIndex.littleEndian)
+        for head in heads { fillSlot(head) }
+        publishAvailableIndex()
     }
 
     /// Makes `head` available to the device: writes the ring slot, then publishes avail.idx (release).
     public func publish(_ head: UInt16) {
-        // SAFETY: the slot is masked to the ring's size, inside the available ring the driver laid out.
+        fillSlot(head)
+        publishAvailableIndex()
+    }
+
+    /// Writes `head` into the next slot of the available ring, not yet visible to the device.
+    private func fillSlot(_ head: UInt16) {
+        // The slot is masked to the ring's size, inside the available ring the driver laid out.
         let slot = UInt64(availableIndex & (size - 1))
         storeU16(availableAddress + 4 + 2 * slot, head)
         availableIndex &+= 1
+    }
+
+    /// Stores avail.idx with release order: the device sees every slot filled before it.
+    private func publishAvailableIndex() {
+        // SAFETY: avail.idx is a ring field inside the driver's own mapping.
         unsafe cvfs_store_release_u16(pointer(GuestAddress(availableAddress + 2)), availableIndex.littleEndian)
     }
 

@@ -35,12 +35,7 @@ final class WaitingDaemon {
         return children.split(separator: " ").compactMap { Int32($0) }.first ?? process.processIdentifier
     }
 
-    func status(_ field: String, of pid: Int32) -> String? {
-        let text = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
-        return text.split(separator: "\n").first { $0.hasPrefix(field + ":") }.map {
-            $0.dropFirst(field.count + 1).trimmingCharacters(in: .whitespaces)
-        }
-    }
+    func status(_ field: String, of pid: Int32) -> String? { processStatus(field, of: pid) }
 
     var errors: String { (try? String(contentsOfFile: errorPath, encoding: .utf8)) ?? "" }
 
@@ -64,11 +59,17 @@ final class TemporaryShare {
     deinit { try? FileManager.default.removeItem(atPath: path) }
 }
 
+/// One field of /proc/PID/status, its value trimmed.
+func processStatus(_ field: String, of pid: Int32) -> String? {
+    let text = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+    return text.split(separator: "\n").first { $0.hasPrefix(field + ":") }.map {
+        $0.dropFirst(field.count + 1).trimmingCharacters(in: .whitespaces)
+    }
+}
+
 /// Whether this process may raise hard resource limits (CAP_SYS_RESOURCE, bit 24, in its effective set).
 let mayRaiseHardLimits: Bool = {
-    let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
-    let line = status.split(separator: "\n").first { $0.hasPrefix("CapEff:") } ?? ""
-    let mask = UInt64(line.dropFirst("CapEff:".count).trimmingCharacters(in: .whitespaces), radix: 16) ?? 0
+    let mask = processStatus("CapEff", of: getpid()).flatMap { UInt64($0, radix: 16) } ?? 0
     return mask & (1 << 24) != 0
 }()
 
