@@ -79,6 +79,16 @@ public struct Entry: Sendable, Equatable {
         self.attributeTimeout = attributeTimeout
         self.isSubmount = isSubmount
     }
+
+    /// The answer to a LOOKUP of a name that does not exist, which the guest may trust for `timeout`: node 0.
+    /// The kernel keeps a negative dentry that long instead of asking again (a compiler's include path search,
+    /// make's probes), and a name it creates itself replaces it at once.
+    public static func negative(timeout: Timeout) -> Entry {
+        Entry(nodeID: 0, attributes: FileStat(linkCount: 0, blockSize: 0), entryTimeout: timeout, attributeTimeout: .zero)
+    }
+
+    /// Whether this is a negative entry (node 0), which holds no node.
+    public var isNegative: Bool { nodeID == 0 }
 }
 
 /// The answer to GETATTR.

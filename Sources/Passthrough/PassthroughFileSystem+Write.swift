@@ -94,7 +94,7 @@ extension PassthroughFileSystem {
         let stat = try unsafe path.borrowed.statx("")
         let data = try node(for: path, stat)
         let handle = handles.insert(fd, writer: options.cache == .auto ? data : nil)
-        return (entry(data, stat, parent: parent), OpenReply(handle: handle, flags: options.cache.fileOpenFlags))
+        return (entry(data, stat, parent: parent), OpenReply(handle: handle, flags: fileOpenFlags))
     }
 
     public func mknod(_ context: RequestContext, parent: UInt64, name: FUSEName, mode: UInt32, device: UInt32, umask: UInt32) throws(Errno) -> Entry {

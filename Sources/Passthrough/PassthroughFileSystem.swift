@@ -150,6 +150,14 @@ public final class PassthroughFileSystem: FileSystem {
         return (uid, gid)
     }
 
+    /// Open flags for a regular file: the cache mode's, and NOFLUSH when the guest keeps its locks itself.
+    /// FLUSH (one round trip per close(2) in the guest) only tells us that a lock owner closed the file, which
+    /// matters only for the POSIX locks held here; with locks off, the guest releases its own locks at close.
+    /// (With a writeback cache the kernel sends FLUSH anyway, to write its dirty pages first.)
+    var fileOpenFlags: FUSEOpenFlags {
+        options.locks ? options.cache.fileOpenFlags : options.cache.fileOpenFlags.union(.noFlush)
+    }
+
     func entry(_ data: InodeData, _ stat: FileStat, parent: InodeData? = nil) -> Entry {
         let submount = options.announceSubmounts && stat.fileType == .directory && parent != nil
             && stat.mountID != parent!.key.mountID
@@ -281,7 +289,12 @@ public final class PassthroughFileSystem: FileSystem {
         // SAFETY: the name is a view of the request, valid for the call; the kernel reads it up to its NUL.
         let parentData = try node(parent)
         guard name.isValidComponent else { throw unsafe name.bytes.count > 255 ? .nameTooLong : .invalidArgument }
-        return try unsafe lookupEntry(parentData, name.cString, isDotDot: name.isDotDot, isDot: name.isDot)
+        do {
+            return try unsafe lookupEntry(parentData, name.cString, isDotDot: name.isDotDot, isDot: name.isDot)
+        } catch .noEntry where options.cache.timeout != .zero {
+            // A name that is not there may be trusted as long as one that is: the guest stops asking again.
+            return .negative(timeout: options.cache.timeout)
+        }
     }
 
     /// Looks `name` up in `parent` and adds one lookup to the node found.
@@ -361,7 +374,7 @@ public final class PassthroughFileSystem: FileSystem {
         if accessMode != O_RDONLY || CInt(bitPattern: flags) & O_TRUNC != 0 { try checkWritable() }
         let fd = try reopen(data, flags: hostOpenFlags(flags))
         let writing = accessMode != O_RDONLY
-        var openFlags = options.cache.fileOpenFlags
+        var openFlags = fileOpenFlags
         if options.cache == .auto && data.fileType == .regular {
             // Close-to-open, without re-reading what did not change: the guest keeps its page cache when the
             // file is as it was at the guest's last open or last write (size, mtime and ctime, to the ns).

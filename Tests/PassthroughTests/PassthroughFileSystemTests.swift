@@ -132,8 +132,50 @@ struct PassthroughFileSystemTests {
         #expect(throws: Errno.invalidArgument) { try fs.lookup(fuseRootID, "../../etc") }
         #expect(throws: Errno.invalidArgument) { try fs.lookup(fuseRootID, "") }
         #expect(throws: Errno.nameTooLong) { try fs.lookup(fuseRootID, String(repeating: "n", count: 256)) }
-        #expect(throws: Errno.noEntry) { try fs.lookup(fuseRootID, "missing") }
+        #expect(try fs.lookup(fuseRootID, "missing").isNegative)
         #expect(throws: Errno.badFileDescriptor) { try fs.lookup(999_999, "sub") }
+    }
+
+    @Test("files answer NOFLUSH only when the guest keeps its own locks: FLUSH is how we learn a lock owner closed")
+    func noFlushWithoutLocks() throws {
+        let tree = TemporaryTree()
+        tree.write("file", "x")
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        for locks in [true, false] {
+            let fs = try PassthroughFileSystem(options: PassthroughOptions(sharedDirectory: tree.path, cache: .always, locks: locks), logger: logger)
+            let node = try fs.lookup(fuseRootID, "file")
+            let opened = try fs.open(context, node: node.nodeID, flags: UInt32(O_RDONLY))
+            #expect(opened.flags.contains(.noFlush) == !locks)
+            #expect(opened.flags.contains(.keepCache))
+            let (_, created) = try withName("new-\(locks)") {
+                try fs.create(context, parent: fuseRootID, name: $0, flags: UInt32(O_WRONLY | O_CREAT), mode: 0o100644, umask: 0)
+            }
+            #expect(created.flags.contains(.noFlush) == !locks)
+        }
+    }
+
+    @Test("a missing name is a negative entry the guest may keep as long as a found one, except with cache never")
+    func negativeEntries() throws {
+        let tree = TemporaryTree()
+        tree.mkdir("sub")
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        for mode in CachePolicy.allCases {
+            let fs = try PassthroughFileSystem(options: PassthroughOptions(sharedDirectory: tree.path, cache: mode), logger: logger)
+            if mode == .never {
+                #expect(throws: Errno.noEntry) { try fs.lookup(fuseRootID, "missing") }
+                continue
+            }
+            let missing = try fs.lookup(fuseRootID, "missing")
+            #expect(missing.nodeID == 0)
+            #expect(missing.entryTimeout == mode.timeout)
+            #expect(missing.attributeTimeout == .zero)
+            // Only a name that is not there: a path through a file is still ENOTDIR, and a found name a node.
+            tree.write("file", "x")
+            #expect(throws: Errno.notDirectory) { try fs.lookup(try fs.lookup(fuseRootID, "file").nodeID, "x") }
+            #expect(try fs.lookup(fuseRootID, "sub").nodeID != 0)
+        }
     }
 
     @Test("open and read go through a handle; a handle the guest never got is EBADF")
