@@ -378,7 +378,7 @@ public final class FUSESession<FS: FileSystem> {
         case .release, .releasedir:
             guard let input = reader.read(fuse_release_in.self) else { throw .invalidArgument }
             if opcode == .release {
-                try fs.release(context, node: node, handle: input.fh, flags: input.flags)
+                try fs.release(context, node: node, handle: input.fh, releaseFlags: input.release_flags)
             } else {
                 try fs.releasedir(context, node: node, handle: input.fh)
             }

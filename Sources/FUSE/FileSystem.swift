@@ -195,7 +195,8 @@ public protocol FileSystem: AnyObject, Sendable {
     /// Reads at most `destination.length` bytes at `offset` into the guest's buffers; returns the count read.
     func read(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, into destination: ReadDestination) throws(Errno) -> Int
     func flush(_ context: RequestContext, node: UInt64, handle: UInt64, lockOwner: UInt64) throws(Errno)
-    func release(_ context: RequestContext, node: UInt64, handle: UInt64, flags: UInt32) throws(Errno)
+    /// - Parameter releaseFlags: FUSE_RELEASE_* (FLUSH, FLOCK_UNLOCK), not the file's open flags.
+    func release(_ context: RequestContext, node: UInt64, handle: UInt64, releaseFlags: UInt32) throws(Errno)
     func statfs(_ context: RequestContext, node: UInt64) throws(Errno) -> FileSystemStats
     func opendir(_ context: RequestContext, node: UInt64, flags: UInt32) throws(Errno) -> OpenReply
     /// Lists from `offset`; entries go into `sink` until it is full or the directory ends.
@@ -248,7 +249,7 @@ extension FileSystem {
     public func open(_ context: RequestContext, node: UInt64, flags: UInt32) throws(Errno) -> OpenReply { throw .noFunction }
     public func read(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, into destination: ReadDestination) throws(Errno) -> Int { throw .noFunction }
     public func flush(_ context: RequestContext, node: UInt64, handle: UInt64, lockOwner: UInt64) throws(Errno) { throw .noFunction }
-    public func release(_ context: RequestContext, node: UInt64, handle: UInt64, flags: UInt32) throws(Errno) { throw .noFunction }
+    public func release(_ context: RequestContext, node: UInt64, handle: UInt64, releaseFlags: UInt32) throws(Errno) { throw .noFunction }
     public func statfs(_ context: RequestContext, node: UInt64) throws(Errno) -> FileSystemStats { throw .noFunction }
     public func opendir(_ context: RequestContext, node: UInt64, flags: UInt32) throws(Errno) -> OpenReply { throw .noFunction }
     public func readdir<Sink: DirectoryEntrySink>(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, plus: Bool, into sink: inout Sink) throws(Errno) { throw .noFunction }

@@ -49,7 +49,7 @@ final class AnsweringFileSystem: FileSystem {
         return source.length
     }
     func flush(_ context: RequestContext, node: UInt64, handle: UInt64, lockOwner: UInt64) throws(Errno) {}
-    func release(_ context: RequestContext, node: UInt64, handle: UInt64, flags: UInt32) throws(Errno) {}
+    func release(_ context: RequestContext, node: UInt64, handle: UInt64, releaseFlags: UInt32) throws(Errno) {}
     func releasedir(_ context: RequestContext, node: UInt64, handle: UInt64) throws(Errno) {}
     func statfs(_ context: RequestContext, node: UInt64) throws(Errno) -> FileSystemStats {
         FileSystemStats(blocks: 100, freeBlocks: 50, availableBlocks: 40, files: 10, freeFiles: 5, blockSize: 4096, nameMax: 255, fragmentSize: 4096)

@@ -402,8 +402,8 @@ public final class PassthroughFileSystem: FileSystem {
         lockTable.releaseOwner(node: node, owner: lockOwner)
     }
 
-    public func release(_ context: RequestContext, node: UInt64, handle: UInt64, flags: UInt32) throws(Errno) {
-        if flags & 2 != 0, let open = handles.get(handle) {  // FUSE_RELEASE_FLOCK_UNLOCK
+    public func release(_ context: RequestContext, node: UInt64, handle: UInt64, releaseFlags: UInt32) throws(Errno) {
+        if releaseFlags & UInt32(FUSE_RELEASE_FLOCK_UNLOCK) != 0, let open = handles.get(handle) {
             try? open.fd.borrowed.flock(LOCK_UN)
         }
         if let released = handles.remove(handle), let node = released.writer,

@@ -24,6 +24,11 @@ final class FakeFileSystem: FileSystem {
         forgets.withLock { $0.append((node, count)) }
     }
 
+    let released = Mutex<[UInt32]>([])
+    func release(_ context: RequestContext, node: UInt64, handle: UInt64, releaseFlags: UInt32) throws(Errno) {
+        released.withLock { $0.append(releaseFlags) }
+    }
+
     func read(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, into destination: ReadDestination) throws(Errno) -> Int {
         // Fills the guest's buffers with (offset + i) & 0xff, up to 1000 bytes ("end of file").
         let count = min(destination.length, 1000)
@@ -120,6 +125,18 @@ struct FUSESessionTests {
         let (_, reply) = Frame(request: frame(.lookup, Array("present\0".utf8)), replySegments: [144]).run(session)
         #expect(outHeader(reply).error == -Errno.ioError.rawValue)
         #expect(fs.lookedUp.withLock { $0.isEmpty })
+    }
+
+    @Test("RELEASE hands the file system its release flags (FLOCK_UNLOCK), not the file's open flags")
+    func releaseFlags() {
+        let (session, fs) = initializedSession()
+        let readWrite = fuse_release_in(fh: 1, flags: UInt32(2), release_flags: 0, lock_owner: 0)  // O_RDWR
+        let unlock = fuse_release_in(fh: 2, flags: 0, release_flags: UInt32(FUSE_RELEASE_FLOCK_UNLOCK), lock_owner: 9)
+        for input in [readWrite, unlock] {
+            let (_, reply) = Frame(request: frame(.release, node: 42, bytes(input)), replySegments: [16]).run(session)
+            #expect(outHeader(reply).error == 0)
+        }
+        #expect(fs.released.withLock { $0 } == [0, UInt32(FUSE_RELEASE_FLOCK_UNLOCK)])
     }
 
     @Test("LOOKUP decodes the name and encodes fuse_entry_out")

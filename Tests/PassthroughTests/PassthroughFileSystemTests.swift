@@ -197,7 +197,7 @@ struct PassthroughFileSystemTests {
         }
         #expect(n == 8)
         #expect(a == Array("234".utf8) && Array(b.prefix(5)) == Array("56789".utf8))
-        try fs.release(context, node: node.nodeID, handle: opened.handle, flags: 0)
+        try fs.release(context, node: node.nodeID, handle: opened.handle, releaseFlags: 0)
         #expect(throws: Errno.badFileDescriptor) {
             try [iovec]().withUnsafeBufferPointer {
                 try fs.read(context, node: node.nodeID, handle: opened.handle, offset: 0, into: ReadDestination(buffers: $0, length: 1))
