@@ -165,7 +165,7 @@ extension PassthroughFileSystem {
     }
 
     public func setlk(_ context: RequestContext, node: UInt64, handle: UInt64, owner: UInt64, lock: FileLock, flock: Bool, wait: CancellableWait?) throws(Errno) {
-        guard options.locks else { throw .noFunction }
+        guard flock ? options.flockLocks : options.locks else { throw .noFunction }
         if flock {
             // A directory the guest did not open (CachePolicy.opensDirectories) has no open file description
             // whose release would end the lock: refuse rather than hold a lock nobody can release.

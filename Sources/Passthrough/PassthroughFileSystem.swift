@@ -25,8 +25,10 @@ public struct PassthroughOptions: Sendable {
     public var xattr: Bool
     /// Every request that would change something answers EROFS (`--readonly`).
     public var readOnly: Bool
-    /// Offer POSIX record locks and flock to the guest, held on the host (unlike virtiofsd's guest-local ones).
+    /// Offer POSIX record locks to the guest, held on the host (unlike virtiofsd's guest-local ones).
     public var locks: Bool
+    /// Offer flock to the guest, held on the host.
+    public var flockLocks: Bool
     /// Pass O_DIRECT through to the host (`--allow-direct-io`).
     public var allowDirectIO: Bool
     /// Keep O_NOATIME from the guest (`--preserve-noatime`).
@@ -55,7 +57,7 @@ public struct PassthroughOptions: Sendable {
 
     public init(
         sharedDirectory: String, cache: CachePolicy = .auto, xattr: Bool = false, readOnly: Bool = false,
-        locks: Bool = true, allowDirectIO: Bool = false, preserveNoatime: Bool = false,
+        locks: Bool = true, flockLocks: Bool = true, allowDirectIO: Bool = false, preserveNoatime: Bool = false,
         announceSubmounts: Bool = true, killprivV2: Bool = false, writeback: Bool = false,
         inodeFileHandles: InodeFileHandles = .never, posixACL: Bool = false, securityLabel: Bool = false,
         uidMap: UIDMap = UIDMap.identity, gidMap: GIDMap = GIDMap.identity, procSelf: ProcSelfDirectory? = nil,
@@ -73,6 +75,7 @@ public struct PassthroughOptions: Sendable {
         self.xattr = xattr || posixACL || securityLabel
         self.readOnly = readOnly
         self.locks = locks
+        self.flockLocks = flockLocks
         self.allowDirectIO = allowDirectIO
         self.preserveNoatime = preserveNoatime
         self.announceSubmounts = announceSubmounts
@@ -150,9 +153,10 @@ public final class PassthroughFileSystem: FileSystem {
         return (uid, gid)
     }
 
-    /// Open flags for a regular file: the cache mode's, and NOFLUSH when the guest keeps its locks itself.
+    /// Open flags for a regular file: the cache mode's, and NOFLUSH when the guest keeps its POSIX locks itself.
     /// FLUSH (one round trip per close(2) in the guest) only tells us that a lock owner closed the file, which
-    /// matters only for the POSIX locks held here; with locks off, the guest releases its own locks at close.
+    /// matters only for the POSIX locks held here (flock ends at RELEASE); with POSIX locks off, the guest
+    /// releases its own at close.
     /// (With a writeback cache the kernel sends FLUSH anyway, to write its dirty pages first.)
     var fileOpenFlags: FUSEOpenFlags {
         options.locks ? options.cache.fileOpenFlags : options.cache.fileOpenFlags.union(.noFlush)
@@ -257,7 +261,8 @@ public final class PassthroughFileSystem: FileSystem {
 
     public func initialize(_ request: InitRequest) throws(Errno) -> FUSEInitFlags {
         var flags: FUSEInitFlags = []
-        if options.locks { flags.formUnion([.posixLocks, .flockLocks]) }
+        if options.locks { flags.insert(.posixLocks) }
+        if options.flockLocks { flags.insert(.flockLocks) }
         if options.announceSubmounts { flags.insert(.submounts) }
         if options.killprivV2 { flags.insert(.handleKillprivV2) }
         if options.writeback { flags.insert(.writebackCache) }

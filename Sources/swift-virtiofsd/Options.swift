@@ -119,6 +119,7 @@ struct Configuration {
     var logLevel: Logger.Level?
     var readOnly: Bool
     var locks: Bool
+    var flockLocks: Bool
     var writeback: Bool
     var allowDirectIO: Bool
     var preserveNoatime: Bool
@@ -161,6 +162,7 @@ struct Configuration {
         var logLevelText = options.debug ? "debug" : options.logLevel
         var readOnly = options.readOnly
         var locks = true
+        var flockLocks = true
         var writeback = options.writeback
         var killprivV2 = options.killprivV2
         var announceSubmounts = options.announceSubmounts
@@ -189,9 +191,11 @@ struct Configuration {
                 case ("announce_submounts", nil): announceSubmounts = true
                 case ("allow_direct_io", nil): allowDirectIO = true
                 case ("no_allow_direct_io", nil): allowDirectIO = false
-                // The C virtiofsd's lock switches: locks are on by default here, and either "no_" turns them off.
-                case ("flock", nil), ("posix_lock", nil): break
-                case ("no_flock", nil), ("no_posix_lock", nil): locks = false
+                // The C virtiofsd's lock switches: both kinds are on by default here, each "no_" turns its own off.
+                case ("posix_lock", nil): locks = true
+                case ("no_posix_lock", nil): locks = false
+                case ("flock", nil): flockLocks = true
+                case ("no_flock", nil): flockLocks = false
                 case ("sandbox", let mode?): sandboxText = mode
                 // Accepted for compatibility: the C daemon's cache timeout has no equivalent here.
                 case ("timeout", _):
@@ -280,6 +284,7 @@ struct Configuration {
         self.seccompProbe = options.seccompProbe
         self.readOnly = readOnly
         self.locks = locks
+        self.flockLocks = flockLocks
         self.writeback = writeback
         self.allowDirectIO = allowDirectIO
         self.preserveNoatime = options.preserveNoatime

@@ -119,7 +119,7 @@ struct Daemon {
             fileSystem = try PassthroughFileSystem(
                 options: PassthroughOptions(
                     sharedDirectory: sandbox.sharedDirectory, cache: config.cache, xattr: config.xattr,
-                    readOnly: config.readOnly, locks: config.locks, allowDirectIO: config.allowDirectIO,
+                    readOnly: config.readOnly, locks: config.locks, flockLocks: config.flockLocks, allowDirectIO: config.allowDirectIO,
                     preserveNoatime: config.preserveNoatime, announceSubmounts: config.announceSubmounts,
                     killprivV2: config.killprivV2, writeback: config.writeback,
                     inodeFileHandles: config.inodeFileHandles, posixACL: config.posixACL,

@@ -155,6 +155,39 @@ struct PassthroughFileSystemTests {
         }
     }
 
+    @Test("POSIX locks and flock are switched apart: each refuses with ENOSYS alone, NOFLUSH follows POSIX locks")
+    func lockSwitches() throws {
+        let tree = TemporaryTree()
+        tree.write("file", "x")
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let whole = FileLock(start: 0, end: UInt64(Int64.max), type: UInt32(F_WRLCK), pid: 0)
+        /// The error a call ends with, or nil.
+        func error(_ body: () throws(Errno) -> Void) -> Errno? {
+            do { try body() } catch { return error }
+            return nil
+        }
+        for (posix, flock) in [(true, false), (false, true)] {
+            let fs = try PassthroughFileSystem(
+                options: PassthroughOptions(sharedDirectory: tree.path, locks: posix, flockLocks: flock), logger: logger)
+            let node = try fs.lookup(fuseRootID, "file")
+            let opened = try fs.open(context, node: node.nodeID, flags: UInt32(O_RDWR))
+            #expect(opened.flags.contains(.noFlush) == !posix)
+            let record = error { () throws(Errno) in
+                try fs.setlk(context, node: node.nodeID, handle: opened.handle, owner: 1, lock: whole, flock: false, wait: nil)
+            }
+            let file = error { () throws(Errno) in
+                try fs.setlk(context, node: node.nodeID, handle: opened.handle, owner: 1, lock: whole, flock: true, wait: nil)
+            }
+            let query = error { () throws(Errno) in
+                _ = try fs.getlk(context, node: node.nodeID, handle: opened.handle, owner: 2, lock: whole)
+            }
+            #expect(record == (posix ? nil : .noFunction))
+            #expect(file == (flock ? nil : .noFunction))
+            #expect(query == (posix ? nil : .noFunction))
+        }
+    }
+
     @Test("a missing name is a negative entry the guest may keep as long as a found one, except with cache never")
     func negativeEntries() throws {
         let tree = TemporaryTree()
