@@ -22,17 +22,17 @@ struct CacheTests {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         try "first version\n".write(toFile: dir + "/data", atomically: false, encoding: .utf8)
         try "0".write(toFile: dir + "/done", atomically: false, encoding: .utf8)
+        /// Writes `text` over the start of a file, in place: same inode, and same size for these texts.
+        @Sendable func overwrite(_ name: String, with text: String) {
+            guard let handle = FileHandle(forWritingAtPath: dir + "/" + name) else { return }
+            handle.write(text.data(using: .utf8)!)
+            try? handle.close()
+        }
         // The host's side: once the guest has read, rewrite the file in place, same size, other bytes.
         let writer = Thread {
             for _ in 0..<1200 where !FileManager.default.fileExists(atPath: dir + "/ready") { usleep(50_000) }
-            if let handle = FileHandle(forWritingAtPath: dir + "/data") {
-                handle.write("other version\n".data(using: .utf8)!)
-                try? handle.close()
-            }
-            if let flag = FileHandle(forWritingAtPath: dir + "/done") {
-                flag.write("1".data(using: .utf8)!)
-                try? flag.close()
-            }
+            overwrite("data", with: "other version\n")
+            overwrite("done", with: "1")
         }
         writer.start()
         let result = try runGuest(dir, ["--cache", cache], Self.script)

@@ -51,10 +51,13 @@ struct CollectingSink: DirectoryEntrySink {
     }
 }
 
-func makeFileSystem(_ tree: TemporaryTree, xattr: Bool = false) throws -> PassthroughFileSystem {
+func makeFileSystem(
+    _ tree: TemporaryTree, xattr: Bool = false, cache: CachePolicy = .auto, locks: Bool = true, flockLocks: Bool = true
+) throws -> PassthroughFileSystem {
     var logger = Logger(label: "test")
     logger.logLevel = .critical
-    return try PassthroughFileSystem(options: PassthroughOptions(sharedDirectory: tree.path, xattr: xattr), logger: logger)
+    let options = PassthroughOptions(sharedDirectory: tree.path, cache: cache, xattr: xattr, locks: locks, flockLocks: flockLocks)
+    return try PassthroughFileSystem(options: options, logger: logger)
 }
 
 /// Calls `body` with `name` as a FUSE name (NUL-terminated in memory).
@@ -140,10 +143,8 @@ struct PassthroughFileSystemTests {
     func noFlushWithoutLocks() throws {
         let tree = TemporaryTree()
         tree.write("file", "x")
-        var logger = Logger(label: "test")
-        logger.logLevel = .critical
         for locks in [true, false] {
-            let fs = try PassthroughFileSystem(options: PassthroughOptions(sharedDirectory: tree.path, cache: .always, locks: locks), logger: logger)
+            let fs = try makeFileSystem(tree, cache: .always, locks: locks)
             let node = try fs.lookup(fuseRootID, "file")
             let opened = try fs.open(context, node: node.nodeID, flags: UInt32(O_RDONLY))
             #expect(opened.flags.contains(.noFlush) == !locks)
@@ -159,8 +160,6 @@ struct PassthroughFileSystemTests {
     func lockSwitches() throws {
         let tree = TemporaryTree()
         tree.write("file", "x")
-        var logger = Logger(label: "test")
-        logger.logLevel = .critical
         let whole = FileLock(start: 0, end: UInt64(Int64.max), type: UInt32(F_WRLCK), pid: 0)
         /// The error a call ends with, or nil.
         func error(_ body: () throws(Errno) -> Void) -> Errno? {
@@ -168,8 +167,7 @@ struct PassthroughFileSystemTests {
             return nil
         }
         for (posix, flock) in [(true, false), (false, true)] {
-            let fs = try PassthroughFileSystem(
-                options: PassthroughOptions(sharedDirectory: tree.path, locks: posix, flockLocks: flock), logger: logger)
+            let fs = try makeFileSystem(tree, locks: posix, flockLocks: flock)
             let node = try fs.lookup(fuseRootID, "file")
             let opened = try fs.open(context, node: node.nodeID, flags: UInt32(O_RDWR))
             #expect(opened.flags.contains(.noFlush) == !posix)
@@ -192,10 +190,8 @@ struct PassthroughFileSystemTests {
     func negativeEntries() throws {
         let tree = TemporaryTree()
         tree.mkdir("sub")
-        var logger = Logger(label: "test")
-        logger.logLevel = .critical
         for mode in CachePolicy.allCases {
-            let fs = try PassthroughFileSystem(options: PassthroughOptions(sharedDirectory: tree.path, cache: mode), logger: logger)
+            let fs = try makeFileSystem(tree, cache: mode)
             if mode == .never {
                 #expect(throws: Errno.noEntry) { try fs.lookup(fuseRootID, "missing") }
                 continue
@@ -270,9 +266,7 @@ struct PassthroughFileSystemTests {
         let tree = TemporaryTree()
         tree.mkdir("d")
         for i in 0..<300 { tree.write("d/f\(i)", "") }
-        var logger = Logger(label: "test")
-        logger.logLevel = .critical
-        let fs = try PassthroughFileSystem(options: PassthroughOptions(sharedDirectory: tree.path, cache: cache), logger: logger)
+        let fs = try makeFileSystem(tree, cache: cache)
         let dir = try fs.lookup(fuseRootID, "d")
         #expect(throws: Errno.noFunction) { try fs.opendir(context, node: dir.nodeID, flags: 0) }
         var seen: [String] = []
@@ -302,9 +296,7 @@ struct PassthroughFileSystemTests {
     func directoriesWithOpen(cache: CachePolicy) throws {
         let tree = TemporaryTree()
         tree.mkdir("d")
-        var logger = Logger(label: "test")
-        logger.logLevel = .critical
-        let fs = try PassthroughFileSystem(options: PassthroughOptions(sharedDirectory: tree.path, cache: cache), logger: logger)
+        let fs = try makeFileSystem(tree, cache: cache)
         let dir = try fs.lookup(fuseRootID, "d")
         let handle = try fs.opendir(context, node: dir.nodeID, flags: 0).handle
         #expect(handle != 0)
