@@ -57,7 +57,7 @@ public final class FUSEServer<FS: FileSystem>: Sendable {
 
     /// Flags the server always wants when the kernel offers them, whatever the file system.
     static var serverFlags: FUSEInitFlags {
-        [.asyncRead, .atomicOpenTruncate, .bigWrites, .autoInvalidateData, .asyncDirectIO, .parallelDirectoryOps,
+        [.asyncRead, .bigWrites, .autoInvalidateData, .asyncDirectIO, .parallelDirectoryOps,
          .maxPages, .initExtended]
     }
 

@@ -117,6 +117,13 @@ public struct InitRequest: Sendable, Equatable {
     public var minor: UInt32
     public var maxReadahead: UInt32
     public var flags: FUSEInitFlags
+
+    public init(major: UInt32, minor: UInt32, maxReadahead: UInt32, flags: FUSEInitFlags) {
+        self.major = major
+        self.minor = minor
+        self.maxReadahead = maxReadahead
+        self.flags = flags
+    }
 }
 
 /// A file name from a request: the bytes up to (not including) the terminating NUL, which is still in memory

@@ -228,7 +228,10 @@ extension PassthroughFileSystem {
         // it.
         try checkWritable()
         let data = try self.node(node)
-        let open = try changes.handle.map { (handle) throws(Errno) -> HandleData in try self.handle(handle) }
+        // Handle 0 of a file the guest did not open (an open with O_TRUNC, ftruncate): by the node, as without one.
+        let open = try changes.handle.flatMap { (handle) throws(Errno) -> HandleData? in
+            isUnopened(handle) ? nil : try self.handle(handle)
+        }
         if let mode = changes.mode {
             if let open {
                 try open.fd.borrowed.changeMode(mode_t(mode & 0o7777))
@@ -297,10 +300,11 @@ extension PassthroughFileSystem {
         // SAFETY: the guest's buffers are valid during the request; pwritev reads source.length bytes of them.
         try checkWritable()
         guard offset <= UInt64(Int64.max) else { throw .invalidArgument }
-        let open = try self.handle(handle)
-        if killSetIDBits { try clearSetIDBits(try self.node(node)) }
-        guard source.length > 0 else { return 0 }
-        return try unsafe open.fd.borrowed.write(from: source.buffers, at: Int64(offset))
+        return try withFile(node: node, handle: handle, writing: true) { (fd) throws(Errno) -> Int in
+            if killSetIDBits { try clearSetIDBits(try self.node(node)) }
+            guard source.length > 0 else { return 0 }
+            return try unsafe fd.write(from: source.buffers, at: Int64(offset))
+        }
     }
 
     public func fsync(_ context: RequestContext, node: UInt64, handle: UInt64, dataOnly: Bool, directory: Bool) throws(Errno) {
@@ -309,28 +313,34 @@ extension PassthroughFileSystem {
             try fd.borrowed.sync(dataOnly: dataOnly)
             return
         }
-        try self.handle(handle).fd.borrowed.sync(dataOnly: dataOnly)
+        try withFile(node: node, handle: handle, writing: false) { (fd) throws(Errno) in try fd.sync(dataOnly: dataOnly) }
     }
 
     public func fallocate(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, length: UInt64, mode: UInt32) throws(Errno) {
         try checkWritable()
         guard offset <= UInt64(Int64.max), length <= UInt64(Int64.max) else { throw .invalidArgument }
-        try self.handle(handle).fd.borrowed.allocate(mode: CInt(bitPattern: mode), offset: Int64(offset), length: Int64(length))
+        try withFile(node: node, handle: handle, writing: true) { (fd) throws(Errno) in
+            try fd.allocate(mode: CInt(bitPattern: mode), offset: Int64(offset), length: Int64(length))
+        }
     }
 
     public func lseek(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, whence: UInt32) throws(Errno) -> UInt64 {
         guard offset <= UInt64(Int64.max) else { throw .invalidArgument }
-        return UInt64(try self.handle(handle).fd.borrowed.seek(to: Int64(offset), whence: CInt(bitPattern: whence)))
+        return try withFile(node: node, handle: handle, writing: false) { (fd) throws(Errno) -> UInt64 in
+            UInt64(try fd.seek(to: Int64(offset), whence: CInt(bitPattern: whence)))
+        }
     }
 
     public func copyFileRange(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, toNode: UInt64, toHandle: UInt64, toOffset: UInt64, length: UInt64, flags: UInt64) throws(Errno) -> Int {
         try checkWritable()
         guard offset <= UInt64(Int64.max), toOffset <= UInt64(Int64.max), flags <= UInt64(UInt32.max) else { throw .invalidArgument }
-        let from = try self.handle(handle)
-        let to = try self.handle(toHandle)
-        return try from.fd.borrowed.copyRange(
-            offset: Int64(offset), to: to.fd.borrowed, at: Int64(toOffset), length: Int(min(length, UInt64(Int.max))),
-            flags: UInt32(flags))
+        return try withFile(node: node, handle: handle, writing: false) { (from) throws(Errno) -> Int in
+            try withFile(node: toNode, handle: toHandle, writing: true) { (to) throws(Errno) -> Int in
+                try from.copyRange(
+                    offset: Int64(offset), to: to, at: Int64(toOffset), length: Int(min(length, UInt64(Int.max))),
+                    flags: UInt32(flags))
+            }
+        }
     }
 
     public func setxattr(_ context: RequestContext, node: UInt64, name: FUSEName, value: UnsafeRawBufferPointer, flags: UInt32, killSGID: Bool) throws(Errno) {

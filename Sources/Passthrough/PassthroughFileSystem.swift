@@ -100,6 +100,13 @@ public final class PassthroughFileSystem: FileSystem {
     let mounts = MountTable()
     /// Whether requests can run as their guest user (the daemon runs as root).
     let switchesCredentials: Bool
+    /// Whether the guest opens regular files (OPEN, RELEASE). Not in `always` with flock off: then OPEN answers
+    /// ENOSYS and the kernel stops sending OPEN and RELEASE for the whole session (two round trips per open(2),
+    /// a third of a build's requests). It assumes KEEP_CACHE, which is what `always` gives every file anyway,
+    /// and sends READ, WRITE and the rest with handle 0, which we serve from a descriptor opened for that
+    /// request (`withFile`). flock needs RELEASE to end a lock with its open file description, so with host
+    /// flock on the guest keeps opening; POSIX locks end at FLUSH, which the guest still sends.
+    let opensFiles: Bool
 
     /// Opens the shared directory and `/proc/self/fd`.
     public init(options: PassthroughOptions, logger: Logger) throws(Errno) {
@@ -116,6 +123,7 @@ public final class PassthroughFileSystem: FileSystem {
         }
         try ProcessControl.changeDirectory(to: procSelf.fd.borrowed)
         switchesCredentials = options.switchCredentials ?? (ThreadCredentials.effectiveUID == 0)
+        opensFiles = !(options.cache == .always && !options.flockLocks)
         LockTable.installWakeSignal()
         if options.inodeFileHandles != .never {
             // The shared directory's mount, so that its files can be held by handle from the first lookup.
@@ -133,6 +141,21 @@ public final class PassthroughFileSystem: FileSystem {
     func handle(_ id: UInt64) throws(Errno) -> HandleData {
         guard let data = handles.get(id) else { throw .badFileDescriptor }
         return data
+    }
+
+    /// Whether `handle` is the 0 of a file the guest did not open (see `opensFiles`).
+    @inline(__always)
+    func isUnopened(_ handle: UInt64) -> Bool { handle == 0 && !opensFiles }
+
+    /// Runs `body` with the descriptor of an open handle, or, for handle 0 when the guest does not open files,
+    /// with a descriptor of the node's regular file opened for this request alone (read-only, or write-only
+    /// when `writing`). The guest's kernel checked the open itself (virtio-fs mounts with default_permissions).
+    func withFile<T>(node: UInt64, handle: UInt64, writing: Bool, _ body: (FileDescriptor) throws(Errno) -> T) throws(Errno) -> T {
+        guard isUnopened(handle) else { return try body(try self.handle(handle).fd.borrowed) }
+        let data = try self.node(node)
+        guard data.fileType == .regular else { throw .badFileDescriptor }
+        let fd = try reopen(data, flags: (writing ? O_WRONLY : O_RDONLY) | CVFS_O_CLOEXEC)
+        return try body(fd.borrowed)
     }
 
     /// Attributes as the guest sees them: owner and group through the id maps.
@@ -261,6 +284,8 @@ public final class PassthroughFileSystem: FileSystem {
 
     public func initialize(_ request: InitRequest) throws(Errno) -> FUSEInitFlags {
         var flags: FUSEInitFlags = []
+        // O_TRUNC is done by OPEN when the guest sends one; otherwise the kernel must send a SETATTR for it.
+        if opensFiles { flags.insert(.atomicOpenTruncate) }
         if options.locks { flags.insert(.posixLocks) }
         if options.flockLocks { flags.insert(.flockLocks) }
         if options.announceSubmounts { flags.insert(.submounts) }
@@ -374,6 +399,8 @@ public final class PassthroughFileSystem: FileSystem {
 
     public func open(_ context: RequestContext, node: UInt64, flags: UInt32) throws(Errno) -> OpenReply {
         let data = try self.node(node)
+        // ENOSYS: the guest stops sending OPEN and RELEASE (see opensFiles).
+        if !opensFiles && data.fileType == .regular { throw .noFunction }
         let accessMode = CInt(bitPattern: flags) & O_ACCMODE
         guard data.fileType != .directory || accessMode == O_RDONLY else { throw .isDirectory }
         if accessMode != O_RDONLY || CInt(bitPattern: flags) & O_TRUNC != 0 { try checkWritable() }
@@ -397,12 +424,18 @@ public final class PassthroughFileSystem: FileSystem {
         // SAFETY: the guest's buffers are valid during the request; preadv writes at most destination.length bytes.
         guard destination.length > 0 else { return 0 }
         guard offset <= UInt64(Int64.max) else { throw .invalidArgument }
-        let open = try self.handle(handle)
-        return try unsafe open.fd.borrowed.read(into: destination.buffers, at: Int64(offset))
+        return try withFile(node: node, handle: handle, writing: false) { (fd) throws(Errno) -> Int in
+            try unsafe fd.read(into: destination.buffers, at: Int64(offset))
+        }
     }
 
     public func flush(_ context: RequestContext, node: UInt64, handle: UInt64, lockOwner: UInt64) throws(Errno) {
-        _ = try self.handle(handle)
+        if isUnopened(handle) {
+            // With POSIX locks off there is nothing to do at a close: ENOSYS, and the guest sends no more FLUSH.
+            guard options.locks else { throw .noFunction }
+        } else {
+            _ = try self.handle(handle)
+        }
         // close() in the guest: that owner's POSIX locks on the file go, as on a local file system.
         lockTable.releaseOwner(node: node, owner: lockOwner)
     }

@@ -156,6 +156,78 @@ struct PassthroughFileSystemTests {
         }
     }
 
+    @Test("in always with flock off the guest stops opening files: OPEN is ENOSYS, handle 0 reaches the node's file")
+    func noOpenInAlways() throws {
+        let tree = TemporaryTree()
+        tree.write("file", "0123456789")
+        tree.mkdir("dir")
+        tree.symlink("file", "link")
+        precondition(mkfifo("\(tree.path)/fifo", 0o644) == 0)
+        /// Reads up to 16 bytes at `offset` through `handle`.
+        func read(_ fs: PassthroughFileSystem, _ node: UInt64, _ handle: UInt64, at offset: UInt64 = 0) throws -> String {
+            var bytes = [UInt8](repeating: 0, count: 16)
+            let n = try bytes.withUnsafeMutableBytes { (p) throws(Errno) -> Int in
+                let vectors = [iovec(iov_base: p.baseAddress, iov_len: 16)]
+                return try vectors.withUnsafeBufferPointer { (v) throws(Errno) -> Int in
+                    try fs.read(context, node: node, handle: handle, offset: offset, into: ReadDestination(buffers: v, length: 16))
+                }
+            }
+            return String(decoding: bytes.prefix(n), as: UTF8.self)
+        }
+        func write(_ fs: PassthroughFileSystem, _ node: UInt64, _ handle: UInt64, _ text: String, at offset: UInt64) throws -> Int {
+            var bytes = Array(text.utf8)
+            return try bytes.withUnsafeMutableBytes { (p) throws(Errno) -> Int in
+                let vectors = [iovec(iov_base: p.baseAddress, iov_len: p.count)]
+                return try vectors.withUnsafeBufferPointer { (v) throws(Errno) -> Int in
+                    try fs.write(context, node: node, handle: handle, offset: offset, from: WriteSource(buffers: v, length: p.count), killSetIDBits: false)
+                }
+            }
+        }
+        for (cache, flock) in [(CachePolicy.always, false), (.always, true), (.auto, false), (.metadata, false)] {
+            let fs = try makeFileSystem(tree, cache: cache, locks: false, flockLocks: flock)
+            let opens = cache != .always || flock
+            #expect(try fs.initialize(InitRequest(major: 7, minor: 41, maxReadahead: 0, flags: [])).contains(.atomicOpenTruncate) == opens)
+            let node = try fs.lookup(fuseRootID, "file").nodeID
+            if opens {
+                // Handle 0 stays a handle nobody was given.
+                #expect(throws: Errno.badFileDescriptor) { try read(fs, node, 0) }
+                #expect(throws: Errno.badFileDescriptor) { try fs.flush(context, node: node, handle: 0, lockOwner: 1) }
+                _ = try fs.open(context, node: node, flags: UInt32(O_RDONLY))
+                continue
+            }
+            #expect(throws: Errno.noFunction) { try fs.open(context, node: node, flags: UInt32(O_RDONLY)) }
+            // Directories are still opened (or not) as their cache mode says.
+            _ = try? fs.opendir(context, node: try fs.lookup(fuseRootID, "dir").nodeID, flags: 0)
+            #expect(try read(fs, node, 0, at: 2) == "23456789")
+            #expect(try write(fs, node, 0, "ab", at: 8) == 2)
+            #expect(try read(fs, node, 0) == "01234567ab")
+            try fs.fsync(context, node: node, handle: 0, dataOnly: false, directory: false)
+            try fs.fallocate(context, node: node, handle: 0, offset: 0, length: 20, mode: 0)
+            #expect(try fs.lseek(context, node: node, handle: 0, offset: 0, whence: 4 /* SEEK_HOLE */) == 20)
+            // An open with O_TRUNC arrives as a SETATTR with handle 0, which truncates through the node.
+            let truncated = try fs.setattr(context, node: node, changes: AttributeChanges(handle: 0, size: 4))
+            #expect(truncated.attributes.size == 4)
+            #expect(try read(fs, node, 0) == "0123")
+            // With POSIX locks off FLUSH is ENOSYS, and the guest sends no more.
+            #expect(throws: Errno.noFunction) { try fs.flush(context, node: node, handle: 0, lockOwner: 1) }
+            // Only regular files are ever opened for handle 0: never a directory, a symlink or a FIFO.
+            for name in ["dir", "link", "fifo"] {
+                let other = try fs.lookup(fuseRootID, name).nodeID
+                #expect(throws: Errno.badFileDescriptor) { try read(fs, other, 0) }
+                #expect(throws: Errno.badFileDescriptor) { try write(fs, other, 0, "x", at: 0) }
+            }
+            #expect(fs.handles.count == 0)
+        }
+        // With POSIX locks on, FLUSH with handle 0 still ends the owner's locks.
+        let fs = try makeFileSystem(tree, cache: .always, locks: true, flockLocks: false)
+        let node = try fs.lookup(fuseRootID, "file").nodeID
+        let whole = FileLock(start: 0, end: UInt64(Int64.max), type: UInt32(F_WRLCK), pid: 0)
+        try fs.setlk(context, node: node, handle: 0, owner: 1, lock: whole, flock: false, wait: nil)
+        #expect(try fs.getlk(context, node: node, handle: 0, owner: 2, lock: whole).type == UInt32(F_WRLCK))
+        try fs.flush(context, node: node, handle: 0, lockOwner: 1)
+        #expect(try fs.getlk(context, node: node, handle: 0, owner: 2, lock: whole).type == UInt32(F_UNLCK))
+    }
+
     @Test("POSIX locks and flock are switched apart: each refuses with ENOSYS alone, NOFLUSH follows POSIX locks")
     func lockSwitches() throws {
         let tree = TemporaryTree()
