@@ -265,7 +265,10 @@ public final class FUSESession<FS: FileSystem> {
         guard length == wanted else { throw .invalidArgument }
         let source = unsafe WriteSource(buffers: buffers, length: length)
         let killSetID = input.write_flags & UInt32(FUSE_WRITE_KILL_SUIDGID) != 0
-        let n = try server.fileSystem.write(context, node: context.nodeID, handle: input.fh, offset: input.offset, from: source, killSetIDBits: killSetID)
+        let cached = input.write_flags & UInt32(FUSE_WRITE_CACHE) != 0
+        let n = try server.fileSystem.write(
+            context, node: context.nodeID, handle: input.fh, offset: input.offset, from: source, killSetIDBits: killSetID,
+            fromPageCache: cached)
         guard n >= 0, n <= wanted else { throw .ioError }
         reply.append(fuse_write_out(size: UInt32(n), padding: 0))
     }

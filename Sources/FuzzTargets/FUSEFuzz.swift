@@ -41,7 +41,7 @@ final class AnsweringFileSystem: FileSystem {
         }
         return min(done, destination.length)
     }
-    func write(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, from source: WriteSource, killSetIDBits: Bool) throws(Errno) -> Int {
+    func write(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, from source: WriteSource, killSetIDBits: Bool, fromPageCache: Bool) throws(Errno) -> Int {
         var sum: UInt8 = 0
         for v in source.buffers {
             for byte in UnsafeRawBufferPointer(start: v.iov_base, count: v.iov_len) { sum &+= byte }

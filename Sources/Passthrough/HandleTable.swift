@@ -10,11 +10,20 @@ public final class HandleData: Sendable {
     let directoryLock = Mutex(())
     /// The node whose version is recorded when this handle, open for writing, is released (`--cache auto`).
     let writer: InodeData?
+    /// Whether the descriptor was opened with O_APPEND, where every write goes to the end of the file.
+    let appending: Bool
 
-    init(fd: consuming OwnedFD, writer: InodeData? = nil) {
+    init(fd: consuming OwnedFD, writer: InodeData? = nil, appending: Bool = false) {
         self.fd = fd
         self.writer = writer
+        self.appending = appending
     }
+
+    /// Runs `body` with the descriptor; the handle, and so its descriptor, stays alive until body returns. (A
+    /// RELEASE racing this request removes the handle from the table; a descriptor number taken from a
+    /// handle the caller no longer holds could be closed, and reused, before it is used.)
+    @inline(__always)
+    public func withDescriptor<T, E: Error>(_ body: (FileDescriptor) throws(E) -> T) throws(E) -> T { try body(fd.borrowed) }
 }
 
 /// Open handles, sharded by handle number. A handle number is never a raw descriptor, so the guest cannot
@@ -36,9 +45,10 @@ public final class HandleTable: Sendable {
         shards = Shards(count: Self.shardCount) { Shard() }
     }
 
-    /// Stores an open descriptor and returns its handle number; `writer` is the node of a file opened for writing.
-    public func insert(_ fd: consuming OwnedFD, writer: InodeData? = nil) -> UInt64 {
-        let data = HandleData(fd: fd, writer: writer)
+    /// Stores an open descriptor and returns its handle number; `writer` is the node of a file opened for writing,
+    /// `appending` whether it was opened with O_APPEND.
+    public func insert(_ fd: consuming OwnedFD, writer: InodeData? = nil, appending: Bool = false) -> UInt64 {
+        let data = HandleData(fd: fd, writer: writer, appending: appending)
         let shardIndex = nextShard.wrappingAdd(1, ordering: .relaxed).oldValue & Self.shardMask
         return shards.withLock(Int(shardIndex)) { shard in
             let handle = shard.nextCounter << Self.shardBits | shardIndex

@@ -38,6 +38,10 @@ public final class InodeData: Sendable {
     /// What the file looked like when the guest last had it open (`--cache auto`): if it still looks the same
     /// at the next open, the guest may keep its page cache.
     let lastSeen = Mutex<FileVersion?>(nil)
+    /// An `O_PATH` descriptor that keeps a node held by handle alive once its last name is gone, or -1. A
+    /// guest that does not open files (PassthroughFileSystem.opensFiles) may still be reading one it unlinked,
+    /// and the host frees an inode with no name and no open descriptor: its handle would then be stale.
+    let pinned = Atomic<CInt>(-1)
 
     init(nodeID: UInt64, key: InodeKey, fileType: FileType, fd: consuming OwnedFD) {
         self.nodeID = nodeID
@@ -60,11 +64,27 @@ public final class InodeData: Sendable {
     /// The node's own descriptor (the root's, or any node held by descriptor).
     func fd() -> FileDescriptor { FileDescriptor(rawValue: descriptor) }
 
+    /// The pinned descriptor of a node held by handle, if it was pinned.
+    var pinnedFD: FileDescriptor? {
+        let fd = pinned.load(ordering: .acquiring)
+        return fd >= 0 ? FileDescriptor(rawValue: fd) : nil
+    }
+
+    /// Keeps `fd` (an `O_PATH` descriptor of this very file) until the node goes; false if one is kept already.
+    func pin(_ fd: consuming OwnedFD) -> Bool {
+        let raw = fd.release()
+        if pinned.compareExchange(expected: -1, desired: raw, ordering: .acquiringAndReleasing).exchanged { return true }
+        _ = OwnedFD(taking: raw)
+        return false
+    }
+
     /// Whether the node holds a descriptor (and not a handle).
     public var holdsDescriptor: Bool { descriptor >= 0 }
 
     deinit {
         if descriptor >= 0 { _ = OwnedFD(taking: descriptor) }
+        let pinned = pinned.load(ordering: .relaxed)
+        if pinned >= 0 { _ = OwnedFD(taking: pinned) }
     }
 }
 
@@ -166,6 +186,12 @@ public final class InodeStore: Sendable {
             return .success(data)
         }
         return try result.get()
+    }
+
+    /// The node for `key` if the guest holds it, without adding a lookup.
+    public func find(key: InodeKey) -> InodeData? {
+        if key == root.key { return root }
+        return shards.withLock(Self.shard(of: key)) { shard in shard.byKey[key].flatMap { shard.byID[$0]?.data } }
     }
 
     /// Adds one lookup to the node for `key` if the guest holds it already; nil otherwise.

@@ -19,7 +19,26 @@ import VFSSystem
 final class LockTable: Sendable {
     final class LockFile: Sendable {
         let fd: OwnedFD
+        /// The guest handle every lock request of this owner came through, nil once they came through several.
+        /// An open-file-description lock's owner is one guest file: its locks end at that file's RELEASE,
+        /// which does not name the owner (see `releaseHandle`).
+        let through = Mutex<(handle: UInt64, several: Bool)?>(nil)
         init(fd: consuming OwnedFD) { self.fd = fd }
+
+        /// Records that a lock request came through `handle`.
+        func note(handle: UInt64) {
+            through.withLock { through in
+                if let seen = through {
+                    if seen.handle != handle { through = (seen.handle, true) }
+                } else {
+                    through = (handle, false)
+                }
+            }
+        }
+
+        /// Runs `body` with the description; the object, and so its descriptor, stays alive until body returns
+        /// (a FLUSH dropping this owner meanwhile cannot close the descriptor under the call).
+        func withDescriptor<T, E: Error>(_ body: (FileDescriptor) throws(E) -> T) throws(E) -> T { try body(fd.borrowed) }
     }
 
     private struct State {
@@ -82,6 +101,26 @@ final class LockTable: Sendable {
             if state.files[node]?.isEmpty == true { state.files[node] = nil }
             state.count -= 1
             return file
+        }
+        _ = dropped  // closed here, outside the lock
+    }
+
+    /// Drops the descriptions of a node whose every lock request came through `handle`, which the guest has
+    /// released. The guest kernel takes a lock through F_OFD_SETLK with the file as owner and never unlocks it
+    /// at the last close: RELEASE, which does not name the owner, is all the daemon hears. A POSIX owner that
+    /// locked through that handle has closed it, and so been flushed, before its RELEASE can come.
+    func releaseHandle(node: UInt64, handle: UInt64) {
+        let dropped = state.withLock { state -> [LockFile] in
+            guard let files = state.files[node] else { return [] }
+            var dropped: [LockFile] = []
+            for (owner, file) in files {
+                guard let through = file.through.withLock({ $0 }), through.handle == handle, !through.several else { continue }
+                state.files[node]?.removeValue(forKey: owner)
+                dropped.append(file)
+            }
+            if state.files[node]?.isEmpty == true { state.files[node] = nil }
+            state.count -= dropped.count
+            return dropped
         }
         _ = dropped  // closed here, outside the lock
     }
@@ -151,7 +190,7 @@ extension PassthroughFileSystem {
         // (and closed after it) sees every conflicting lock, and leaves nothing behind.
         let found: FileDescriptor.RecordLock
         if let file = lockTable.existingFile(node: node, owner: owner) {
-            found = try file.fd.borrowed.conflictingLock(request)
+            found = try file.withDescriptor { (fd) throws(Errno) in try fd.conflictingLock(request) }
         } else {
             let fd = try openForLocking(try self.node(node))
             found = try fd.borrowed.conflictingLock(request)
@@ -180,9 +219,9 @@ extension PassthroughFileSystem {
             default: throw .invalidArgument
             }
             if let wait {
-                try wait.run { () throws(Errno) in try open.fd.borrowed.flock(operation) }
+                try wait.run { () throws(Errno) in try open.withDescriptor { (fd) throws(Errno) in try fd.flock(operation) } }
             } else {
-                try open.fd.borrowed.flock(operation | LOCK_NB)
+                try open.withDescriptor { (fd) throws(Errno) in try fd.flock(operation | LOCK_NB) }
             }
             return
         }
@@ -190,15 +229,16 @@ extension PassthroughFileSystem {
         if request.type == CShort(F_UNLCK) {
             // Nothing to unlock for an owner that never locked here; do not open a description for it.
             guard let file = lockTable.existingFile(node: node, owner: owner) else { return }
-            try file.fd.borrowed.setLock(request, wait: false)
+            try file.withDescriptor { (fd) throws(Errno) in try fd.setLock(request, wait: false) }
             return
         }
         let file = try lockFile(node: node, owner: owner)
+        file.note(handle: handle)
         do throws(Errno) {
             if let wait {
-                try wait.run { () throws(Errno) in try file.fd.borrowed.setLock(request, wait: true) }
+                try wait.run { () throws(Errno) in try file.withDescriptor { (fd) throws(Errno) in try fd.setLock(request, wait: true) } }
             } else {
-                try file.fd.borrowed.setLock(request, wait: false)
+                try file.withDescriptor { (fd) throws(Errno) in try fd.setLock(request, wait: false) }
             }
         } catch {
             // fcntl reports a conflict as EACCES or EAGAIN; the guest's fcntl expects EAGAIN.

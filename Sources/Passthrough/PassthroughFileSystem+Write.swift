@@ -86,14 +86,14 @@ extension PassthroughFileSystem {
     }
 
     /// Registers a file just created through `fd` as a node, and `fd` as a handle.
-    func register(created fd: consuming OwnedFD, parent: InodeData, context: RequestContext) throws(Errno) -> (Entry, OpenReply) {
+    func register(created fd: consuming OwnedFD, flags: CInt, parent: InodeData, context: RequestContext) throws(Errno) -> (Entry, OpenReply) {
         // SAFETY: the /proc path names a descriptor the node holds for the call; the kernel reads the C strings during
         // it.
         try unsafe withProcPath(fd.rawValue) { (path) throws(Errno) in try unsafe label(path, context) }
         let path = try pathDescriptor(of: fd)
         let stat = try unsafe path.borrowed.statx("")
         let data = try node(for: path, stat)
-        let handle = handles.insert(fd, writer: options.cache == .auto ? data : nil)
+        let handle = handles.insert(fd, writer: options.cache == .auto ? data : nil, appending: flags & O_APPEND != 0)
         return (entry(data, stat, parent: parent), OpenReply(handle: handle, flags: fileOpenFlags))
     }
 
@@ -139,16 +139,37 @@ extension PassthroughFileSystem {
         return try unsafe lookupEntry(dir, newName.cString, isDotDot: false, isDot: false)
     }
 
+    /// Before a name goes (unlink, rmdir, a rename over it): when the guest does not open files and holds the
+    /// named file's node by handle, pins the file with an `O_PATH` descriptor until the node is forgotten (see
+    /// `InodeData.pinned`). A guest reading a file it unlinked is not sending OPEN, so nothing else would keep
+    /// the host's inode. Best effort: a name that changes meanwhile, or a full descriptor table, pins nothing.
+    func pinVictim(in dirFD: FileDescriptor, _ name: FUSEName) {
+        // SAFETY: the name is a view of the request, valid for the call; the kernel reads it up to its NUL.
+        guard !opensFiles, options.inodeFileHandles != .never,
+              let stat = try? unsafe dirFD.statx(name.cString), stat.fileType.canBeOpened,
+              let data = inodes.find(key: InodeKey(stat)), !data.holdsDescriptor, data.pinnedFD == nil,
+              let fd = try? unsafe dirFD.open(name.cString, flags: [.path, .noFollow]),
+              let check = try? fd.borrowed.statx(""), InodeKey(check) == data.key
+        else { return }
+        _ = data.pin(fd)
+    }
+
     public func unlink(_ context: RequestContext, parent: UInt64, name: FUSEName) throws(Errno) {
         // SAFETY: the name is a view of the request, valid for the call; the kernel reads it up to its NUL.
         let dir = try creationParent(parent, name)
-        try withPath(dir) { (fd) throws(Errno) in try unsafe fd.unlink(name.cString, directory: false) }
+        try withPath(dir) { (fd) throws(Errno) in
+            pinVictim(in: fd, name)
+            try unsafe fd.unlink(name.cString, directory: false)
+        }
     }
 
     public func rmdir(_ context: RequestContext, parent: UInt64, name: FUSEName) throws(Errno) {
         // SAFETY: the name is a view of the request, valid for the call; the kernel reads it up to its NUL.
         let dir = try creationParent(parent, name)
-        try withPath(dir) { (fd) throws(Errno) in try unsafe fd.unlink(name.cString, directory: true) }
+        try withPath(dir) { (fd) throws(Errno) in
+            pinVictim(in: fd, name)
+            try unsafe fd.unlink(name.cString, directory: true)
+        }
     }
 
     public func rename(_ context: RequestContext, parent: UInt64, name: FUSEName, newParent: UInt64, newName: FUSEName, flags: UInt32) throws(Errno) {
@@ -160,6 +181,7 @@ extension PassthroughFileSystem {
         // WHITEOUT makes a character device: that needs the guest user's creation rights, as mknod.
         try withPath(from) { (source) throws(Errno) in
             try withPath(to) { (target) throws(Errno) in
+                if flags & CVFS_RENAME_EXCHANGE == 0 { pinVictim(in: target, newName) }
                 try asGuestUser(flags & CVFS_RENAME_WHITEOUT != 0 ? context : RequestContext()) { () throws(Errno) in
                     try unsafe source.rename(name.cString, to: target, newName.cString, flags: flags)
                 }
@@ -176,7 +198,7 @@ extension PassthroughFileSystem {
                 try createOrOpen(in: dirFD, name, flags: hostFlags, mode: m, exclusive: exclusive)
             }
         }
-        return try register(created: fd, parent: dir, context: context)
+        return try register(created: fd, flags: hostFlags, parent: dir, context: context)
     }
 
     /// open(2) with O_CREAT, without ever opening what is not a regular file: the file is made with O_EXCL;
@@ -220,7 +242,7 @@ extension PassthroughFileSystem {
                 try unsafe dirFD.open(".", flags: OpenFlags(rawValue: hostFlags), mode: m)
             }
         }
-        return try register(created: fd, parent: dir, context: context)
+        return try register(created: fd, flags: hostFlags, parent: dir, context: context)
     }
 
     public func setattr(_ context: RequestContext, node: UInt64, changes: AttributeChanges) throws(Errno) -> AttributeReply {
@@ -234,7 +256,7 @@ extension PassthroughFileSystem {
         }
         if let mode = changes.mode {
             if let open {
-                try open.fd.borrowed.changeMode(mode_t(mode & 0o7777))
+                try open.withDescriptor { (fd) throws(Errno) in try fd.changeMode(mode_t(mode & 0o7777)) }
             } else {
                 guard data.fileType != .symbolicLink else { throw .notSupported }
                 try unsafe withProcPath(of: data) { (path) throws(Errno) in try unsafe PathCalls.changeMode(path, mode_t(mode & 0o7777)) }
@@ -257,7 +279,7 @@ extension PassthroughFileSystem {
         if let size = changes.size {
             guard size <= UInt64(Int64.max) else { throw .invalidArgument }
             if let open {
-                try open.fd.borrowed.truncate(to: Int64(size))
+                try open.withDescriptor { (fd) throws(Errno) in try fd.truncate(to: Int64(size)) }
             } else {
                 switch data.fileType {
                 case .regular: try unsafe withProcPath(of: data) { (path) throws(Errno) in try unsafe PathCalls.truncate(path, to: Int64(size)) }
@@ -296,15 +318,24 @@ extension PassthroughFileSystem {
         }
     }
 
-    public func write(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, from source: WriteSource, killSetIDBits: Bool) throws(Errno) -> Int {
+    public func write(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, from source: WriteSource, killSetIDBits: Bool, fromPageCache: Bool) throws(Errno) -> Int {
         // SAFETY: the guest's buffers are valid during the request; pwritev reads source.length bytes of them.
         try checkWritable()
         guard offset <= UInt64(Int64.max) else { throw .invalidArgument }
-        return try withFile(node: node, handle: handle, writing: true) { (fd) throws(Errno) -> Int in
+        func write(_ fd: FileDescriptor) throws(Errno) -> Int {
             if killSetIDBits { try clearSetIDBits(try self.node(node)) }
             guard source.length > 0 else { return 0 }
             return try unsafe fd.write(from: source.buffers, at: Int64(offset))
         }
+        if fromPageCache, !isUnopened(handle), try self.handle(handle).appending {
+            // A page the guest writes back from its cache (a shared mapping, say) belongs at its offset; the
+            // kernel picks any handle of the file open for writing, and through one opened with O_APPEND the
+            // host would put the page at the end of the file. (The guest's own appends keep O_APPEND: they land
+            // at the host's end of the file even when another writer moved it.)
+            let fd = try openFile(node: node, writing: true)
+            return try write(fd.borrowed)
+        }
+        return try withFile(node: node, handle: handle, writing: true, write)
     }
 
     public func fsync(_ context: RequestContext, node: UInt64, handle: UInt64, dataOnly: Bool, directory: Bool) throws(Errno) {
@@ -325,9 +356,10 @@ extension PassthroughFileSystem {
     }
 
     public func lseek(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, whence: UInt32) throws(Errno) -> UInt64 {
-        guard offset <= UInt64(Int64.max) else { throw .invalidArgument }
-        return try withFile(node: node, handle: handle, writing: false) { (fd) throws(Errno) -> UInt64 in
-            UInt64(try fd.seek(to: Int64(offset), whence: CInt(bitPattern: whence)))
+        // The guest's loff_t as it is: the host decides what a negative offset means (ENXIO for SEEK_DATA and
+        // SEEK_HOLE, as on a local file system).
+        try withFile(node: node, handle: handle, writing: false) { (fd) throws(Errno) -> UInt64 in
+            UInt64(try fd.seek(to: Int64(bitPattern: offset), whence: CInt(bitPattern: whence)))
         }
     }
 

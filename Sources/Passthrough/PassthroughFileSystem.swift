@@ -100,12 +100,12 @@ public final class PassthroughFileSystem: FileSystem {
     let mounts = MountTable()
     /// Whether requests can run as their guest user (the daemon runs as root).
     let switchesCredentials: Bool
-    /// Whether the guest opens regular files (OPEN, RELEASE). Not in `always` with flock off: then OPEN answers
-    /// ENOSYS and the kernel stops sending OPEN and RELEASE for the whole session (two round trips per open(2),
-    /// a third of a build's requests). It assumes KEEP_CACHE, which is what `always` gives every file anyway,
-    /// and sends READ, WRITE and the rest with handle 0, which we serve from a descriptor opened for that
-    /// request (`withFile`). flock needs RELEASE to end a lock with its open file description, so with host
-    /// flock on the guest keeps opening; POSIX locks end at FLUSH, which the guest still sends.
+    /// Whether the guest opens regular files (OPEN, RELEASE). Not in `always` with host locks off: then OPEN
+    /// answers ENOSYS and the kernel stops sending OPEN and RELEASE for the whole session (two round trips per
+    /// open(2), two thirds of a build's requests with FLUSH gone too). It assumes KEEP_CACHE, which is what
+    /// `always` gives every file anyway, and sends READ, WRITE and the rest with handle 0, which we serve from a
+    /// descriptor opened for that request (`withFile`). Host locks need RELEASE: a flock, and an
+    /// open-file-description lock (F_OFD_SETLK), end with the guest's open file, and only RELEASE says so.
     let opensFiles: Bool
 
     /// Opens the shared directory and `/proc/self/fd`.
@@ -123,7 +123,7 @@ public final class PassthroughFileSystem: FileSystem {
         }
         try ProcessControl.changeDirectory(to: procSelf.fd.borrowed)
         switchesCredentials = options.switchCredentials ?? (ThreadCredentials.effectiveUID == 0)
-        opensFiles = !(options.cache == .always && !options.flockLocks)
+        opensFiles = !(options.cache == .always && !options.flockLocks && !options.locks)
         LockTable.installWakeSignal()
         if options.inodeFileHandles != .never {
             // The shared directory's mount, so that its files can be held by handle from the first lookup.
@@ -151,11 +151,18 @@ public final class PassthroughFileSystem: FileSystem {
     /// with a descriptor of the node's regular file opened for this request alone (read-only, or write-only
     /// when `writing`). The guest's kernel checked the open itself (virtio-fs mounts with default_permissions).
     func withFile<T>(node: UInt64, handle: UInt64, writing: Bool, _ body: (FileDescriptor) throws(Errno) -> T) throws(Errno) -> T {
-        guard isUnopened(handle) else { return try body(try self.handle(handle).fd.borrowed) }
+        guard isUnopened(handle) else { return try self.handle(handle).withDescriptor(body) }
+        // Bound to a name: a temporary's descriptor could be closed before body runs.
+        let fd = try openFile(node: node, writing: writing)
+        return try body(fd.borrowed)
+    }
+
+    /// The node's regular file, opened for one request (read-only, or write-only when `writing`); EBADF for
+    /// any other kind of node.
+    func openFile(node: UInt64, writing: Bool) throws(Errno) -> OwnedFD {
         let data = try self.node(node)
         guard data.fileType == .regular else { throw .badFileDescriptor }
-        let fd = try reopen(data, flags: (writing ? O_WRONLY : O_RDONLY) | CVFS_O_CLOEXEC)
-        return try body(fd.borrowed)
+        return try reopen(data, flags: (writing ? O_WRONLY : O_RDONLY) | CVFS_O_CLOEXEC)
     }
 
     /// Attributes as the guest sees them: owner and group through the id maps.
@@ -206,6 +213,7 @@ public final class PassthroughFileSystem: FileSystem {
     /// so no rename can swap another file in between the check and the open.
     func reopen(_ data: InodeData, flags: CInt) throws(Errno) -> OwnedFD {
         guard data.fileType.canBeOpened else { throw .badFileDescriptor }
+        if let pinned = data.pinnedFD { return try reopen(path: pinned, flags: flags) }
         if let handle = data.handle, let mount = data.mount {
             return try mount.fd.borrowed.open(handle: handle, flags: OpenFlags(rawValue: flags))
         }
@@ -224,6 +232,7 @@ public final class PassthroughFileSystem: FileSystem {
     /// Runs `body` with an `O_PATH` descriptor of the node: its own, or one opened from its handle for the call.
     func withPath<T: ~Copyable>(_ data: InodeData, _ body: (FileDescriptor) throws(Errno) -> T) throws(Errno) -> T {
         if data.descriptor >= 0 { return try body(FileDescriptor(rawValue: data.descriptor)) }
+        if let pinned = data.pinnedFD { return try body(pinned) }
         guard let handle = data.handle, let mount = data.mount else { throw .badFileDescriptor }
         let fd = try mount.fd.borrowed.open(handle: handle, flags: [.path, .noFollow])
         return try body(fd.borrowed)
@@ -360,7 +369,7 @@ public final class PassthroughFileSystem: FileSystem {
     public func getattr(_ context: RequestContext, node: UInt64, handle: UInt64?) throws(Errno) -> AttributeReply {
         let stat: FileStat
         if let handle, let open = handles.get(handle) {
-            stat = try open.fd.borrowed.stat()
+            stat = try open.withDescriptor { (fd) throws(Errno) in try fd.stat() }
         } else {
             stat = try withPath(try self.node(node)) { (fd) throws(Errno) -> FileStat in try fd.stat() }
         }
@@ -417,7 +426,9 @@ public final class PassthroughFileSystem: FileSystem {
             }
             if unchanged { openFlags.insert(.keepCache) }
         }
-        return OpenReply(handle: handles.insert(fd, writer: writing && options.cache == .auto ? data : nil), flags: openFlags)
+        let handle = handles.insert(fd, writer: writing && options.cache == .auto ? data : nil,
+                                    appending: hostOpenFlags(flags) & O_APPEND != 0)
+        return OpenReply(handle: handle, flags: openFlags)
     }
 
     public func read(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, into destination: ReadDestination) throws(Errno) -> Int {
@@ -442,10 +453,12 @@ public final class PassthroughFileSystem: FileSystem {
 
     public func release(_ context: RequestContext, node: UInt64, handle: UInt64, releaseFlags: UInt32) throws(Errno) {
         if releaseFlags & UInt32(FUSE_RELEASE_FLOCK_UNLOCK) != 0, let open = handles.get(handle) {
-            try? open.fd.borrowed.flock(LOCK_UN)
+            try? open.withDescriptor { (fd) throws(Errno) in try fd.flock(LOCK_UN) }
         }
+        // Open-file-description locks taken through this handle end with it.
+        if options.locks { lockTable.releaseHandle(node: node, handle: handle) }
         if let released = handles.remove(handle), let node = released.writer,
-           let stat = try? released.fd.borrowed.stat() {
+           let stat = try? released.withDescriptor({ (fd) throws(Errno) in try fd.stat() }) {
             // The guest's own writes are in its cache already: what it wrote is the version it knows.
             node.lastSeen.withLock { $0 = FileVersion(stat) }
         }
@@ -478,7 +491,7 @@ public final class PassthroughFileSystem: FileSystem {
         }
         let open = try self.handle(handle)
         try open.directoryLock.withLock { _ throws(Errno) in
-            try readDirectory(parent: parent, fd: open.fd.borrowed, offset: offset, plus: plus, into: &sink)
+            try open.withDescriptor { (fd) throws(Errno) in try readDirectory(parent: parent, fd: fd, offset: offset, plus: plus, into: &sink) }
         }
     }
 

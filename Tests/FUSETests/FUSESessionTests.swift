@@ -53,7 +53,7 @@ final class FakeFileSystem: FileSystem {
 
     let written = Mutex<[UInt8]>([])
 
-    func write(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, from source: WriteSource, killSetIDBits: Bool) throws(Errno) -> Int {
+    func write(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, from source: WriteSource, killSetIDBits: Bool, fromPageCache: Bool) throws(Errno) -> Int {
         var data: [UInt8] = []
         for v in source.buffers { data += UnsafeRawBufferPointer(start: v.iov_base, count: v.iov_len) }
         written.withLock { $0 = data }

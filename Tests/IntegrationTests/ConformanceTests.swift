@@ -18,8 +18,9 @@ struct ConformanceTests {
         ["--kernel", "6.12", "--inode-file-handles=prefer"],
         ["--kernel", "6.12", "--queues", "2", "--thread-pool-size=2"],
         ["--kernel", "6.12", "--cache", "always"],
-        // always with flock local: the guest opens no file (OPEN is ENOSYS) and reads and writes with handle 0.
-        ["--kernel", "6.12", "--cache", "always", "-o=no_flock"],
+        // always with locks local: the guest opens no file (OPEN is ENOSYS) and reads and writes with handle 0;
+        // with nodes held by file handle, so that an unlinked file the guest still reads must be pinned.
+        ["--kernel", "6.12", "--cache", "always", "-o=no_posix_lock,no_flock", "--inode-file-handles=prefer"],
         // Everything on: the namespace sandbox, seccomp killing on any call outside the allowlist (so every
         // operation of the suite checks the list), capabilities dropped, and an id map that keeps every id but
         // runs the translation on every request and attribute. (No POSIX ACLs with a map: no acl case.)

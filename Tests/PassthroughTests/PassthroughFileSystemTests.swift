@@ -29,6 +29,14 @@ final class TemporaryTree {
     }
 
     func mkdir(_ relative: String) { precondition(Glibc.mkdir("\(path)/\(relative)", 0o755) == 0) }
+    func read(_ relative: String) -> String {
+        let fd = Glibc.open("\(path)/\(relative)", O_RDONLY)
+        precondition(fd >= 0, "cannot open \(relative)")
+        defer { close(fd) }
+        var bytes = [UInt8](repeating: 0, count: 4096)
+        let n = bytes.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+        return String(decoding: bytes.prefix(max(n, 0)), as: UTF8.self)
+    }
     func symlink(_ target: String, _ relative: String) { precondition(Glibc.symlink(target, "\(path)/\(relative)") == 0) }
     func link(_ existing: String, _ relative: String) { precondition(Glibc.link("\(path)/\(existing)", "\(path)/\(relative)") == 0) }
 }
@@ -156,7 +164,7 @@ struct PassthroughFileSystemTests {
         }
     }
 
-    @Test("in always with flock off the guest stops opening files: OPEN is ENOSYS, handle 0 reaches the node's file")
+    @Test("in always with host locks off the guest stops opening files: OPEN is ENOSYS, handle 0 reaches the node's file")
     func noOpenInAlways() throws {
         let tree = TemporaryTree()
         tree.write("file", "0123456789")
@@ -179,13 +187,14 @@ struct PassthroughFileSystemTests {
             return try bytes.withUnsafeMutableBytes { (p) throws(Errno) -> Int in
                 let vectors = [iovec(iov_base: p.baseAddress, iov_len: p.count)]
                 return try vectors.withUnsafeBufferPointer { (v) throws(Errno) -> Int in
-                    try fs.write(context, node: node, handle: handle, offset: offset, from: WriteSource(buffers: v, length: p.count), killSetIDBits: false)
+                    try fs.write(context, node: node, handle: handle, offset: offset, from: WriteSource(buffers: v, length: p.count), killSetIDBits: false, fromPageCache: false)
                 }
             }
         }
-        for (cache, flock) in [(CachePolicy.always, false), (.always, true), (.auto, false), (.metadata, false)] {
-            let fs = try makeFileSystem(tree, cache: cache, locks: false, flockLocks: flock)
-            let opens = cache != .always || flock
+        for (cache, posix, flock) in [(CachePolicy.always, false, false), (.always, false, true), (.always, true, false),
+                                      (.auto, false, false), (.metadata, false, false)] {
+            let fs = try makeFileSystem(tree, cache: cache, locks: posix, flockLocks: flock)
+            let opens = cache != .always || flock || posix
             #expect(try fs.initialize(InitRequest(major: 7, minor: 41, maxReadahead: 0, flags: [])).contains(.atomicOpenTruncate) == opens)
             let node = try fs.lookup(fuseRootID, "file").nodeID
             if opens {
@@ -218,14 +227,97 @@ struct PassthroughFileSystemTests {
             }
             #expect(fs.handles.count == 0)
         }
-        // With POSIX locks on, FLUSH with handle 0 still ends the owner's locks.
-        let fs = try makeFileSystem(tree, cache: .always, locks: true, flockLocks: false)
+    }
+
+    @Test("without opens, a file held by handle stays readable after its name goes (unlink, rename over it)")
+    func unlinkedFileStaysReadableWithoutOpens() throws {
+        let tree = TemporaryTree()
+        tree.write("gone", "unlinked data")
+        tree.write("over", "renamed-over data")
+        tree.write("new", "x")
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let options = PassthroughOptions(sharedDirectory: tree.path, cache: .always, locks: false, flockLocks: false,
+                                         inodeFileHandles: .prefer)
+        let fs = try PassthroughFileSystem(options: options, logger: logger)
+        func read(_ node: UInt64) throws -> String {
+            var bytes = [UInt8](repeating: 0, count: 64)
+            let n = try bytes.withUnsafeMutableBytes { p in
+                try [iovec(iov_base: p.baseAddress, iov_len: 64)].withUnsafeBufferPointer { v in
+                    try fs.read(context, node: node, handle: 0, offset: 0, into: ReadDestination(buffers: v, length: 64))
+                }
+            }
+            return String(decoding: bytes.prefix(n), as: UTF8.self)
+        }
+        let gone = try fs.lookup(fuseRootID, "gone").nodeID
+        let over = try fs.lookup(fuseRootID, "over").nodeID
+        #expect(fs.inodes.get(gone)?.holdsDescriptor == false)
+        try withName("gone") { try fs.unlink(context, parent: fuseRootID, name: $0) }
+        try withName("new") { new in
+            try withName("over") { try fs.rename(context, parent: fuseRootID, name: new, newParent: fuseRootID, newName: $0, flags: 0) }
+        }
+        #expect(try read(gone) == "unlinked data")
+        #expect(try read(over) == "renamed-over data")
+    }
+
+    @Test("a page the guest's cache writes back through an O_APPEND handle lands at its offset; an append at the end")
+    func pageCacheWriteThroughAppendHandle() throws {
+        let tree = TemporaryTree()
+        tree.write("file", "0123456789")
+        let fs = try makeFileSystem(tree)
         let node = try fs.lookup(fuseRootID, "file").nodeID
-        let whole = FileLock(start: 0, end: UInt64(Int64.max), type: UInt32(F_WRLCK), pid: 0)
-        try fs.setlk(context, node: node, handle: 0, owner: 1, lock: whole, flock: false, wait: nil)
-        #expect(try fs.getlk(context, node: node, handle: 0, owner: 2, lock: whole).type == UInt32(F_WRLCK))
-        try fs.flush(context, node: node, handle: 0, lockOwner: 1)
-        #expect(try fs.getlk(context, node: node, handle: 0, owner: 2, lock: whole).type == UInt32(F_UNLCK))
+        let opened = try fs.open(context, node: node, flags: UInt32(O_WRONLY | O_APPEND))
+        func write(_ text: String, at offset: UInt64, fromPageCache: Bool) throws -> Int {
+            var bytes = Array(text.utf8)
+            return try bytes.withUnsafeMutableBytes { p in
+                try [iovec(iov_base: p.baseAddress, iov_len: p.count)].withUnsafeBufferPointer { v in
+                    try fs.write(context, node: node, handle: opened.handle, offset: offset,
+                                 from: WriteSource(buffers: v, length: p.count), killSetIDBits: false, fromPageCache: fromPageCache)
+                }
+            }
+        }
+        #expect(try write("ab", at: 2, fromPageCache: true) == 2)
+        #expect(tree.read("file") == "01ab456789")
+        // The guest's own append: at the host's end of the file, whatever offset the guest believed.
+        #expect(try write("cd", at: 2, fromPageCache: false) == 2)
+        #expect(tree.read("file") == "01ab456789cd")
+    }
+
+    @Test("a lock owner that locked through one handle only (an OFD lock's file) loses its locks at that handle's RELEASE")
+    func openFileDescriptionLocksEndAtRelease() throws {
+        let tree = TemporaryTree()
+        tree.write("file", "x")
+        let fs = try makeFileSystem(tree)
+        let node = try fs.lookup(fuseRootID, "file").nodeID
+        let first = try fs.open(context, node: node, flags: UInt32(O_RDWR)).handle
+        let second = try fs.open(context, node: node, flags: UInt32(O_RDWR)).handle
+        func lock(_ start: UInt64) -> FileLock { FileLock(start: start, end: start + 9, type: UInt32(F_WRLCK), pid: 0) }
+        func held(_ start: UInt64) throws -> Bool {
+            try fs.getlk(context, node: node, handle: second, owner: 3, lock: lock(start)).type == UInt32(F_WRLCK)
+        }
+        // Owner 100: F_OFD_SETLK through the first file. Owner 7: a process locking through both files.
+        try fs.setlk(context, node: node, handle: first, owner: 100, lock: lock(0), flock: false, wait: nil)
+        try fs.setlk(context, node: node, handle: first, owner: 7, lock: lock(20), flock: false, wait: nil)
+        try fs.setlk(context, node: node, handle: second, owner: 7, lock: lock(40), flock: false, wait: nil)
+        #expect(try held(0) && held(20) && held(40))
+        try fs.release(context, node: node, handle: first, releaseFlags: 0)
+        #expect(try !held(0))
+        #expect(try held(20) && held(40))
+    }
+
+    @Test("lseek hands the guest's offset to the host: SEEK_DATA and SEEK_HOLE from a negative offset are ENXIO")
+    func lseekNegativeOffset() throws {
+        let tree = TemporaryTree()
+        tree.write("file", "0123456789")
+        let fs = try makeFileSystem(tree)
+        let node = try fs.lookup(fuseRootID, "file").nodeID
+        let opened = try fs.open(context, node: node, flags: UInt32(O_RDONLY))
+        for whence: UInt32 in [3, 4] {  // SEEK_DATA, SEEK_HOLE
+            #expect(throws: Errno(rawValue: ENXIO)) {
+                try fs.lseek(context, node: node, handle: opened.handle, offset: UInt64(bitPattern: -5), whence: whence)
+            }
+        }
+        #expect(try fs.lseek(context, node: node, handle: opened.handle, offset: 3, whence: 3) == 3)
     }
 
     @Test("POSIX locks and flock are switched apart: each refuses with ENOSYS alone, NOFLUSH follows POSIX locks")

@@ -105,6 +105,17 @@ static int cmd_unlinked(const char *dir) {
     fstat(fd, &st);
     printf("fstat after unlink: size %ld links %ld\n", (long)st.st_size, (long)st.st_nlink);
     close(fd);
+    // The same with a file opened without O_CREAT, read again after its cached pages are dropped: whatever
+    // keeps an unlinked file's data must not depend on how it was opened.
+    int old = open("u-old", O_CREAT | O_WRONLY | O_TRUNC, 0644);
+    write(old, "old data", 8);
+    close(old);
+    old = open("u-old", O_RDONLY);
+    SHOW("unlink while open (opened without O_CREAT)", unlink("u-old"));
+    posix_fadvise(old, 0, 0, POSIX_FADV_DONTNEED);
+    memset(buf, 0, sizeof buf);
+    printf("read after unlink, its pages dropped: %zd %s\n", pread(old, buf, 8, 0), buf);
+    close(old);
     return 0;
 }
 
