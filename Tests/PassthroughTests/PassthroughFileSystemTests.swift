@@ -81,6 +81,28 @@ extension PassthroughFileSystem {
     func lookup(_ parent: UInt64, _ name: String) throws -> Entry {
         try withName(name) { try lookup(context, parent: parent, name: $0) }
     }
+
+    /// READ of up to 64 bytes at `offset`, as text.
+    func readText(_ node: UInt64, handle: UInt64, at offset: UInt64 = 0) throws -> String {
+        var bytes = [UInt8](repeating: 0, count: 64)
+        let n = try bytes.withUnsafeMutableBytes { p in
+            try [iovec(iov_base: p.baseAddress, iov_len: p.count)].withUnsafeBufferPointer { v in
+                try read(context, node: node, handle: handle, offset: offset, into: ReadDestination(buffers: v, length: p.count))
+            }
+        }
+        return String(decoding: bytes.prefix(n), as: UTF8.self)
+    }
+
+    /// WRITE of `text` at `offset`; returns the count written.
+    func writeText(_ text: String, _ node: UInt64, handle: UInt64, at offset: UInt64, fromPageCache: Bool = false) throws -> Int {
+        var bytes = Array(text.utf8)
+        return try bytes.withUnsafeMutableBytes { p in
+            try [iovec(iov_base: p.baseAddress, iov_len: p.count)].withUnsafeBufferPointer { v in
+                try write(context, node: node, handle: handle, offset: offset, from: WriteSource(buffers: v, length: p.count),
+                          killSetIDBits: false, fromPageCache: fromPageCache)
+            }
+        }
+    }
 }
 
 @Suite("Passthrough file system")
@@ -171,26 +193,6 @@ struct PassthroughFileSystemTests {
         tree.mkdir("dir")
         tree.symlink("file", "link")
         precondition(mkfifo("\(tree.path)/fifo", 0o644) == 0)
-        /// Reads up to 16 bytes at `offset` through `handle`.
-        func read(_ fs: PassthroughFileSystem, _ node: UInt64, _ handle: UInt64, at offset: UInt64 = 0) throws -> String {
-            var bytes = [UInt8](repeating: 0, count: 16)
-            let n = try bytes.withUnsafeMutableBytes { (p) throws(Errno) -> Int in
-                let vectors = [iovec(iov_base: p.baseAddress, iov_len: 16)]
-                return try vectors.withUnsafeBufferPointer { (v) throws(Errno) -> Int in
-                    try fs.read(context, node: node, handle: handle, offset: offset, into: ReadDestination(buffers: v, length: 16))
-                }
-            }
-            return String(decoding: bytes.prefix(n), as: UTF8.self)
-        }
-        func write(_ fs: PassthroughFileSystem, _ node: UInt64, _ handle: UInt64, _ text: String, at offset: UInt64) throws -> Int {
-            var bytes = Array(text.utf8)
-            return try bytes.withUnsafeMutableBytes { (p) throws(Errno) -> Int in
-                let vectors = [iovec(iov_base: p.baseAddress, iov_len: p.count)]
-                return try vectors.withUnsafeBufferPointer { (v) throws(Errno) -> Int in
-                    try fs.write(context, node: node, handle: handle, offset: offset, from: WriteSource(buffers: v, length: p.count), killSetIDBits: false, fromPageCache: false)
-                }
-            }
-        }
         for (cache, posix, flock) in [(CachePolicy.always, false, false), (.always, false, true), (.always, true, false),
                                       (.auto, false, false), (.metadata, false, false)] {
             let fs = try makeFileSystem(tree, cache: cache, locks: posix, flockLocks: flock)
@@ -199,7 +201,7 @@ struct PassthroughFileSystemTests {
             let node = try fs.lookup(fuseRootID, "file").nodeID
             if opens {
                 // Handle 0 stays a handle nobody was given.
-                #expect(throws: Errno.badFileDescriptor) { try read(fs, node, 0) }
+                #expect(throws: Errno.badFileDescriptor) { try fs.readText(node, handle: 0) }
                 #expect(throws: Errno.badFileDescriptor) { try fs.flush(context, node: node, handle: 0, lockOwner: 1) }
                 _ = try fs.open(context, node: node, flags: UInt32(O_RDONLY))
                 continue
@@ -207,23 +209,23 @@ struct PassthroughFileSystemTests {
             #expect(throws: Errno.noFunction) { try fs.open(context, node: node, flags: UInt32(O_RDONLY)) }
             // Directories are still opened (or not) as their cache mode says.
             _ = try? fs.opendir(context, node: try fs.lookup(fuseRootID, "dir").nodeID, flags: 0)
-            #expect(try read(fs, node, 0, at: 2) == "23456789")
-            #expect(try write(fs, node, 0, "ab", at: 8) == 2)
-            #expect(try read(fs, node, 0) == "01234567ab")
+            #expect(try fs.readText(node, handle: 0, at: 2) == "23456789")
+            #expect(try fs.writeText("ab", node, handle: 0, at: 8) == 2)
+            #expect(try fs.readText(node, handle: 0) == "01234567ab")
             try fs.fsync(context, node: node, handle: 0, dataOnly: false, directory: false)
             try fs.fallocate(context, node: node, handle: 0, offset: 0, length: 20, mode: 0)
             #expect(try fs.lseek(context, node: node, handle: 0, offset: 0, whence: 4 /* SEEK_HOLE */) == 20)
             // An open with O_TRUNC arrives as a SETATTR with handle 0, which truncates through the node.
             let truncated = try fs.setattr(context, node: node, changes: AttributeChanges(handle: 0, size: 4))
             #expect(truncated.attributes.size == 4)
-            #expect(try read(fs, node, 0) == "0123")
+            #expect(try fs.readText(node, handle: 0) == "0123")
             // With POSIX locks off FLUSH is ENOSYS, and the guest sends no more.
             #expect(throws: Errno.noFunction) { try fs.flush(context, node: node, handle: 0, lockOwner: 1) }
             // Only regular files are ever opened for handle 0: never a directory, a symlink or a FIFO.
             for name in ["dir", "link", "fifo"] {
                 let other = try fs.lookup(fuseRootID, name).nodeID
-                #expect(throws: Errno.badFileDescriptor) { try read(fs, other, 0) }
-                #expect(throws: Errno.badFileDescriptor) { try write(fs, other, 0, "x", at: 0) }
+                #expect(throws: Errno.badFileDescriptor) { try fs.readText(other, handle: 0) }
+                #expect(throws: Errno.badFileDescriptor) { try fs.writeText("x", other, handle: 0, at: 0) }
             }
             #expect(fs.handles.count == 0)
         }
@@ -240,15 +242,6 @@ struct PassthroughFileSystemTests {
         let options = PassthroughOptions(sharedDirectory: tree.path, cache: .always, locks: false, flockLocks: false,
                                          inodeFileHandles: .prefer)
         let fs = try PassthroughFileSystem(options: options, logger: logger)
-        func read(_ node: UInt64) throws -> String {
-            var bytes = [UInt8](repeating: 0, count: 64)
-            let n = try bytes.withUnsafeMutableBytes { p in
-                try [iovec(iov_base: p.baseAddress, iov_len: 64)].withUnsafeBufferPointer { v in
-                    try fs.read(context, node: node, handle: 0, offset: 0, into: ReadDestination(buffers: v, length: 64))
-                }
-            }
-            return String(decoding: bytes.prefix(n), as: UTF8.self)
-        }
         let gone = try fs.lookup(fuseRootID, "gone").nodeID
         let over = try fs.lookup(fuseRootID, "over").nodeID
         #expect(fs.inodes.get(gone)?.holdsDescriptor == false)
@@ -256,8 +249,8 @@ struct PassthroughFileSystemTests {
         try withName("new") { new in
             try withName("over") { try fs.rename(context, parent: fuseRootID, name: new, newParent: fuseRootID, newName: $0, flags: 0) }
         }
-        #expect(try read(gone) == "unlinked data")
-        #expect(try read(over) == "renamed-over data")
+        #expect(try fs.readText(gone, handle: 0) == "unlinked data")
+        #expect(try fs.readText(over, handle: 0) == "renamed-over data")
     }
 
     @Test("a page the guest's cache writes back through an O_APPEND handle lands at its offset; an append at the end")
@@ -267,19 +260,10 @@ struct PassthroughFileSystemTests {
         let fs = try makeFileSystem(tree)
         let node = try fs.lookup(fuseRootID, "file").nodeID
         let opened = try fs.open(context, node: node, flags: UInt32(O_WRONLY | O_APPEND))
-        func write(_ text: String, at offset: UInt64, fromPageCache: Bool) throws -> Int {
-            var bytes = Array(text.utf8)
-            return try bytes.withUnsafeMutableBytes { p in
-                try [iovec(iov_base: p.baseAddress, iov_len: p.count)].withUnsafeBufferPointer { v in
-                    try fs.write(context, node: node, handle: opened.handle, offset: offset,
-                                 from: WriteSource(buffers: v, length: p.count), killSetIDBits: false, fromPageCache: fromPageCache)
-                }
-            }
-        }
-        #expect(try write("ab", at: 2, fromPageCache: true) == 2)
+        #expect(try fs.writeText("ab", node, handle: opened.handle, at: 2, fromPageCache: true) == 2)
         #expect(tree.read("file") == "01ab456789")
         // The guest's own append: at the host's end of the file, whatever offset the guest believed.
-        #expect(try write("cd", at: 2, fromPageCache: false) == 2)
+        #expect(try fs.writeText("cd", node, handle: opened.handle, at: 2) == 2)
         #expect(tree.read("file") == "01ab456789cd")
     }
 
