@@ -64,6 +64,9 @@ public final class InodeData: Sendable {
     /// The node's own descriptor (the root's, or any node held by descriptor).
     func fd() -> FileDescriptor { FileDescriptor(rawValue: descriptor) }
 
+    /// Whether a descriptor pins the node (see `pinned`).
+    public var isPinned: Bool { pinned.load(ordering: .relaxed) >= 0 }
+
     /// The pinned descriptor of a node held by handle, if it was pinned.
     var pinnedFD: FileDescriptor? {
         let fd = pinned.load(ordering: .acquiring)

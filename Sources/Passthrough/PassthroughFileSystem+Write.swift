@@ -86,6 +86,12 @@ extension PassthroughFileSystem {
     }
 
     /// Registers a file just created through `fd` as a node, and `fd` as a handle.
+    ///
+    /// When the guest does not open files (`opensFiles`), the file gets handle 0 and `fd` is closed: the kernel
+    /// then sends no RELEASE for any file, even one CREATE opened, so a handle would never be given back (a
+    /// handle per file created ran the daemon out of descriptors in a `git add` of 28,000 files). The guest
+    /// writes it through handle 0 like any other file. An O_TMPFILE file, which has no name, is pinned to its
+    /// node instead, or the host would free it with the descriptor.
     func register(created fd: consuming OwnedFD, flags: CInt, parent: InodeData, context: RequestContext) throws(Errno) -> (Entry, OpenReply) {
         // SAFETY: the /proc path names a descriptor the node holds for the call; the kernel reads the C strings during
         // it.
@@ -93,6 +99,10 @@ extension PassthroughFileSystem {
         let path = try pathDescriptor(of: fd)
         let stat = try unsafe path.borrowed.statx("")
         let data = try node(for: path, stat)
+        if !opensFiles {
+            if flags & CVFS_O_TMPFILE == CVFS_O_TMPFILE, !data.holdsDescriptor { _ = data.pin(try pathDescriptor(of: fd)) }
+            return (entry(data, stat, parent: parent), OpenReply(handle: 0, flags: fileOpenFlags))
+        }
         let handle = handles.insert(fd, writer: options.cache == .auto ? data : nil, appending: flags & O_APPEND != 0)
         return (entry(data, stat, parent: parent), OpenReply(handle: handle, flags: fileOpenFlags))
     }
@@ -140,13 +150,17 @@ extension PassthroughFileSystem {
     }
 
     /// Before a name goes (unlink, rmdir, a rename over it): when the guest does not open files and holds the
-    /// named file's node by handle, pins the file with an `O_PATH` descriptor until the node is forgotten (see
-    /// `InodeData.pinned`). A guest reading a file it unlinked is not sending OPEN, so nothing else would keep
-    /// the host's inode. Best effort: a name that changes meanwhile, or a full descriptor table, pins nothing.
+    /// named file's node by handle, and this is the file's last name, pins the file with an `O_PATH` descriptor
+    /// until the node is forgotten (see `InodeData.pinned`). A guest reading a file it unlinked is not sending
+    /// OPEN, so nothing else would keep the host's inode. (A file with another name lives on without a pin:
+    /// pinning every unlinked name held one descriptor per object git links into place and unlinks, and
+    /// ran the daemon out of descriptors.) Best effort: a name that changes meanwhile, or a full descriptor
+    /// table, pins nothing.
     func pinVictim(in dirFD: FileDescriptor, _ name: FUSEName) {
         // SAFETY: the name is a view of the request, valid for the call; the kernel reads it up to its NUL.
         guard !opensFiles, options.inodeFileHandles != .never,
               let stat = try? unsafe dirFD.statx(name.cString), stat.fileType.canBeOpened,
+              stat.fileType == .directory || stat.linkCount == 1,
               let data = inodes.find(key: InodeKey(stat)), !data.holdsDescriptor, data.pinnedFD == nil,
               let fd = try? unsafe dirFD.open(name.cString, flags: [.path, .noFollow]),
               let check = try? fd.borrowed.statx(""), InodeKey(check) == data.key

@@ -251,6 +251,25 @@ struct PassthroughFileSystemTests {
         }
         #expect(try fs.readText(gone, handle: 0) == "unlinked data")
         #expect(try fs.readText(over, handle: 0) == "renamed-over data")
+        // A name of a file that keeps another is not pinned: one descriptor per such unlink would pile up.
+        tree.write("kept", "x")
+        tree.link("kept", "alias")
+        let kept = try fs.lookup(fuseRootID, "kept").nodeID
+        try withName("alias") { try fs.unlink(context, parent: fuseRootID, name: $0) }
+        #expect(fs.inodes.get(kept)?.isPinned == false)
+        #expect(fs.inodes.get(gone)?.isPinned == true)
+        // The kernel sends no RELEASE once OPEN is ENOSYS, not even for CREATE's files: they get handle 0, and
+        // an O_TMPFILE file, which has no name, is pinned to its node.
+        let (created, createdOpen) = try withName("created") {
+            try fs.create(context, parent: fuseRootID, name: $0, flags: UInt32(O_WRONLY | O_CREAT), mode: 0o100444, umask: 0)
+        }
+        let (temporary, temporaryOpen) = try fs.tmpfile(context, parent: fuseRootID, flags: UInt32(O_RDWR), mode: 0o100600, umask: 0)
+        #expect(createdOpen.handle == 0 && temporaryOpen.handle == 0)
+        #expect(fs.handles.count == 0)
+        #expect(try fs.writeText("new", created.nodeID, handle: 0, at: 0) == 3)
+        #expect(try fs.writeText("temporary", temporary.nodeID, handle: 0, at: 0) == 9)
+        #expect(try fs.readText(temporary.nodeID, handle: 0) == "temporary")
+        #expect(tree.read("created") == "new")
     }
 
     @Test("a page the guest's cache writes back through an O_APPEND handle lands at its offset; an append at the end")
