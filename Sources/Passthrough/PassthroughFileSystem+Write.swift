@@ -159,8 +159,8 @@ extension PassthroughFileSystem {
     func pinVictim(in dirFD: FileDescriptor, _ name: FUSEName) {
         // SAFETY: the name is a view of the request, valid for the call; the kernel reads it up to its NUL.
         guard !opensFiles, options.inodeFileHandles != .never,
-              let stat = try? unsafe dirFD.statx(name.cString), stat.fileType.canBeOpened,
-              stat.fileType == .directory || stat.linkCount == 1,
+              let stat = try? unsafe dirFD.statx(name.cString),
+              stat.fileType == .directory || (stat.fileType == .regular && stat.linkCount == 1),
               let data = inodes.find(key: InodeKey(stat)), !data.holdsDescriptor, data.pinnedFD == nil,
               let fd = try? unsafe dirFD.open(name.cString, flags: [.path, .noFollow]),
               let check = try? fd.borrowed.statx(""), InodeKey(check) == data.key
@@ -341,15 +341,15 @@ extension PassthroughFileSystem {
             guard source.length > 0 else { return 0 }
             return try unsafe fd.write(from: source.buffers, at: Int64(offset))
         }
-        if fromPageCache, !isUnopened(handle), try self.handle(handle).appending {
-            // A page the guest writes back from its cache (a shared mapping, say) belongs at its offset; the
-            // kernel picks any handle of the file open for writing, and through one opened with O_APPEND the
-            // host would put the page at the end of the file. (The guest's own appends keep O_APPEND: they land
-            // at the host's end of the file even when another writer moved it.)
-            let fd = try openFile(node: node, writing: true)
-            return try write(fd.borrowed)
-        }
-        return try withFile(node: node, handle: handle, writing: true, write)
+        // One handle lookup per WRITE: with a writeback cache every write comes from the page cache.
+        let open = isUnopened(handle) ? nil : try self.handle(handle)
+        if let open, !(fromPageCache && open.appending) { return try open.withDescriptor(write) }
+        // Handle 0 of a file the guest did not open; or a page the guest writes back from its cache (a shared
+        // mapping, say), which belongs at its offset: the kernel picks any handle of the file open for writing,
+        // and through one opened with O_APPEND the host would put the page at the end of the file. (The guest's
+        // own appends keep O_APPEND: they land at the host's end of the file even when another writer moved it.)
+        let fd = try openFile(node: node, writing: true)
+        return try write(fd.borrowed)
     }
 
     public func fsync(_ context: RequestContext, node: UInt64, handle: UInt64, dataOnly: Bool, directory: Bool) throws(Errno) {

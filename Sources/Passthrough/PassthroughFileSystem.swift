@@ -413,7 +413,8 @@ public final class PassthroughFileSystem: FileSystem {
         let accessMode = CInt(bitPattern: flags) & O_ACCMODE
         guard data.fileType != .directory || accessMode == O_RDONLY else { throw .isDirectory }
         if accessMode != O_RDONLY || CInt(bitPattern: flags) & O_TRUNC != 0 { try checkWritable() }
-        let fd = try reopen(data, flags: hostOpenFlags(flags))
+        let hostFlags = hostOpenFlags(flags)
+        let fd = try reopen(data, flags: hostFlags)
         let writing = accessMode != O_RDONLY
         var openFlags = fileOpenFlags
         if options.cache == .auto && data.fileType == .regular {
@@ -427,7 +428,7 @@ public final class PassthroughFileSystem: FileSystem {
             if unchanged { openFlags.insert(.keepCache) }
         }
         let handle = handles.insert(fd, writer: writing && options.cache == .auto ? data : nil,
-                                    appending: hostOpenFlags(flags) & O_APPEND != 0)
+                                    appending: hostFlags & O_APPEND != 0)
         return OpenReply(handle: handle, flags: openFlags)
     }
 
