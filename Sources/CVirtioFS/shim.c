@@ -205,6 +205,8 @@ const int CVFS_O_CLOEXEC = O_CLOEXEC;
 const int CVFS_O_DIRECTORY = O_DIRECTORY;
 const unsigned int CVFS_STATX_BASIC_STATS = STATX_BASIC_STATS;
 const unsigned int CVFS_STATX_MNT_ID = STATX_MNT_ID;
+const unsigned int CVFS_STATX_BTIME = STATX_BTIME;
+const int CVFS_AT_STATX_SYNC_TYPE = AT_STATX_SYNC_TYPE;
 
 // The FUSE structs the server reads and writes, checked against their ABI sizes.
 _Static_assert(sizeof(struct fuse_in_header) == 40, "fuse_in_header");
@@ -213,6 +215,10 @@ _Static_assert(sizeof(struct fuse_init_in) == 64, "fuse_init_in (7.36+)");
 _Static_assert(sizeof(struct fuse_init_out) == 64, "fuse_init_out");
 _Static_assert(sizeof(struct fuse_entry_out) == 128, "fuse_entry_out");
 _Static_assert(sizeof(struct fuse_attr_out) == 104, "fuse_attr_out");
+_Static_assert(sizeof(struct fuse_statx) == 256, "fuse_statx");
+_Static_assert(sizeof(struct fuse_statx_in) == 24, "fuse_statx_in");
+_Static_assert(sizeof(struct fuse_statx_out) == 288, "fuse_statx_out");
+_Static_assert(sizeof(struct fuse_supp_groups) == 4, "fuse_supp_groups");
 _Static_assert(sizeof(struct vring_desc) == 16, "vring_desc");
 _Static_assert(sizeof(struct vring_used_elem) == 8, "vring_used_elem");
 

@@ -78,6 +78,7 @@ public enum FUSEOpcode: UInt32, Sendable, CaseIterable {
         case .lookup, .mknod, .mkdir, .symlink, .link: MemoryLayout<fuse_entry_out>.size
         case .create, .tmpfile: MemoryLayout<fuse_entry_out>.size + MemoryLayout<fuse_open_out>.size
         case .getattr, .setattr: MemoryLayout<fuse_attr_out>.size
+        case .statx: MemoryLayout<fuse_statx_out>.size
         case .open, .opendir: MemoryLayout<fuse_open_out>.size
         case .statfs: MemoryLayout<fuse_statfs_out>.size
         case .write, .copyFileRange: MemoryLayout<fuse_write_out>.size

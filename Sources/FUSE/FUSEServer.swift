@@ -20,9 +20,9 @@ public struct FUSEServerOptions: Sendable {
 /// Decodes FUSE requests, calls the file system and encodes its replies. It knows nothing of the transport:
 /// a `FUSESession` per queue feeds it request bytes and gives it the guest's reply buffers.
 public final class FUSEServer<FS: FileSystem>: Sendable {
-    /// The protocol version offered: 7.38.
+    /// The protocol version offered: 7.41 (a 6.12 guest agrees 7.41, a 6.1 guest 7.37).
     public static var kernelMajor: UInt32 { UInt32(FUSE_KERNEL_VERSION) }
-    public static var kernelMinor: UInt32 { UInt32(FUSE_KERNEL_MINOR_VERSION) }
+    public static var kernelMinor: UInt32 { UInt32(CVFS_FUSE_KERNEL_MINOR_VERSION) }
     /// The oldest guest protocol accepted (as virtiofsd).
     public static var minimumMinor: UInt32 { 27 }
 
@@ -57,8 +57,10 @@ public final class FUSEServer<FS: FileSystem>: Sendable {
 
     /// Flags the server always wants when the kernel offers them, whatever the file system.
     static var serverFlags: FUSEInitFlags {
+        // DIRECT_IO_ALLOW_MMAP: a file opened with DIRECT_IO (cache never or metadata) can still be mapped
+        // shared, as locally; the guest kernel keeps the mapping's pages coherent with its direct writes.
         [.asyncRead, .bigWrites, .autoInvalidateData, .asyncDirectIO, .parallelDirectoryOps,
-         .maxPages, .initExtended]
+         .maxPages, .initExtended, .directIOAllowMmap]
     }
 
     /// INIT: agrees on a version and flags. Encodes `fuse_init_out` into `reply`.

@@ -120,8 +120,11 @@ public final class FUSESession<FS: FileSystem> {
             return 0
         }
         var context = RequestContext(unique: header.unique, nodeID: header.nodeid, uid: header.uid, gid: header.gid, pid: header.pid)
-        if layout.hasExtensions, let opcode, opcode.createsNode, server.flags.contains(.securityContext) {
-            context.securityContext = unsafe Self.securityContext(in: UnsafeRawBufferPointer(rebasing: requestStorage[layout.argumentsEnd..<layout.length]))
+        if layout.hasExtensions, let opcode, opcode.createsNode {
+            let extensions = unsafe UnsafeRawBufferPointer(rebasing: requestStorage[layout.argumentsEnd..<layout.length])
+            let flags = server.flags
+            if flags.contains(.securityContext) { context.securityContext = unsafe Self.securityContext(in: extensions) }
+            if flags.contains(.createSupplementaryGroup) { context.supplementaryGroup = unsafe Self.supplementaryGroup(in: extensions) }
         }
         var reply = unsafe ReplyBuilder(storage: replyStorage, limit: writableLength - Self.headerSize)
         var status: Errno?
@@ -169,6 +172,24 @@ public final class FUSESession<FS: FileSystem> {
             if header.type >= 1, header.type <= UInt32(FUSE_MAX_NR_SECCTX.rawValue),
                let item = body.read(fuse_secctx.self), let name = body.readName(), body.remainingCount >= Int(item.size) {
                 return unsafe SecurityContext(name: name.bytes, value: UnsafeRawBufferPointer(rebasing: body.remaining.prefix(Int(item.size))))
+            }
+            _ = unsafe reader.read(bytes: size - MemoryLayout<fuse_ext_header>.size)
+        }
+        return nil
+    }
+
+    /// The group of a FUSE_EXT_GROUPS extension (`fuse_supp_groups` with one group, as the kernel sends it), or
+    /// nil when there is none or it is malformed.
+    static func supplementaryGroup(in extensions: UnsafeRawBufferPointer) -> UInt32? {
+        // SAFETY: every size is checked against what remains in `extensions` (ByteReader) before a slice is made.
+        var reader = unsafe ByteReader(extensions)
+        while let header = reader.read(fuse_ext_header.self) {
+            let size = Int(header.size)
+            guard size >= MemoryLayout<fuse_ext_header>.size, size - MemoryLayout<fuse_ext_header>.size <= reader.remainingCount else { return nil }
+            var body = unsafe ByteReader(UnsafeRawBufferPointer(rebasing: reader.remaining.prefix(size - MemoryLayout<fuse_ext_header>.size)))
+            if header.type == UInt32(FUSE_EXT_GROUPS) {
+                guard let groups = body.read(fuse_supp_groups.self), groups.nr_groups == 1, let group = body.read(UInt32.self) else { return nil }
+                return group
             }
             _ = unsafe reader.read(bytes: size - MemoryLayout<fuse_ext_header>.size)
         }
@@ -362,6 +383,10 @@ public final class FUSESession<FS: FileSystem> {
             guard let input = reader.read(fuse_getattr_in.self) else { throw .invalidArgument }
             let handle: UInt64? = input.getattr_flags & UInt32(FUSE_GETATTR_FH) != 0 ? input.fh : nil
             reply.append(FUSEEncoding.attrOut(try fs.getattr(context, node: node, handle: handle)))
+        case .statx:
+            guard let input = reader.read(fuse_statx_in.self) else { throw .invalidArgument }
+            let handle: UInt64? = input.getattr_flags & UInt32(FUSE_GETATTR_FH) != 0 ? input.fh : nil
+            reply.append(FUSEEncoding.statxOut(try fs.statx(context, node: node, handle: handle, syncFlags: input.sx_flags)))
         case .readlink:
             // Read whole into scratch space first: a target longer than the guest's buffer is an error, never
             // a target cut short.
@@ -584,6 +609,44 @@ enum FUSEEncoding {
         out.attr_valid = reply.timeout.seconds
         out.attr_valid_nsec = reply.timeout.nanoseconds
         out.attr = attr(reply.attributes)
+        return out
+    }
+
+    /// The STATX_ATTR_* flags passed on: what the file is (compressed, immutable, append-only, nodump,
+    /// encrypted, verity). Not mount-root or DAX, which describe the host's mounts and memory.
+    static let statxAttributesPassed: UInt64 = 0x4 | 0x10 | 0x20 | 0x40 | 0x800 | 0x100000
+
+    /// The reply of STATX: the fields STATX_BASIC_STATS and STATX_BTIME name, as far as the host filled them.
+    static func statxOut(_ reply: StatxReply) -> fuse_statx_out {
+        let x = reply.attributes
+        let s = attr(x.stat)
+        var out = fuse_statx_out()
+        out.attr_valid = reply.timeout.seconds
+        out.attr_valid_nsec = reply.timeout.nanoseconds
+        out.stat.mask = x.mask & (ExtendedFileStat.basicStatsBits | ExtendedFileStat.birthTimeBit)
+        out.stat.blksize = s.blksize
+        out.stat.attributes = x.attributes & statxAttributesPassed
+        out.stat.attributes_mask = x.attributesMask & statxAttributesPassed
+        out.stat.nlink = s.nlink
+        out.stat.uid = s.uid
+        out.stat.gid = s.gid
+        out.stat.mode = UInt16(truncatingIfNeeded: s.mode)
+        out.stat.ino = s.ino
+        out.stat.size = s.size
+        out.stat.blocks = s.blocks
+        func time(_ t: FileTime) -> fuse_sx_time {
+            var v = fuse_sx_time()
+            v.tv_sec = t.seconds
+            v.tv_nsec = t.nanoseconds
+            return v
+        }
+        out.stat.atime = time(x.stat.accessTime)
+        out.stat.mtime = time(x.stat.modificationTime)
+        out.stat.ctime = time(x.stat.changeTime)
+        if x.mask & ExtendedFileStat.birthTimeBit != 0 { out.stat.btime = time(x.birthTime) }
+        // Major and minor as the guest's new_encode_dev/MKDEV read them back from GETATTR's 32-bit rdev.
+        out.stat.rdev_major = (s.rdev >> 8) & 0xfff
+        out.stat.rdev_minor = (s.rdev & 0xff) | ((s.rdev >> 12) & 0xfff00)
         return out
     }
 

@@ -37,6 +37,10 @@ public struct RequestContext: Sendable, Equatable {
     public var pid: UInt32
     /// The label for what a creating request makes, when the guest sent one.
     public var securityContext: SecurityContext?
+    /// With CREATE_SUPP_GROUP, for a creating request: the group of the new file's parent, when it is one of the
+    /// caller's supplementary groups (not its fsgid). The guest kernel sends it so that the server can act with
+    /// that group as the caller locally would (permission to create, a setgid bit kept).
+    public var supplementaryGroup: UInt32?
 
     public init(unique: UInt64 = 0, nodeID: UInt64 = 0, uid: UInt32 = 0, gid: UInt32 = 0, pid: UInt32 = 0) {
         self.unique = unique
@@ -96,6 +100,16 @@ public struct AttributeReply: Sendable, Equatable {
     public var attributes: FileStat
     public var timeout: Timeout
     public init(attributes: FileStat, timeout: Timeout) {
+        self.attributes = attributes
+        self.timeout = timeout
+    }
+}
+
+/// The answer to STATX: the attributes as GETATTR's, and what statx(2) tells beyond them.
+public struct StatxReply: Sendable, Equatable {
+    public var attributes: ExtendedFileStat
+    public var timeout: Timeout
+    public init(attributes: ExtendedFileStat, timeout: Timeout) {
         self.attributes = attributes
         self.timeout = timeout
     }
@@ -196,6 +210,9 @@ public protocol FileSystem: AnyObject, Sendable {
     func lookup(_ context: RequestContext, parent: UInt64, name: FUSEName) throws(Errno) -> Entry
     func forget(_ context: RequestContext, node: UInt64, count: UInt64)
     func getattr(_ context: RequestContext, node: UInt64, handle: UInt64?) throws(Errno) -> AttributeReply
+    /// STATX (7.39): GETATTR with the birth time. `syncFlags` are the caller's AT_STATX_* bits. ENOSYS makes
+    /// the guest fall back to GETATTR for good.
+    func statx(_ context: RequestContext, node: UInt64, handle: UInt64?, syncFlags: UInt32) throws(Errno) -> StatxReply
     /// Writes the symlink's target into `buffer`; returns its length.
     func readlink(_ context: RequestContext, node: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int
     func open(_ context: RequestContext, node: UInt64, flags: UInt32) throws(Errno) -> OpenReply
@@ -253,6 +270,9 @@ extension FileSystem {
     public func lookup(_ context: RequestContext, parent: UInt64, name: FUSEName) throws(Errno) -> Entry { throw .noFunction }
     public func forget(_ context: RequestContext, node: UInt64, count: UInt64) {}
     public func getattr(_ context: RequestContext, node: UInt64, handle: UInt64?) throws(Errno) -> AttributeReply { throw .noFunction }
+    public func statx(_ context: RequestContext, node: UInt64, handle: UInt64?, syncFlags: UInt32) throws(Errno) -> StatxReply {
+        throw .noFunction
+    }
     public func readlink(_ context: RequestContext, node: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int { throw .noFunction }
     public func open(_ context: RequestContext, node: UInt64, flags: UInt32) throws(Errno) -> OpenReply { throw .noFunction }
     public func read(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, into destination: ReadDestination) throws(Errno) -> Int { throw .noFunction }

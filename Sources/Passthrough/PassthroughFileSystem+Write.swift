@@ -12,6 +12,14 @@ extension PassthroughFileSystem {
     func asGuestUser<T: ~Copyable>(_ context: RequestContext, _ body: () throws(Errno) -> T) throws(Errno) -> T {
         let (uid, gid) = try hostCredentials(context)
         guard switchesCredentials, uid.rawValue != 0 || gid.rawValue != 0 else { return try body() }
+        // CREATE_SUPP_GROUP: the parent's group, which the caller has as a supplementary group, joins the
+        // thread's groups for the request (while still root: setgroups needs CAP_SETGID). If it cannot (a user
+        // namespace with setgroups denied, an id outside the map), the request runs without it, as before.
+        var joined = false
+        if let guestGroup = context.supplementaryGroup, case .id(let group) = options.gidMap.toHost(GuestGID(guestGroup)) {
+            joined = (try? ThreadCredentials.setSupplementaryGroup(group.rawValue)) != nil
+        }
+        defer { if joined { try? ThreadCredentials.clearSupplementaryGroups() } }
         try ThreadCredentials.become(uid: uid.rawValue, gid: gid.rawValue)
         defer { ThreadCredentials.restoreRoot() }
         return try body()
@@ -370,9 +378,14 @@ extension PassthroughFileSystem {
     }
 
     public func lseek(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, whence: UInt32) throws(Errno) -> UInt64 {
+        // With a writeback cache the guest's kernel asks without writing its dirty pages back first: the host's
+        // file can be shorter than the guest's, and SEEK_DATA there would answer ENXIO inside data the guest
+        // wrote (a sparse-aware copy would then skip it). ENOSYS makes the guest answer from its own size for
+        // good: the whole file is data, which POSIX allows.
+        if options.writeback { throw .noFunction }
         // The guest's loff_t as it is: the host decides what a negative offset means (ENXIO for SEEK_DATA and
         // SEEK_HOLE, as on a local file system).
-        try withFile(node: node, handle: handle, writing: false) { (fd) throws(Errno) -> UInt64 in
+        return try withFile(node: node, handle: handle, writing: false) { (fd) throws(Errno) -> UInt64 in
             UInt64(try fd.seek(to: Int64(bitPattern: offset), whence: CInt(bitPattern: whence)))
         }
     }

@@ -300,6 +300,9 @@ public final class PassthroughFileSystem: FileSystem {
         if options.announceSubmounts { flags.insert(.submounts) }
         if options.killprivV2 { flags.insert(.handleKillprivV2) }
         if options.writeback { flags.insert(.writebackCache) }
+        // The caller's supplementary group that owns a new file's parent: only useful when requests run as
+        // their callers.
+        if switchesCredentials { flags.insert(.createSupplementaryGroup) }
         if options.securityLabel {
             guard request.flags.contains(.securityContext) else {
                 logger.error("--security-label needs FUSE_SECURITY_CTX, which this guest kernel does not offer")
@@ -374,6 +377,18 @@ public final class PassthroughFileSystem: FileSystem {
             stat = try withPath(try self.node(node)) { (fd) throws(Errno) -> FileStat in try fd.stat() }
         }
         return AttributeReply(attributes: guestView(stat), timeout: options.cache.timeout)
+    }
+
+    public func statx(_ context: RequestContext, node: UInt64, handle: UInt64?, syncFlags: UInt32) throws(Errno) -> StatxReply {
+        let sync = CInt(bitPattern: syncFlags)
+        var stat: ExtendedFileStat
+        if let handle, let open = handles.get(handle) {
+            stat = try open.withDescriptor { (fd) throws(Errno) in try fd.extendedStat(syncFlags: sync) }
+        } else {
+            stat = try withPath(try self.node(node)) { (fd) throws(Errno) in try fd.extendedStat(syncFlags: sync) }
+        }
+        stat.stat = guestView(stat.stat)
+        return StatxReply(attributes: stat, timeout: options.cache.timeout)
     }
 
     public func readlink(_ context: RequestContext, node: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {

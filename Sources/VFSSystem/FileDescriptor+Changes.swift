@@ -179,6 +179,13 @@ public enum ThreadCredentials {
     /// The process's effective user id.
     public static var effectiveUID: UInt32 { geteuid() }
 
+    /// Makes `gid` the calling thread's only supplementary group (needs CAP_SETGID: call it before `become`).
+    public static func setSupplementaryGroup(_ gid: UInt32) throws(Errno) {
+        // SAFETY: the kernel reads the one gid during the call.
+        var group = gid
+        try nothingOrErrno { unsafe cvfs_setgroups_thread(1, &group) }
+    }
+
     /// Drops supplementary groups of the calling thread.
     public static func clearSupplementaryGroups() throws(Errno) {
         try nothingOrErrno { cvfs_setgroups_thread(0, nil) }

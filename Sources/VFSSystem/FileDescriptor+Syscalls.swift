@@ -63,6 +63,16 @@ extension FileDescriptor {
         return FileStat(s)
     }
 
+    /// This descriptor's file's attributes with its birth time and statx attribute flags. `syncFlags` are the
+    /// caller's AT_STATX_* synchronisation bits (others are ignored). The corresponding C function is `statx`.
+    public func extendedStat(syncFlags: CInt = 0) throws(Errno) -> ExtendedFileStat {
+        // SAFETY: statx fills this local struct during the call and reads the empty name.
+        var s = CVirtioFS.statx()
+        let flags = CVFS_AT_EMPTY_PATH | CVFS_AT_SYMLINK_NOFOLLOW | (syncFlags & CVFS_AT_STATX_SYNC_TYPE)
+        try nothingOrErrno { unsafe cvfs_statx(rawValue, "", flags, CVFS_STATX_BASIC_STATS | CVFS_STATX_BTIME, &s) }
+        return ExtendedFileStat(s)
+    }
+
     /// Reads the target of the symlink this descriptor names into `buffer`, returning its length.
     /// The corresponding C function is `readlinkat(fd, "", ...)`.
     public func readLink(into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {

@@ -81,6 +81,36 @@ public struct FileStat: Hashable, Sendable {
     public var fileType: FileType { FileType(mode: mode) }
 }
 
+/// What statx(2) tells beyond `FileStat`: which fields are valid, the birth time, and the `STATX_ATTR_*` flags.
+public struct ExtendedFileStat: Hashable, Sendable {
+    public var stat: FileStat
+    /// The `STATX_*` bits of the fields the file system filled in.
+    public var mask: UInt32
+    /// The creation time, when `mask` has STATX_BTIME.
+    public var birthTime: FileTime
+    public var attributes: UInt64
+    public var attributesMask: UInt64
+
+    public init(stat: FileStat, mask: UInt32, birthTime: FileTime, attributes: UInt64 = 0, attributesMask: UInt64 = 0) {
+        self.stat = stat
+        self.mask = mask
+        self.birthTime = birthTime
+        self.attributes = attributes
+        self.attributesMask = attributesMask
+    }
+
+    init(_ s: CVirtioFS.statx) {
+        self.init(stat: FileStat(s), mask: s.stx_mask,
+                  birthTime: FileTime(seconds: s.stx_btime.tv_sec, nanoseconds: s.stx_btime.tv_nsec),
+                  attributes: s.stx_attributes, attributesMask: s.stx_attributes_mask)
+    }
+
+    /// STATX_BTIME.
+    public static var birthTimeBit: UInt32 { CVFS_STATX_BTIME }
+    /// STATX_BASIC_STATS.
+    public static var basicStatsBits: UInt32 { CVFS_STATX_BASIC_STATS }
+}
+
 /// The type of a file, from the `S_IFMT` bits of its mode.
 public enum FileType: Sendable, Hashable {
     case regular, directory, symbolicLink, characterDevice, blockDevice, fifo, socket, unknown

@@ -85,7 +85,7 @@ func initializedSession() -> (FUSESession<FakeFileSystem>, FakeFileSystem) {
 
 @Suite("FUSE request decoding and replies")
 struct FUSESessionTests {
-    @Test("INIT agrees on min(guest, 38) and the flags both sides want", arguments: [(UInt32(37), UInt32(37)), (41, 38), (27, 27)])
+    @Test("INIT agrees on min(guest, 41) and the flags both sides want", arguments: [(UInt32(37), UInt32(37)), (41, 41), (42, 41), (27, 27)])
     func initNegotiation(guest: UInt32, agreed: UInt32) throws {
         let (session, _) = makeSession()
         let offered: UInt64 = (1 << 0) | (1 << 1) | (1 << 13) | (1 << 22) | (1 << 30) | (1 << 36)
@@ -94,9 +94,9 @@ struct FUSESessionTests {
         #expect(outHeader(reply).error == 0 && outHeader(reply).unique == 9 && outHeader(reply).len == 80)
         let out = payload(reply, as: fuse_init_out.self)
         #expect(out.major == 7 && out.minor == agreed)
-        // ASYNC_READ, DO_READDIRPLUS, MAX_PAGES and INIT_EXT are wanted; POSIX_LOCKS and DIRECT_IO_ALLOW_MMAP are not.
+        // ASYNC_READ, DO_READDIRPLUS, MAX_PAGES, INIT_EXT and DIRECT_IO_ALLOW_MMAP are wanted; POSIX_LOCKS is not.
         #expect(out.flags == UInt32((1 << 0) | (1 << 13) | (1 << 22) | (1 << 30)))
-        #expect(out.flags2 == 0)
+        #expect(out.flags2 == 1 << 4)
         #expect(out.max_write == 1 << 20 && out.max_pages == 256 && out.max_readahead == 131072)
         #expect(session.server.isInitialized)
     }
@@ -115,7 +115,7 @@ struct FUSESessionTests {
         let (_, reply) = Frame(request: initFrame(major: 8, minor: 0, flags: 0), replySegments: [80]).run(session)
         #expect(outHeader(reply).error == 0)
         let out = payload(reply, as: fuse_init_out.self)
-        #expect(out.major == 7 && out.minor == 38)
+        #expect(out.major == 7 && out.minor == 41)
         #expect(!session.server.isInitialized)
     }
 
@@ -175,12 +175,12 @@ struct FUSESessionTests {
         #expect(fs.lookedUp.withLock { $0.isEmpty })
     }
 
-    @Test("unknown and unserved opcodes (BMAP, IOCTL, POLL, STATX) answer ENOSYS", arguments: [UInt32(99), 37, 39, 40, 52, 0])
+    @Test("unknown and unserved opcodes (BMAP, IOCTL, POLL; STATX of a file system without it) answer ENOSYS", arguments: [UInt32(99), 37, 39, 40, 52, 0])
     func unknownOpcode(opcode: UInt32) {
         let (session, _) = initializedSession()
-        var request = frame(.getattr, [UInt8](repeating: 0, count: 16))
+        var request = frame(.getattr, [UInt8](repeating: 0, count: 24))
         request.withUnsafeMutableBytes { $0.storeBytes(of: opcode, toByteOffset: 4, as: UInt32.self) }
-        let (written, reply) = Frame(request: request, replySegments: [64]).run(session)
+        let (written, reply) = Frame(request: request, replySegments: [304]).run(session)
         #expect(written == 16)
         #expect(outHeader(reply).error == -Errno.noFunction.rawValue)
     }

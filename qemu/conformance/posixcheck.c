@@ -6,6 +6,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
 #include <grp.h>
 #include <signal.h>
 #include <linux/fs.h>
@@ -144,6 +145,22 @@ static int cmd_sparse(const char *dir) {
     return 0;
 }
 
+// written DIR: SEEK_DATA and SEEK_HOLE on a file just written, whose pages a writeback cache may still hold:
+// only what every file system must answer (data where it was written, the hole, if any, after it).
+static int cmd_written(const char *dir) {
+    if (chdir(dir)) return 1;
+    int fd = open("w-file", O_CREAT | O_RDWR | O_TRUNC, 0644);
+    pwrite(fd, "head", 4, 0);
+    pwrite(fd, "tail", 4, 4 << 20);
+    printf("data at 0: %ld\n", (long)lseek(fd, 0, SEEK_DATA));
+    off_t hole = lseek(fd, 0, SEEK_HOLE);
+    printf("first hole after the head and not past the end: %s\n", hole >= 4 && hole <= (4 << 20) + 4 ? "yes" : "no");
+    off_t data = lseek(fd, 4096, SEEK_DATA);
+    printf("data from 4096 found before the tail's end: %s\n", data >= 4096 && data <= (4 << 20) + 3 ? "yes" : "no");
+    close(fd);
+    return 0;
+}
+
 static int cmd_append(const char *dir, int writers) {
     if (chdir(dir)) return 1;
     unlink("a-log");
@@ -174,15 +191,30 @@ static int cmd_append(const char *dir, int writers) {
     return 0;
 }
 
-static int cmd_mmap(const char *dir) {
+// mmap DIR [fault]: writes through a shared mapping after setting an old mtime. With "fault", also whether the
+// mtime changed at the write fault, before msync: a local file system changes it there; a FUSE guest without a
+// writeback cache marks its inodes S_NOCMTIME and sees the new time only once the pages reach the server.
+static int cmd_mmap(const char *dir, bool at_fault) {
     if (chdir(dir)) return 1;
     int fd = open("m-file", O_CREAT | O_RDWR | O_TRUNC, 0644);
     ftruncate(fd, 8192);
+    // An old modification time first: a write through the mapping must change it, as a write(2) would.
+    struct timespec old[2] = { { 1000000000, 0 }, { 1000000000, 0 } };
+    futimens(fd, old);
     char *p = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (p == MAP_FAILED) { printf("mmap: %s\n", name(errno)); return 0; }
     memcpy(p + 4096, "written through mmap", 20);
+    struct stat st;
+    fstat(fd, &st);
+    if (at_fault) printf("mtime changed by the mapped write, before msync: %s\n", st.st_mtim.tv_sec != 1000000000 ? "yes" : "no");
     SHOW("msync", msync(p, 8192, MS_SYNC));
+    fstat(fd, &st);
+    printf("mtime changed by the mapped write, after msync: %s\n", st.st_mtim.tv_sec != 1000000000 ? "yes" : "no");
     munmap(p, 8192);
+    close(fd);
+    stat("m-file", &st);
+    printf("mtime changed, after close: %s\n", st.st_mtim.tv_sec != 1000000000 ? "yes" : "no");
+    fd = open("m-file", O_RDONLY);
     char buf[32] = {0};
     pread(fd, buf, 20, 4096);
     printf("read back: %s\n", buf);
@@ -420,14 +452,47 @@ static int cmd_randread(const char *file, long count, unsigned long seed) {
     return 0;
 }
 
-// Runs a command as another user: posixcheck asuser UID GID command...
+// Runs a command as another user: posixcheck asuser UID GID[,SUPPLEMENTARY] command...
 static int cmd_asuser(int argc, char **argv) {
     uid_t uid = atoi(argv[2]);
     gid_t gid = atoi(argv[3]);
-    if (setgroups(0, NULL) || setgid(gid) || setuid(uid)) { perror("asuser"); return 1; }
+    const char *comma = strchr(argv[3], ',');
+    gid_t supplementary = comma ? (gid_t)atoi(comma + 1) : 0;
+    if (setgroups(comma ? 1 : 0, &supplementary) || setgid(gid) || setuid(uid)) { perror("asuser"); return 1; }
     execvp(argv[4], argv + 4);
     perror("exec");
     return 127;
+}
+
+// btime DIR: a new file's birth time (statx), which a local file system reports and keeps when the
+// modification time is set back.
+static int cmd_btime(const char *dir) {
+    if (chdir(dir)) return 1;
+    int fd = open("b-file", O_CREAT | O_WRONLY | O_TRUNC, 0644);
+    if (fd < 0) { printf("create: %s\n", name(errno)); return 0; }
+    struct statx sx, again;
+    SHOW("statx", statx(AT_FDCWD, "b-file", 0, STATX_BASIC_STATS | STATX_BTIME, &sx));
+    int has = (sx.stx_mask & STATX_BTIME) != 0;
+    printf("birth time reported: %s\n", has ? "yes" : "no");
+    if (!has) { close(fd); return 0; }
+    printf("birth time is the new file's mtime: %s\n",
+           sx.stx_btime.tv_sec == sx.stx_mtime.tv_sec && sx.stx_btime.tv_nsec == sx.stx_mtime.tv_nsec ? "yes" : "no");
+    struct timespec old[2] = { { 1000000000, 0 }, { 1000000000, 0 } };
+    SHOW("utimensat", utimensat(AT_FDCWD, "b-file", old, 0));
+    SHOW("statx of the open file", statx(fd, "", AT_EMPTY_PATH, STATX_BASIC_STATS | STATX_BTIME, &again));
+    printf("birth time kept, mtime set back: %s\n",
+           (again.stx_mask & STATX_BTIME) && again.stx_btime.tv_sec == sx.stx_btime.tv_sec &&
+           again.stx_btime.tv_nsec == sx.stx_btime.tv_nsec && again.stx_mtime.tv_sec == 1000000000 ? "yes" : "no");
+    close(fd);
+    return 0;
+}
+
+// create PATH MODE (octal): open(O_CREAT | O_EXCL) with that mode; prints the result.
+static int cmd_create(const char *path, const char *mode) {
+    int fd = open(path, O_CREAT | O_EXCL | O_WRONLY, (mode_t)strtol(mode, NULL, 8));
+    printf("create %s: %s\n", path, fd < 0 ? name(errno) : "OK");
+    if (fd >= 0) close(fd);
+    return 0;
 }
 
 int main(int argc, char **argv) {
@@ -436,10 +501,13 @@ int main(int argc, char **argv) {
     if (argc >= 3 && !strcmp(argv[1], "rename2")) return cmd_rename2(argv[2]);
     if (argc >= 3 && !strcmp(argv[1], "unlinked")) return cmd_unlinked(argv[2]);
     if (argc >= 3 && !strcmp(argv[1], "sparse")) return cmd_sparse(argv[2]);
+    if (argc >= 3 && !strcmp(argv[1], "written")) return cmd_written(argv[2]);
     if (argc >= 4 && !strcmp(argv[1], "append")) return cmd_append(argv[2], atoi(argv[3]));
-    if (argc >= 3 && !strcmp(argv[1], "mmap")) return cmd_mmap(argv[2]);
+    if (argc >= 3 && !strcmp(argv[1], "mmap")) return cmd_mmap(argv[2], argc >= 4 && !strcmp(argv[3], "fault"));
     if (argc >= 3 && !strcmp(argv[1], "tmpfile")) return cmd_tmpfile(argv[2]);
     if (argc >= 3 && !strcmp(argv[1], "times")) return cmd_times(argv[2]);
+    if (argc >= 3 && !strcmp(argv[1], "btime")) return cmd_btime(argv[2]);
+    if (argc >= 4 && !strcmp(argv[1], "create")) return cmd_create(argv[2], argv[3]);
     if (argc >= 3 && !strcmp(argv[1], "locks")) return cmd_locks(argv[2]);
     if (argc >= 3 && !strcmp(argv[1], "probe")) return cmd_probe(argv[2]);
     if (argc >= 3 && !strcmp(argv[1], "hold")) return cmd_hold(argv[2]);

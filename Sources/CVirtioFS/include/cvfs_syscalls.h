@@ -127,6 +127,8 @@ extern const int CVFS_O_CLOEXEC;
 extern const int CVFS_O_DIRECTORY;
 extern const unsigned int CVFS_STATX_BASIC_STATS;
 extern const unsigned int CVFS_STATX_MNT_ID;
+extern const unsigned int CVFS_STATX_BTIME;
+extern const int CVFS_AT_STATX_SYNC_TYPE;
 
 #endif
 

@@ -1,0 +1,123 @@
+// SPDX-License-Identifier: Apache-2.0
+
+import CVirtioFS
+import FUSE
+import FUSETestSupport
+import Glibc
+import Logging
+import Passthrough
+import Testing
+import VFSSystem
+
+/// What FUSE 7.38 (as of Linux 6.3) to 7.41 added that the server uses: STATX, CREATE_SUPP_GROUP and
+/// DIRECT_IO_ALLOW_MMAP; and LSEEK left to the guest under a writeback cache.
+@Suite("FUSE 7.39 to 7.41 with the passthrough file system")
+struct NewerProtocolTests {
+    func session(_ tree: TemporaryTree, writeback: Bool = false) throws -> (FUSESession<PassthroughFileSystem>, PassthroughFileSystem, fuse_init_out) {
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let fs = try PassthroughFileSystem(options: PassthroughOptions(sharedDirectory: tree.path, writeback: writeback), logger: logger)
+        let session = FUSESession(server: FUSEServer(fileSystem: fs, logger: logger))
+        // What a 6.12 guest offers: every flag up to bit 40.
+        let (_, reply) = Frame(request: initFrame(minor: 41, flags: (1 << 41) - 1), replySegments: [80]).run(session)
+        return (session, fs, payload(reply, as: fuse_init_out.self))
+    }
+
+    @Test("a 6.12 guest agrees 7.41, DIRECT_IO_ALLOW_MMAP and (as root) CREATE_SUPP_GROUP")
+    func agreed() throws {
+        let (_, _, out) = try session(TemporaryTree())
+        #expect(out.minor == 41)
+        #expect(out.flags2 & (1 << 4) != 0)  // DIRECT_IO_ALLOW_MMAP (bit 36)
+        #expect(out.flags2 & (1 << 2) != 0)  // CREATE_SUPP_GROUP (bit 34)
+        #expect(out.flags2 & (1 << 8) == 0)  // ALLOW_IDMAP (bit 40): not asked for
+    }
+
+    @Test("STATX answers the host's birth time with the attributes GETATTR would give")
+    func statx() throws {
+        let tree = TemporaryTree()
+        tree.write("file", "0123456789")
+        let (session, fs, _) = try session(tree)
+        let node = try fs.lookup(fuseRootID, "file").nodeID
+        var input = fuse_statx_in()
+        input.sx_mask = 0xfff  // STATX_BASIC_STATS | STATX_BTIME, as the guest asks
+        let (_, reply) = Frame(request: frame(.statx, node: node, uid: 0, gid: 0, bytes(input)), replySegments: [16, 288]).run(session)
+        #expect(outHeader(reply).error == 0 && outHeader(reply).len == 16 + 288)
+        let out = payload(reply, as: fuse_statx_out.self)
+
+        var host = CVirtioFS.statx()
+        #expect(cvfs_statx(CVFS_AT_FDCWD, "\(tree.path)/file", 0, 0xfff, &host) == 0)
+        #expect(host.stx_mask & 0x800 != 0, "the test's file system records birth times")
+        #expect(out.stat.mask == host.stx_mask & 0xfff)
+        #expect(out.stat.btime.tv_sec == host.stx_btime.tv_sec && out.stat.btime.tv_nsec == host.stx_btime.tv_nsec)
+        #expect(out.stat.mtime.tv_sec == host.stx_mtime.tv_sec && out.stat.mtime.tv_nsec == host.stx_mtime.tv_nsec)
+        #expect(out.stat.size == 10 && out.stat.mode == 0o100644 && out.stat.ino == host.stx_ino && out.stat.nlink == 1)
+        #expect(out.attr_valid == 1)  // cache auto: GETATTR's timeout
+
+        // A statx reply cut short is refused before anything is read.
+        let (_, short) = Frame(request: frame(.statx, node: node, uid: 0, gid: 0, bytes(input)), replySegments: [16, 104]).run(session)
+        #expect(outHeader(short).error == -EINVAL)
+    }
+
+    /// MKDIR or CREATE of `name` in `parent` as uid and gid 1000, with `group` as a FUSE_EXT_GROUPS extension.
+    func creating(_ opcode: FUSEOpcode, _ parent: UInt64, _ name: String, mode: UInt32, group: UInt32?) -> [UInt8] {
+        var args: [UInt8]
+        if opcode == .mkdir {
+            args = bytes(fuse_mkdir_in(mode: mode, umask: 0))
+        } else {
+            var input = fuse_create_in()
+            input.flags = UInt32(O_WRONLY | O_CREAT | O_EXCL)
+            input.mode = mode
+            args = bytes(input)
+        }
+        args += FUSETestSupport.name(name)
+        while args.count % 8 != 0 { args.append(0) }
+        var extensions: [UInt8] = []
+        if let group {
+            extensions = bytes(fuse_ext_header(size: 16, type: UInt32(FUSE_EXT_GROUPS))) + bytes(UInt32(1)) + bytes(group)
+        }
+        var request = frame(opcode, unique: 5, node: parent, uid: 1000, gid: 1000, args + extensions)
+        request.withUnsafeMutableBytes { raw in
+            var header = raw.loadUnaligned(as: fuse_in_header.self)
+            header.total_extlen = UInt16(extensions.count / 8)
+            raw.storeBytes(of: header, as: fuse_in_header.self)
+        }
+        return request
+    }
+
+    @Test("CREATE_SUPP_GROUP: a caller in the parent's group only as a supplementary group creates there, and keeps a setgid bit", .enabled(if: geteuid() == 0, "needs root"))
+    func supplementaryGroup() throws {
+        let tree = TemporaryTree()
+        tree.mkdir("g")
+        #expect(chown("\(tree.path)/g", 0, 4242) == 0 && chmod("\(tree.path)/g", 0o2770) == 0)
+        let (session, fs, _) = try session(tree)
+        let parent = try fs.lookup(fuseRootID, "g").nodeID
+
+        let (_, refused) = Frame(request: creating(.mkdir, parent, "without", mode: 0o755, group: nil), replySegments: [16, 128]).run(session)
+        #expect(outHeader(refused).error == -EACCES)
+
+        let (_, made) = Frame(request: creating(.mkdir, parent, "with", mode: 0o755, group: 4242), replySegments: [16, 128]).run(session)
+        #expect(outHeader(made).error == 0)
+        var st = Glibc.stat()
+        #expect(lstat("\(tree.path)/g/with", &st) == 0 && st.st_uid == 1000 && st.st_gid == 4242)
+
+        let (_, created) = Frame(request: creating(.create, parent, "setgid", mode: 0o102755, group: 4242), replySegments: [16, 128, 16]).run(session)
+        #expect(outHeader(created).error == 0)
+        #expect(lstat("\(tree.path)/g/setgid", &st) == 0 && st.st_mode & 0o7777 == 0o2755, "the setgid bit is kept, as locally")
+
+        // The group was the request's only: this thread (which served them) has none left.
+        #expect(getgroups(0, nil) == 0)
+        // A group the caller is not given is not taken from another request.
+        let (_, again) = Frame(request: creating(.mkdir, parent, "again", mode: 0o755, group: nil), replySegments: [16, 128]).run(session)
+        #expect(outHeader(again).error == -EACCES)
+    }
+
+    @Test("LSEEK under a writeback cache is ENOSYS: the guest's dirty pages are not on the host yet")
+    func lseekWithWriteback() throws {
+        let tree = TemporaryTree()
+        tree.write("file", "0123456789")
+        let (_, fs, _) = try session(tree, writeback: true)
+        let node = try fs.lookup(fuseRootID, "file").nodeID
+        let opened = try fs.open(context, node: node, flags: UInt32(O_RDWR))
+        #expect(throws: Errno.noFunction) { try fs.lseek(context, node: node, handle: opened.handle, offset: 0, whence: 3) }
+    }
+}
