@@ -4,6 +4,7 @@
 #include "cvfs_kernel.h"
 #include "cvfs_vhost_user.h"
 
+#include <malloc.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
@@ -98,6 +99,8 @@ int cvfs_open_by_handle_at(int mount_fd, const cvfs_file_handle *handle, int fla
 }
 
 int cvfs_unshare_fs(void) { return unshare(CLONE_FS); }
+
+int cvfs_malloc_trim(void) { return malloc_trim(0); }
 
 pid_t cvfs_fork(void) { return fork(); }
 

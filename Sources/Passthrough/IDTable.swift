@@ -55,8 +55,9 @@ struct IDTable<Value> {
             values[i] = value
             return
         }
-        // At most half full, so probes stay short and an empty slot always ends a search.
-        if (count + 1) * 2 > keys.count { grow() }
+        // At most three quarters full, so probes stay short (two and a half on average for an id held) and an
+        // empty slot always ends a search.
+        if (count + 1) * 4 > keys.count * 3 { grow() }
         var i = home(key)
         while keys[i] != 0 { i = (i + 1) & mask }
         keys[i] = key
@@ -83,6 +84,9 @@ struct IDTable<Value> {
         keys[hole] = 0
         values[hole] = nil
         count -= 1
+        // Under one eighth full: half the size (a quarter full then), so that memory follows the guest's FORGETs
+        // down and a table never grows and shrinks on one id.
+        if count * 8 < keys.count && keys.count > 16 { resize(to: keys.count / 2, shift: shift + 1) }
         return removed
     }
 
@@ -90,12 +94,14 @@ struct IDTable<Value> {
         self = IDTable()
     }
 
-    private mutating func grow() {
+    private mutating func grow() { resize(to: keys.count * 2, shift: shift - 1) }
+
+    private mutating func resize(to capacity: Int, shift newShift: UInt64) {
         let oldKeys = keys
         let oldValues = values
-        keys = [UInt64](repeating: 0, count: oldKeys.count * 2)
-        values = [Value?](repeating: nil, count: oldKeys.count * 2)
-        shift -= 1
+        keys = [UInt64](repeating: 0, count: capacity)
+        values = [Value?](repeating: nil, count: capacity)
+        shift = newShift
         count = 0
         for (i, key) in oldKeys.enumerated() where key != 0 {
             insert(key, oldValues[i]!)

@@ -37,7 +37,7 @@ public final class InodeData: Sendable {
     let mount: MountTable.Mount?
     /// What the file looked like when the guest last had it open (`--cache auto`): if it still looks the same
     /// at the next open, the guest may keep its page cache.
-    let lastSeen = Mutex<FileVersion?>(nil)
+    let lastSeen = Mutex<FileVersion>(.unknown)
     /// An `O_PATH` descriptor that keeps a node held by handle alive once its last name is gone, or -1. A
     /// guest that does not open files (PassthroughFileSystem.opensFiles) may still be reading one it unlinked,
     /// and the host frees an inode with no name and no open descriptor: its handle would then be stale.
@@ -91,17 +91,31 @@ public final class InodeData: Sendable {
     }
 }
 
-/// The parts of a file's attributes that change whenever its data does.
+/// The parts of a file's attributes that change whenever its data does: size, mtime and ctime to the ns.
+/// Packed into 32 bytes, as every node keeps one.
 public struct FileVersion: Equatable, Sendable {
-    public var size: Int64
-    public var modificationTime: FileTime
-    public var changeTime: FileTime
+    var size: Int64
+    var modificationSeconds: Int64
+    var changeSeconds: Int64
+    /// mtime's nanoseconds in the high half, ctime's in the low half.
+    var nanoseconds: UInt64
 
     public init(_ stat: FileStat) {
         size = stat.size
-        modificationTime = stat.modificationTime
-        changeTime = stat.changeTime
+        modificationSeconds = stat.modificationTime.seconds
+        changeSeconds = stat.changeTime.seconds
+        nanoseconds = UInt64(stat.modificationTime.nanoseconds) << 32 | UInt64(stat.changeTime.nanoseconds)
     }
+
+    private init(size: Int64) {
+        self.size = size
+        modificationSeconds = 0
+        changeSeconds = 0
+        nanoseconds = 0
+    }
+
+    /// No version seen yet: equal to no file's (a size is never negative).
+    static let unknown = FileVersion(size: -1)
 }
 
 /// How a new node is held: its descriptor, or a handle that replaces it.
@@ -126,12 +140,17 @@ public final class InodeStore: Sendable {
 
     struct Shard: ~Copyable {
         var byID = IDTable<Node>()
-        var byKey: [InodeKey: UInt64] = [:]
+        var byKey = KeyIndex()
         var nextCounter: UInt64 = 1
+
+        /// The id of the node for `key`, if this shard holds it.
+        func find(_ key: InodeKey) -> UInt64? {
+            byKey.find(key) { byID[$0]?.data.key }
+        }
 
         /// Adds one lookup to the node for `key`, if this shard holds it.
         mutating func addLookup(_ key: InodeKey) -> InodeData? {
-            guard let id = byKey[key], var node = byID[id] else { return nil }
+            guard let id = find(key), var node = byID[id] else { return nil }
             node.lookups += 1
             byID[id] = node
             return node.data
@@ -185,7 +204,7 @@ public final class InodeStore: Sendable {
             }
             shard.nextCounter += 1
             shard.byID[id] = Node(data: data, lookups: 1)
-            shard.byKey[key] = id
+            shard.byKey.insert(key, id: id) { shard.byID[$0]?.data.key }
             return .success(data)
         }
         return try result.get()
@@ -194,7 +213,7 @@ public final class InodeStore: Sendable {
     /// The node for `key` if the guest holds it, without adding a lookup.
     public func find(key: InodeKey) -> InodeData? {
         if key == root.key { return root }
-        return shards.withLock(Self.shard(of: key)) { shard in shard.byKey[key].flatMap { shard.byID[$0]?.data } }
+        return shards.withLock(Self.shard(of: key)) { shard in shard.find(key).flatMap { shard.byID[$0]?.data } }
     }
 
     /// Adds one lookup to the node for `key` if the guest holds it already; nil otherwise.
@@ -203,22 +222,41 @@ public final class InodeStore: Sendable {
         return shards.withLock(Self.shard(of: key)) { $0.addLookup(key) }
     }
 
+    /// Nodes gone since the free memory was last given back to the kernel (see `forget`).
+    private let goneSinceTrim = Atomic<Int>(0)
+    /// After this many nodes go (about 3 MiB of them), the daemon's free memory goes back to the kernel; and
+    /// when a shard empties after at least `trimEmptied` went (the end of a guest's mass FORGET).
+    static let trimEvery = 1 << 14
+    static let trimEmptied = 256
+
     /// Subtracts `count` lookups; the node goes away (and its fd is closed once unused) at zero.
     /// - Returns: whether the node went away.
     @discardableResult
     public func forget(_ nodeID: UInt64, count: UInt64) -> Bool {
         guard nodeID != fuseRootID else { return false }
-        return shards.withLock(Int(nodeID & Self.shardMask)) { shard -> Bool in
+        var emptied = false
+        let gone = shards.withLock(Int(nodeID & Self.shardMask)) { shard -> Bool in
             guard var node = shard.byID[nodeID] else { return false }
             if node.lookups > count {
                 node.lookups -= count
                 shard.byID[nodeID] = node
                 return false
             }
+            // Out of the index first, while the id table still names every node the index holds.
+            shard.byKey.remove(node.data.key, id: nodeID) { shard.byID[$0]?.data.key }
             shard.byID[nodeID] = nil
-            if shard.byKey[node.data.key] == nodeID { shard.byKey[node.data.key] = nil }
+            emptied = shard.byID.count == 0
             return true
         }
+        // glibc keeps the pages of freed nodes (spread over every queue thread's arena) until asked: a guest
+        // that forgets a large tree would leave the daemon at its peak size for good.
+        guard gone else { return false }
+        let since = goneSinceTrim.add(1, ordering: .relaxed).newValue
+        if since >= Self.trimEvery || (emptied && since >= Self.trimEmptied) {
+            goneSinceTrim.store(0, ordering: .relaxed)
+            ProcessSettings.returnFreedMemory()
+        }
+        return true
     }
 
     /// Forgets every node except the root.

@@ -56,6 +56,12 @@ public final class SystemThread: @unchecked Sendable {
 
 /// Process-wide settings the daemon makes once.
 public enum ProcessSettings {
+    /// Gives the free pages of every malloc arena back to the kernel (`malloc_trim(0)`): after many small
+    /// objects are freed, glibc keeps their pages unless asked. Takes each arena's lock in turn.
+    public static func returnFreedMemory() {
+        _ = cvfs_malloc_trim()
+    }
+
     /// Ignores SIGPIPE, so a front-end that goes away makes a write fail with EPIPE instead of killing us.
     public static func ignoreBrokenPipe() {
         signal(SIGPIPE, SIG_IGN)

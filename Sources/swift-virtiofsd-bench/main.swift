@@ -46,7 +46,27 @@ struct Bench: ParsableCommand {
     @Option(help: "Rounds of the whole plan (back-ends alternating); tables show each figure's median.")
     var rounds: Int = 1
 
+    @Option(help: "Instead of the plan: hold this many distinct files at once, in steps (\"1000,100000,1000000\"), measuring the back-end's memory, descriptors and LOOKUP and GETATTR cost at each, then forget them all.")
+    var nodes: String?
+
+    @Option(help: "Where the node-scaling files are made (once, kept for later runs).")
+    var nodesDirectory: String = "/var/tmp/swift-virtiofsd-nodes"
+
+    @Option(help: "Random LOOKUPs and GETATTRs measured at each node count.")
+    var samples: Int = 50_000
+
     func run() throws {
+        if let nodes {
+            let counts = try nodes.split(separator: ",").map { text in
+                guard let n = Int(text), n >= 1 else { throw ValidationError("--nodes takes positive counts") }
+                return n
+            }
+            let ours = backend ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+                .appendingPathComponent("swift-virtiofsd").path
+            let scaling = NodeScaling(counts: counts, directory: nodesDirectory, samples: samples, depth: depth)
+            for command in [ours] + (compare.map { [$0] } ?? []) { try scaling.run(command: command, bench: self) }
+            return
+        }
         let plan = try operations.split(separator: ",").map { name in
             guard let op = Operation(rawValue: String(name)) else { throw ValidationError("unknown operation \(name)") }
             return op
@@ -131,7 +151,8 @@ struct Bench: ParsableCommand {
         return max(queues, Int(Double(base) * scale))
     }
 
-    func measure(command: String, queues: Int, plan: [Operation], directory: String, host: HostBaseline) throws -> [Result] {
+    /// Starts the back-end command on `directory` and waits for its socket.
+    func launch(command: String, directory: String) throws -> (Process, String) {
         let socket = NSTemporaryDirectory() + "bench-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
         let parts = command.split(separator: " ").map(String.init)
         let process = Process()
@@ -139,12 +160,22 @@ struct Bench: ParsableCommand {
         process.arguments = Array(parts.dropFirst()) + ["--socket-path=\(socket)", "-o", "source=\(directory)", "-o", "cache=\(cache == "never" ? "none" : cache)"]
         process.standardError = FileHandle(forWritingAtPath: "/dev/null")
         try process.run()
-        defer {
-            if process.isRunning { process.terminate() }
-            process.waitUntilExit()
-            unlink(socket)
-        }
         for _ in 0..<1200 where !FileManager.default.fileExists(atPath: socket) { usleep(25_000) }
+        return (process, socket)
+    }
+
+    func stop(_ process: Process, socket: String) {
+        if process.isRunning { process.terminate() }
+        process.waitUntilExit()
+        unlink(socket)
+    }
+
+    /// The back-end's CPU time so far, seconds (with its children: a sandbox's worker).
+    func cpuOf(_ pid: Int32) -> Double { cpuTime(pid: pid) }
+
+    func measure(command: String, queues: Int, plan: [Operation], directory: String, host: HostBaseline) throws -> [Result] {
+        let (process, socket) = try launch(command: command, directory: directory)
+        defer { stop(process, socket: socket) }
         let frontend = try Frontend(
             socketPath: socket, requestQueues: queues, queueSize: queueSize,
             memoryPerQueue: depth * (QueueLoad.requestCapacity + QueueLoad.replyCapacity) + (16 << 20))

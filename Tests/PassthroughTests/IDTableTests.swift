@@ -49,3 +49,76 @@ struct IDTableTests {
         #expect(table.count == 1)
     }
 }
+
+@Suite("The index of node ids by host identity")
+struct KeyIndexTests {
+    @Test("random inserts and removals find what a Dictionary finds, as it grows and shrinks", arguments: [UInt64(3), 77])
+    func matchesDictionary(seed: UInt64) {
+        var index = KeyIndex()
+        var byID: [UInt64: InodeKey] = [:]
+        var reference: [InodeKey: UInt64] = [:]
+        var x = seed
+        func next() -> UInt64 {
+            x ^= x << 13
+            x ^= x >> 7
+            x ^= x << 17
+            return x
+        }
+        var nextID: UInt64 = 1
+        let keyOf: (UInt64) -> InodeKey? = { byID[$0] }
+        // A small space of identities, so that inserts meet present keys and runs form; phases grow to
+        // thousands and fall back to a few, so the slots double and halve.
+        for step in 0..<60_000 {
+            let growing = (step / 10_000) % 2 == 0
+            let key = InodeKey(device: 1, inode: next() % 5_000, mountID: 7)
+            if growing ? next() % 4 != 0 : next() % 4 == 0 {
+                if reference[key] == nil {
+                    nextID += 1
+                    byID[nextID] = key
+                    index.insert(key, id: nextID, keyOf: keyOf)
+                    reference[key] = nextID
+                }
+            } else if let id = reference.removeValue(forKey: key) {
+                let removed = index.remove(key, id: id, keyOf: keyOf)
+                #expect(removed)
+                byID[id] = nil
+            } else {
+                #expect(index.find(key, keyOf: keyOf) == nil)
+            }
+            if step % 2_999 == 0 {
+                for (k, id) in reference { #expect(index.find(k, keyOf: keyOf) == id, "\(k) after step \(step)") }
+            }
+        }
+        #expect(index.count == reference.count)
+        for (k, id) in reference { #expect(index.find(k, keyOf: keyOf) == id) }
+        // Emptied, the index is back to its first size.
+        for (k, id) in reference {
+            index.remove(k, id: id, keyOf: keyOf)
+            byID[id] = nil
+        }
+        #expect(index.count == 0 && index.capacity == 16)
+    }
+
+    @Test("past 2^16 slots (where a slot's home comes from its node's key, not its tag) it still finds and removes")
+    func large() {
+        var index = KeyIndex()
+        var byID: [UInt64: InodeKey] = [:]
+        let keyOf: (UInt64) -> InodeKey? = { byID[$0] }
+        let count: UInt64 = 120_000
+        for i in 1...count {
+            let key = InodeKey(device: 2, inode: i &* 2_654_435_761, mountID: 1)
+            byID[i << 6] = key
+            index.insert(key, id: i << 6, keyOf: keyOf)
+        }
+        #expect(index.capacity > 1 << 16)
+        for i in stride(from: 1, through: count, by: 2) {
+            let removed = index.remove(byID[i << 6]!, id: i << 6, keyOf: keyOf)
+            #expect(removed)
+            byID[i << 6] = nil
+        }
+        for i in 1...count {
+            let key = InodeKey(device: 2, inode: i &* 2_654_435_761, mountID: 1)
+            #expect(index.find(key, keyOf: keyOf) == (i % 2 == 0 ? i << 6 : nil))
+        }
+    }
+}

@@ -89,6 +89,9 @@ int cvfs_name_to_handle_at(int dirfd, const char *path, cvfs_file_handle *handle
 /// open_by_handle_at(2): needs CAP_DAC_READ_SEARCH; `mount_fd` is any descriptor on the handle's mount.
 int cvfs_open_by_handle_at(int mount_fd, const cvfs_file_handle *handle, int flags);
 
+/// malloc_trim(0): gives the free pages of every malloc arena back to the kernel.
+int cvfs_malloc_trim(void);
+
 /// Gives the calling thread its own umask and working directory (unshare(CLONE_FS)); cheap once done.
 int cvfs_unshare_fs(void);
 
