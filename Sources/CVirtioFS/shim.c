@@ -102,6 +102,11 @@ int cvfs_unshare_fs(void) { return unshare(CLONE_FS); }
 
 int cvfs_malloc_trim(void) { return malloc_trim(0); }
 
+size_t cvfs_heap_in_use(void) {
+    struct mallinfo2 info = mallinfo2();
+    return info.uordblks + info.hblkhd;
+}
+
 pid_t cvfs_fork(void) { return fork(); }
 
 int cvfs_unshare_namespaces(int user, int rest) {

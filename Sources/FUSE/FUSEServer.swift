@@ -48,11 +48,20 @@ public final class FUSEServer<FS: FileSystem>: Sendable {
     /// The flags agreed with the guest in INIT.
     public var flags: FUSEInitFlags { FUSEInitFlags(rawValue: negotiatedFlags.load(ordering: .relaxed)) }
 
-    /// The front-end went away or reset the device: forget the session.
+    /// The front-end went away or reset the device, or the guest sent DESTROY: forget the session.
     public func reset() {
-        if isInitialized { fileSystem.destroy() }
+        if isInitialized { endSession(because: "ended") }
         negotiatedMinor.store(0, ordering: .releasing)
         negotiatedFlags.store(0, ordering: .relaxed)
+    }
+
+    /// Drops everything the guest held, with one log line of what that was and what is left.
+    func endSession(because reason: String) {
+        let before = fileSystem.census
+        fileSystem.destroy()
+        if let before, let after = fileSystem.census {
+            logger.info("FUSE session \(reason): dropped \(before.nodes - after.nodes) nodes and \(before.handles - after.handles) handles; now \(after)")
+        }
     }
 
     /// Flags the server always wants when the kernel offers them, whatever the file system.
@@ -82,6 +91,9 @@ public final class FUSEServer<FS: FileSystem>: Sendable {
         if offered.contains(.initExtended) && inputSize >= MemoryLayout<fuse_init_in>.size {
             offered.formUnion(FUSEInitFlags(rawValue: UInt64(input.flags2) << 32))
         }
+        // An INIT while a session is open: the guest rebooted, or its driver was reset, without a DESTROY (QEMU
+        // stops the rings at a reset, and the new kernel mounts again). Nothing of the old session may stay.
+        if isInitialized { endSession(because: "replaced by a new INIT (the guest rebooted or reset its device)") }
         let request = InitRequest(major: input.major, minor: input.minor, maxReadahead: input.max_readahead, flags: offered)
         var wanted = Self.serverFlags.union(try fileSystem.initialize(request))
         if options.readdirplus {
@@ -105,6 +117,6 @@ public final class FUSEServer<FS: FileSystem>: Sendable {
 
         negotiatedFlags.store(agreed.rawValue, ordering: .relaxed)
         negotiatedMinor.store(minor, ordering: .releasing)
-        logger.info("FUSE session: guest 7.\(input.minor), agreed 7.\(minor), flags 0x\(String(agreed.rawValue, radix: 16))")
+        logger.info("FUSE session: guest 7.\(input.minor), agreed 7.\(minor), flags 0x\(String(agreed.rawValue, radix: 16))\(fileSystem.census.map { "; \($0)" } ?? "")")
     }
 }

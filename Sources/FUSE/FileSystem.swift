@@ -105,6 +105,30 @@ public struct AttributeReply: Sendable, Equatable {
     }
 }
 
+/// What a file system holds for the guest, for the log lines at INIT and at the end of a session.
+public struct FileSystemCensus: Sendable, Equatable, CustomStringConvertible {
+    /// Nodes the guest holds, the root included.
+    public var nodes: Int
+    /// Open file and directory handles.
+    public var handles: Int
+    /// Bytes malloc has handed out and not had back, KiB.
+    public var heapInUseKiB: Int
+    /// The process's anonymous resident memory (RssAnon), KiB; nil where it cannot be read.
+    public var anonymousResidentKiB: Int?
+
+    public init(nodes: Int, handles: Int, heapInUseKiB: Int, anonymousResidentKiB: Int?) {
+        self.nodes = nodes
+        self.handles = handles
+        self.heapInUseKiB = heapInUseKiB
+        self.anonymousResidentKiB = anonymousResidentKiB
+    }
+
+    public var description: String {
+        "\(nodes) nodes, \(handles) handles, heap in use \(heapInUseKiB) KiB"
+            + (anonymousResidentKiB.map { ", anonymous RSS \($0) KiB" } ?? "")
+    }
+}
+
 /// The answer to STATX: the attributes as GETATTR's, and what statx(2) tells beyond them.
 public struct StatxReply: Sendable, Equatable {
     public var attributes: ExtendedFileStat
@@ -207,6 +231,8 @@ public protocol FileSystem: AnyObject, Sendable {
     func initialize(_ request: InitRequest) throws(Errno) -> FUSEInitFlags
     /// DESTROY, or the front-end went away: drop every node but the root and every handle.
     func destroy()
+    /// What the file system holds now (nil if it does not say).
+    var census: FileSystemCensus? { get }
     func lookup(_ context: RequestContext, parent: UInt64, name: FUSEName) throws(Errno) -> Entry
     func forget(_ context: RequestContext, node: UInt64, count: UInt64)
     func getattr(_ context: RequestContext, node: UInt64, handle: UInt64?) throws(Errno) -> AttributeReply
@@ -267,6 +293,7 @@ public protocol FileSystem: AnyObject, Sendable {
 extension FileSystem {
     public func initialize(_ request: InitRequest) throws(Errno) -> FUSEInitFlags { [] }
     public func destroy() {}
+    public var census: FileSystemCensus? { nil }
     public func lookup(_ context: RequestContext, parent: UInt64, name: FUSEName) throws(Errno) -> Entry { throw .noFunction }
     public func forget(_ context: RequestContext, node: UInt64, count: UInt64) {}
     public func getattr(_ context: RequestContext, node: UInt64, handle: UInt64?) throws(Errno) -> AttributeReply { throw .noFunction }

@@ -171,7 +171,7 @@ extension PassthroughFileSystem {
               stat.fileType == .directory || (stat.fileType == .regular && stat.linkCount == 1),
               let data = inodes.find(key: InodeKey(stat)), !data.holdsDescriptor, data.pinnedFD == nil,
               let fd = try? unsafe dirFD.open(name.cString, flags: [.path, .noFollow]),
-              let check = try? fd.borrowed.statx(""), InodeKey(check) == data.key
+              let check = try? unsafe fd.borrowed.statx(""), InodeKey(check) == data.key
         else { return }
         _ = data.pin(fd)
     }

@@ -325,6 +325,13 @@ public final class PassthroughFileSystem: FileSystem {
         lockTable.clear()
         handles.clear()
         inodes.clear()
+        // What the session's nodes and handles used goes back to the kernel now, not at the next 16,384 FORGETs.
+        ProcessSettings.returnFreedMemory()
+    }
+
+    public var census: FileSystemCensus? {
+        FileSystemCensus(nodes: inodes.count + 1, handles: handles.count, heapInUseKiB: ProcessSettings.heapInUse / 1024,
+                         anonymousResidentKiB: procSelf.anonymousResidentKiB)
     }
 
     public func lookup(_ context: RequestContext, parent: UInt64, name: FUSEName) throws(Errno) -> Entry {

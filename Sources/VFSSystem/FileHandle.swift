@@ -26,10 +26,10 @@ public struct KernelFileHandle: @unchecked Sendable {
     init(_ full: borrowing cvfs_file_handle, mountID: Int32) {
         // SAFETY: reads the header and at most handle_bytes (clamped to the 128 bytes after it) of the local struct.
         let (count, type, inline, spill) = unsafe withUnsafeBytes(of: full) { (raw) -> (Int, Int32, (UInt64, UInt64), [UInt8]?) in
-            let count = min(Int(raw.loadUnaligned(fromByteOffset: 0, as: UInt32.self)), raw.count - 8)
-            let type = raw.loadUnaligned(fromByteOffset: 4, as: Int32.self)
-            let bytes = UnsafeRawBufferPointer(rebasing: raw[8..<(8 + count)])
-            guard count <= Self.inlineCapacity else { return (count, type, (0, 0), Array(bytes)) }
+            let count = unsafe min(Int(raw.loadUnaligned(fromByteOffset: 0, as: UInt32.self)), raw.count - 8)
+            let type = unsafe raw.loadUnaligned(fromByteOffset: 4, as: Int32.self)
+            let bytes = unsafe UnsafeRawBufferPointer(rebasing: raw[8..<(8 + count)])
+            guard count <= Self.inlineCapacity else { return unsafe (count, type, (0, 0), Array(bytes)) }
             var words: (UInt64, UInt64) = (0, 0)
             unsafe withUnsafeMutableBytes(of: &words) { unsafe $0.copyMemory(from: bytes) }
             return (count, type, words, nil)
@@ -46,9 +46,9 @@ public struct KernelFileHandle: @unchecked Sendable {
         // SAFETY: writes the header and byteCount (at most 128) bytes into the local struct's 136.
         var full = cvfs_file_handle()
         unsafe withUnsafeMutableBytes(of: &full) { (raw) in
-            raw.storeBytes(of: UInt32(byteCount), toByteOffset: 0, as: UInt32.self)
-            raw.storeBytes(of: type, toByteOffset: 4, as: Int32.self)
-            let target = UnsafeMutableRawBufferPointer(rebasing: raw[8...])
+            unsafe raw.storeBytes(of: UInt32(byteCount), toByteOffset: 0, as: UInt32.self)
+            unsafe raw.storeBytes(of: type, toByteOffset: 4, as: Int32.self)
+            let target = unsafe UnsafeMutableRawBufferPointer(rebasing: raw[8...])
             if let spill {
                 unsafe spill.withUnsafeBytes { unsafe target.copyMemory(from: $0) }
             } else {

@@ -18,6 +18,19 @@ public final class ProcSelfDirectory: Sendable {
     /// Adopts a descriptor of `/proc/self/fd` opened earlier.
     public init(taking fd: consuming OwnedFD) { self.fd = fd }
 
+    /// RssAnon of the process's `status` (next to this `fd` directory), KiB; nil if it cannot be read.
+    public var anonymousResidentKiB: Int? {
+        // SAFETY: read fills at most buffer.count bytes of the local buffer.
+        guard let status = try? unsafe fd.borrowed.open("../status", flags: [.readOnly]) else { return nil }
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        let n = unsafe buffer.withUnsafeMutableBytes { unsafe Glibc.read(status.rawValue, $0.baseAddress, $0.count) }
+        guard n > 0 else { return nil }
+        for line in String(decoding: buffer[0..<n], as: UTF8.self).split(separator: "\n") where line.hasPrefix("RssAnon:") {
+            return line.split(separator: " ").dropFirst().first.flatMap { Int($0) }
+        }
+        return nil
+    }
+
     /// What `/proc/self/fd/N` says descriptor N is ("anon_inode:[eventfd]", "pipe:[123]", a path), or nil.
     public func linkTarget(of descriptor: FileDescriptor) -> String? {
         // SAFETY: readlinkat reads the local NUL-terminated name and writes at most buffer.count bytes into the local

@@ -62,6 +62,9 @@ public enum ProcessSettings {
         _ = cvfs_malloc_trim()
     }
 
+    /// Bytes malloc has handed out and not had back, over every arena (`mallinfo2`).
+    public static var heapInUse: Int { Int(cvfs_heap_in_use()) }
+
     /// Ignores SIGPIPE, so a front-end that goes away makes a write fail with EPIPE instead of killing us.
     public static func ignoreBrokenPipe() {
         signal(SIGPIPE, SIG_IGN)

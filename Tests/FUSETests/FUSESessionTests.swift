@@ -24,6 +24,9 @@ final class FakeFileSystem: FileSystem {
         forgets.withLock { $0.append((node, count)) }
     }
 
+    let destroyed = Mutex(0)
+    func destroy() { destroyed.withLock { $0 += 1 } }
+
     let released = Mutex<[UInt32]>([])
     func release(_ context: RequestContext, node: UInt64, handle: UInt64, releaseFlags: UInt32) throws(Errno) {
         released.withLock { $0.append(releaseFlags) }
@@ -99,6 +102,18 @@ struct FUSESessionTests {
         #expect(out.flags2 == 1 << 4)
         #expect(out.max_write == 1 << 20 && out.max_pages == 256 && out.max_readahead == 131072)
         #expect(session.server.isInitialized)
+    }
+
+    @Test("an INIT while a session is open (a guest that rebooted without DESTROY) first drops the old session")
+    func initAgain() {
+        let (session, fs) = initializedSession()
+        #expect(fs.destroyed.withLock { $0 } == 0)
+        let (_, reply) = Frame(request: initFrame(minor: 41, flags: 1 << 30), replySegments: [80]).run(session)
+        #expect(outHeader(reply).error == 0 && session.server.isInitialized)
+        #expect(fs.destroyed.withLock { $0 } == 1)
+        // DESTROY ends it too, once.
+        let (_, _) = Frame(request: frame(.destroy), replySegments: [16]).run(session)
+        #expect(fs.destroyed.withLock { $0 } == 2 && !session.server.isInitialized)
     }
 
     @Test("INIT from a guest older than 7.27 is refused with EPROTO")

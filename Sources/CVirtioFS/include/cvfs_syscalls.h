@@ -91,6 +91,8 @@ int cvfs_open_by_handle_at(int mount_fd, const cvfs_file_handle *handle, int fla
 
 /// malloc_trim(0): gives the free pages of every malloc arena back to the kernel.
 int cvfs_malloc_trim(void);
+/// mallinfo2's uordblks + hblkhd: bytes malloc has handed out (small and mmapped) and not had back.
+size_t cvfs_heap_in_use(void);
 
 /// Gives the calling thread its own umask and working directory (unshare(CLONE_FS)); cheap once done.
 int cvfs_unshare_fs(void);
