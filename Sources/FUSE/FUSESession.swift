@@ -399,6 +399,8 @@ public final class FUSESession<FS: FileSystem> {
             _ = n
         case .open, .opendir:
             guard let input = reader.read(fuse_open_in.self) else { throw .invalidArgument }
+            var context = context
+            context.killSetIDBitsOnTruncate = input.open_flags & UInt32(FUSE_OPEN_KILL_SUIDGID) != 0
             let opened = opcode == .open
                 ? try fs.open(context, node: node, flags: input.flags)
                 : try fs.opendir(context, node: node, flags: input.flags)
@@ -494,6 +496,8 @@ public final class FUSESession<FS: FileSystem> {
             try fs.rename(context, parent: node, name: name, newParent: input.newdir, newName: newName, flags: input.flags)
         case .create, .tmpfile:
             guard let input = reader.read(fuse_create_in.self) else { throw .invalidArgument }
+            var context = context
+            context.killSetIDBitsOnTruncate = input.open_flags & UInt32(FUSE_OPEN_KILL_SUIDGID) != 0
             let (entry, opened): (Entry, OpenReply)
             if opcode == .create {
                 guard let name = reader.readName() else { throw .invalidArgument }

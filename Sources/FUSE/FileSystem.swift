@@ -41,6 +41,9 @@ public struct RequestContext: Sendable, Equatable {
     /// caller's supplementary groups (not its fsgid). The guest kernel sends it so that the server can act with
     /// that group as the caller locally would (permission to create, a setgid bit kept).
     public var supplementaryGroup: UInt32?
+    /// OPEN and CREATE with FUSE_OPEN_KILL_SUIDGID (HANDLE_KILLPRIV_V2): the caller truncates the file without
+    /// CAP_FSETID, so its set-id bits go as with a write.
+    public var killSetIDBitsOnTruncate = false
 
     public init(unique: UInt64 = 0, nodeID: UInt64 = 0, uid: UInt32 = 0, gid: UInt32 = 0, pid: UInt32 = 0) {
         self.unique = unique

@@ -284,6 +284,9 @@ extension PassthroughFileSystem {
                 try unsafe withProcPath(of: data) { (path) throws(Errno) in try unsafe PathCalls.changeMode(path, mode_t(mode & 0o7777)) }
             }
         }
+        // HANDLE_KILLPRIV_V2 (a chown of a non-directory, a truncate by a caller without CAP_FSETID): decided on
+        // the file as it is before its owner changes, as locally, and applied after.
+        let withoutSetIDBits = changes.killSetIDBits ? try modeWithoutSetIDBits(data, context) : nil
         if changes.uid != nil || changes.gid != nil {
             // The new owner and group are guest ids; a forbidden one is EPERM, as chown to an id one may not use.
             var uid = UInt32.max
@@ -310,7 +313,9 @@ extension PassthroughFileSystem {
                 }
             }
         }
-        if changes.killSetIDBits { try clearSetIDBits(data) }
+        if let withoutSetIDBits {
+            try unsafe withProcPath(of: data) { (path) throws(Errno) in try unsafe PathCalls.changeMode(path, mode_t(withoutSetIDBits & 0o7777)) }
+        }
         if changes.accessTime != .omit || changes.modificationTime != .omit {
             func spec(_ change: TimeChange) -> timespec {
                 switch change {
@@ -325,19 +330,29 @@ extension PassthroughFileSystem {
         return try getattr(context, node: node, handle: nil)
     }
 
-    /// Clears set-user-id, and set-group-id when group execution is on, as a write by an unprivileged user does
-    /// (FUSE_HANDLE_KILLPRIV_V2: the daemon, being root, would otherwise keep them).
-    func clearSetIDBits(_ data: InodeData) throws(Errno) {
-        // SAFETY: the /proc path names a descriptor the node holds for the call; the kernel reads the C strings during
-        // it.
-        guard data.fileType == .regular else { return }
-        let mode = try withPath(data) { (fd) throws(Errno) -> FileStat in try fd.stat() }.mode
+    /// The mode a file keeps once a caller without CAP_FSETID writes or truncates it, or chowns it: set-user-id
+    /// goes, and set-group-id when group execution is on or the caller is neither in the file's group nor root
+    /// (FUSE_HANDLE_KILLPRIV_V2: the daemon, being root, would otherwise keep them). Nil when nothing changes.
+    /// The guest kernel asks with one flag for both bits.
+    func modeWithoutSetIDBits(_ data: InodeData, _ context: RequestContext) throws(Errno) -> UInt32? {
+        guard data.fileType == .regular else { return nil }
+        let stat = try withPath(data) { (fd) throws(Errno) -> FileStat in try fd.stat() }
+        let mode = stat.mode
+        // The caller's group as the host sees it (a supplementary group is not in these requests: taken as not in
+        // the group). Root is taken to have CAP_FSETID, as the guest kernel asks for a root chown too.
+        let inGroupOrCapable = context.uid == 0 || (try? hostCredentials(context))?.1.rawValue == stat.gid
         // S_ISUID, S_ISGID and S_IXGRP are fixed by the Linux ABI.
         var cleared = mode & ~UInt32(0o4000)
-        if mode & 0o010 != 0 { cleared &= ~UInt32(0o2000) }
-        if cleared != mode {
-            try unsafe withProcPath(of: data) { (path) throws(Errno) in try unsafe PathCalls.changeMode(path, mode_t(cleared & 0o7777)) }
-        }
+        if mode & 0o010 != 0 || !inGroupOrCapable { cleared &= ~UInt32(0o2000) }
+        return cleared != mode ? cleared : nil
+    }
+
+    /// Applies `modeWithoutSetIDBits` now.
+    func clearSetIDBits(_ data: InodeData, _ context: RequestContext) throws(Errno) {
+        // SAFETY: the /proc path names a descriptor the node holds for the call; the kernel reads the C strings during
+        // it.
+        guard let cleared = try modeWithoutSetIDBits(data, context) else { return }
+        try unsafe withProcPath(of: data) { (path) throws(Errno) in try unsafe PathCalls.changeMode(path, mode_t(cleared & 0o7777)) }
     }
 
     public func write(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, from source: WriteSource, killSetIDBits: Bool, fromPageCache: Bool) throws(Errno) -> Int {
@@ -345,7 +360,7 @@ extension PassthroughFileSystem {
         try checkWritable()
         guard offset <= UInt64(Int64.max) else { throw .invalidArgument }
         func write(_ fd: FileDescriptor) throws(Errno) -> Int {
-            if killSetIDBits { try clearSetIDBits(try self.node(node)) }
+            if killSetIDBits { try clearSetIDBits(try self.node(node), context) }
             guard source.length > 0 else { return 0 }
             return try unsafe fd.write(from: source.buffers, at: Int64(offset))
         }
@@ -375,6 +390,10 @@ extension PassthroughFileSystem {
         try withFile(node: node, handle: handle, writing: true) { (fd) throws(Errno) in
             try fd.allocate(mode: CInt(bitPattern: mode), offset: Int64(offset), length: Int64(length))
         }
+        // HANDLE_KILLPRIV_V2: FALLOCATE carries no kill flag, and a local fallocate by an unprivileged caller
+        // drops the set-id bits as a write does; the guest leaves that to the server. A non-root caller is taken
+        // to lack CAP_FSETID.
+        if options.killprivV2 && context.uid != 0 { try clearSetIDBits(try self.node(node), context) }
     }
 
     public func lseek(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, whence: UInt32) throws(Errno) -> UInt64 {

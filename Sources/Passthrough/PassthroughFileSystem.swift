@@ -437,6 +437,11 @@ public final class PassthroughFileSystem: FileSystem {
         if accessMode != O_RDONLY || CInt(bitPattern: flags) & O_TRUNC != 0 { try checkWritable() }
         let hostFlags = hostOpenFlags(flags)
         let fd = try reopen(data, flags: hostFlags)
+        // HANDLE_KILLPRIV_V2: a truncating open by a caller without CAP_FSETID loses the set-id bits, as a write.
+        // (CREATE needs none: the guest sends it only for a name it does not know, and a new file keeps its bits.)
+        if options.killprivV2 && context.killSetIDBitsOnTruncate && hostFlags & O_TRUNC != 0 {
+            try clearSetIDBits(data, context)
+        }
         let writing = accessMode != O_RDONLY
         var openFlags = fileOpenFlags
         if options.cache == .auto && data.fileType == .regular {

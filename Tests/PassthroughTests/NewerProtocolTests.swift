@@ -111,6 +111,30 @@ struct NewerProtocolTests {
         #expect(outHeader(again).error == -EACCES)
     }
 
+    @Test("a WRITE with KILL_SUIDGID clears set-group-id without group execution only for a writer outside the file's group",
+          arguments: [UInt32(1000), 0])
+    func killSetGroupID(writerGroup: UInt32) throws {
+        let tree = TemporaryTree()
+        tree.write("file", "0123456789")
+        #expect(chmod("\(tree.path)/file", 0o6545) == 0)
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let fs = try PassthroughFileSystem(options: PassthroughOptions(sharedDirectory: tree.path, killprivV2: true), logger: logger)
+        let node = try fs.lookup(fuseRootID, "file").nodeID
+        let opened = try fs.open(context, node: node, flags: UInt32(O_RDWR))
+        var bytes = Array("x".utf8)
+        _ = try bytes.withUnsafeMutableBytes { p in
+            try [iovec(iov_base: p.baseAddress, iov_len: p.count)].withUnsafeBufferPointer { v in
+                try fs.write(RequestContext(uid: 1000, gid: writerGroup), node: node, handle: opened.handle, offset: 0,
+                             from: WriteSource(buffers: v, length: p.count), killSetIDBits: true, fromPageCache: false)
+            }
+        }
+        var st = Glibc.stat()
+        #expect(lstat("\(tree.path)/file", &st) == 0)
+        // Set-user-id always goes; set-group-id (here without group execution) only for a writer outside group 0.
+        #expect(UInt32(st.st_mode) & 0o7777 == (writerGroup == 0 ? 0o2545 : 0o0545))
+    }
+
     @Test("LSEEK under a writeback cache is ENOSYS: the guest's dirty pages are not on the host yet")
     func lseekWithWriteback() throws {
         let tree = TemporaryTree()

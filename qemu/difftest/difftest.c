@@ -4,10 +4,11 @@
 // local reference, both in the same guest), comparing every result, errno and the state of both trees after
 // each step. At the first divergence it prints the seed, the step and the last operations, and exits 1.
 //
-// Usage: difftest [-s SEED] [-n OPS] [-x] [-M] [-v] TREE_A TREE_B
+// Usage: difftest [-s SEED] [-n OPS] [-x] [-M] [-G] [-v] TREE_A TREE_B
 //   TREE_A and TREE_B are empty directories at the same depth (symlinks resolve alike). Runs as root.
 //   -x: also extended attributes (user.*); -M: no mappings (a FUSE file opened with DIRECT_IO cannot be mapped
-//   shared); -v: how often each call ran and succeeded. Exit status 0: no divergence; 1: a divergence; 2: set-up error.
+//   shared by a 6.1 guest); -G: no set-group-id bit left by a write (see compare_state; for --killpriv-v2);
+//   -v: how often each call ran and succeeded. Exit status 0: no divergence; 1: a divergence; 2: set-up error.
 //
 // Compared after every step, for each name of a fixed pool: whether it exists (lstat's errno), its type,
 // permission bits, owner, link count and size (regular files and symlinks), a regular file's contents, a
@@ -28,10 +29,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/fsuid.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
+#include <sys/wait.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
@@ -61,7 +64,10 @@ static const char *roots[SIDES];
 static int rootfd[SIDES];
 static uint64_t seed, state;
 static long step;
-static bool with_xattr, without_mmap;
+static bool with_xattr, without_mmap, strict_setgid;
+// The file-system user of the current step: 0, or 1000 for a step done as an ordinary user (setfsuid and
+// setfsgid, which also drop root's file capabilities), on both sides alike.
+static int acting_user;
 
 // The names operations draw from: few, so that operations keep meeting each other's files.
 static const char *const pool[] = {
@@ -101,7 +107,7 @@ static const char *pick(const char *const *list, size_t n) { return list[below(n
 
 static void record(const char *format, ...) {
     char *line = history[step % HISTORY];
-    int n = snprintf(line, LINE, "%ld: ", step);
+    int n = snprintf(line, LINE, acting_user ? "%ld: [uid %d] " : "%ld: ", step, acting_user);
     va_list ap;
     va_start(ap, format);
     vsnprintf(line + n, LINE - n, format, ap);
@@ -616,16 +622,86 @@ static void op_lock(void) {
     append(" -> %s %lld+%lld pid %d", lock_type(got[0].l_type), (long long)got[0].l_start, (long long)got[0].l_len,
            got[0].l_pid);
     // The holder's pid is this process for a POSIX lock and -1 for an OFD lock on both sides. Known
-    // divergence: F_GETLK that finds an OFD lock on a FUSE file reports pid 0, not -1 (FUSE carries the holder
-    // as a pid of the guest's namespace, and the kernel turns one it cannot find into 0).
-    bool pids = got[0].l_pid == got[1].l_pid
-        || (commands[c] == F_GETLK && ((got[0].l_pid == 0 && got[1].l_pid == -1) || (got[0].l_pid == -1 && got[1].l_pid == 0)));
+    // divergences, both the guest kernel's: F_GETLK that finds an OFD lock on a FUSE file reports pid 0, not -1
+    // (FUSE carries the holder as a pid of the guest's namespace, and the kernel turns one it cannot find into
+    // 0); F_OFD_GETLK that finds a process's POSIX lock on a FUSE file reports -1, not the process (the kernel
+    // describes the server's answer in the request's own lock, which carries FL_OFDLCK, and reports -1 for it).
+    bool zero_for_ofd = commands[c] == F_GETLK && ((got[0].l_pid == 0 && got[1].l_pid == -1) || (got[0].l_pid == -1 && got[1].l_pid == 0));
+    bool ofd_for_process = commands[c] == F_OFD_GETLK && ((got[0].l_pid == -1 && got[1].l_pid > 0) || (got[0].l_pid > 0 && got[1].l_pid == -1));
+    bool pids = got[0].l_pid == got[1].l_pid || zero_for_ofd || ofd_for_process;
     if (got[0].l_type != got[1].l_type || (got[0].l_type != F_UNLCK && (got[0].l_start != got[1].l_start
         || got[0].l_len != got[1].l_len || !pids))) {
         diverged("%s: %s %lld+%lld pid %d against %s %lld+%lld pid %d", command_names[c], lock_type(got[0].l_type),
                  (long long)got[0].l_start, (long long)got[0].l_len, got[0].l_pid, lock_type(got[1].l_type),
                  (long long)got[1].l_start, (long long)got[1].l_len, got[1].l_pid);
     }
+}
+
+// Another process and the locks of this one: a child opens the same file on each side and asks F_GETLK
+// (which reports this process's pid for a POSIX lock of ours) and F_SETLK (which a lock of ours blocks), then
+// ends, and its locks with it. The child writes what it saw to a pipe.
+static void op_child_lock(void) {
+    int s = used_slot();
+    if (s < 0 || slots[s].what[0] == '(') return;  // an O_TMPFILE slot has no name to open
+    static const int types[] = { F_RDLCK, F_WRLCK };
+    struct flock lock = { .l_type = (short)types[below(2)], .l_whence = SEEK_SET, .l_start = (off_t)below(100),
+                          .l_len = (off_t)below(60) };
+    record("child F_GETLK, F_SETLK on %s %s %lld+%lld", slots[s].what, lock_type(lock.l_type),
+           (long long)lock.l_start, (long long)lock.l_len);
+    struct seen { int open_error, get_error, set_error; struct flock got; } seen[SIDES];
+    for (int i = 0; i < SIDES; i++) {
+        int channel[2];
+        if (pipe(channel) != 0) return;
+        pid_t child = fork();
+        if (child == 0) {
+            struct seen mine = { 0, 0, 0, lock };
+            int fd = openat(rootfd[i], slots[s].what, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+            if (fd < 0) {
+                mine.open_error = errno;
+            } else {
+                if (fcntl(fd, F_GETLK, &mine.got) != 0) mine.get_error = errno;
+                struct flock set = lock;
+                if (fcntl(fd, F_SETLK, &set) != 0) mine.set_error = errno;
+            }
+            (void)!write(channel[1], &mine, sizeof mine);
+            _exit(0);
+        }
+        close(channel[1]);
+        if (child < 0 || read(channel[0], &seen[i], sizeof seen[i]) != sizeof seen[i]) {
+            close(channel[0]);
+            if (child > 0) waitpid(child, NULL, 0);
+            diverged("child lock: the child on side %d reported nothing", i);
+        }
+        close(channel[0]);
+        waitpid(child, NULL, 0);
+    }
+    append(" -> open %s, F_GETLK %s %s %lld+%lld pid %d, F_SETLK %s", describe(seen[0].open_error),
+           describe(seen[0].get_error), lock_type(seen[0].got.l_type), (long long)seen[0].got.l_start,
+           (long long)seen[0].got.l_len, seen[0].got.l_pid, describe(seen[0].set_error));
+    if (seen[0].open_error != seen[1].open_error || seen[0].get_error != seen[1].get_error
+        || seen[0].set_error != seen[1].set_error) {
+        diverged("child lock: open %s/%s, F_GETLK %s/%s, F_SETLK %s/%s", describe(seen[0].open_error),
+                 describe(seen[1].open_error), describe(seen[0].get_error), describe(seen[1].get_error),
+                 describe(seen[0].set_error), describe(seen[1].set_error));
+    }
+    if (seen[0].open_error || seen[0].get_error) return;
+    struct flock *a = &seen[0].got, *b = &seen[1].got;
+    // As in op_lock: an OFD holder is pid 0 through FUSE where it is -1 locally.
+    bool pids = a->l_pid == b->l_pid || (a->l_pid == 0 && b->l_pid == -1) || (a->l_pid == -1 && b->l_pid == 0);
+    if (a->l_type != b->l_type || (a->l_type != F_UNLCK && (a->l_start != b->l_start || a->l_len != b->l_len || !pids))) {
+        diverged("child F_GETLK: %s %lld+%lld pid %d against %s %lld+%lld pid %d", lock_type(a->l_type),
+                 (long long)a->l_start, (long long)a->l_len, a->l_pid, lock_type(b->l_type), (long long)b->l_start,
+                 (long long)b->l_len, b->l_pid);
+    }
+}
+
+// Whether the share's mode `a` is the local `b`. Known divergence (unless -G): a write by a user outside a
+// file's group leaves its set-group-id bit when group execution is off. The guest kernel clears set-id bits for
+// FUSE by its own older rule (only with group execution); with --killpriv-v2 the daemon clears them, by the
+// current one.
+static bool same_mode(mode_t a, mode_t b) {
+    if (a == b) return true;
+    return !strict_setgid && S_ISREG(a) && (a ^ b) == S_ISGID && (a & S_ISGID) && !(a & S_IXGRP);
 }
 
 static void op_fstat(void) {
@@ -636,7 +712,7 @@ static void op_fstat(void) {
     struct result r[SIDES];
     ON_BOTH(r, fstat(slots[s].fd[i], &st[i]));
     if (!same("fstat", r, true)) return;
-    if (st[0].st_mode != st[1].st_mode || st[0].st_nlink != st[1].st_nlink
+    if (!same_mode(st[0].st_mode, st[1].st_mode) || st[0].st_nlink != st[1].st_nlink
         || (S_ISREG(st[0].st_mode) && st[0].st_size != st[1].st_size)) {
         diverged("fstat: mode %o nlink %lu size %lld against mode %o nlink %lu size %lld", st[0].st_mode,
                  (unsigned long)st[0].st_nlink, (long long)st[0].st_size, st[1].st_mode, (unsigned long)st[1].st_nlink,
@@ -751,7 +827,7 @@ static void compare_state(void) {
         if ((st[0].st_mode & S_IFMT) != (st[1].st_mode & S_IFMT)) diverged("%s: type %o against %o", path,
                                                                          st[0].st_mode & S_IFMT, st[1].st_mode & S_IFMT);
         bool link = S_ISLNK(st[0].st_mode);
-        if (!link && st[0].st_mode != st[1].st_mode) diverged("%s: mode %o against %o", path, st[0].st_mode, st[1].st_mode);
+        if (!link && !same_mode(st[0].st_mode, st[1].st_mode)) diverged("%s: mode %o against %o", path, st[0].st_mode, st[1].st_mode);
         if (st[0].st_uid != st[1].st_uid || st[0].st_gid != st[1].st_gid) {
             diverged("%s: owner %u:%u against %u:%u", path, st[0].st_uid, st[0].st_gid, st[1].st_uid, st[1].st_gid);
         }
@@ -833,7 +909,7 @@ static const struct operation operations[] = {
     { op_mmap, 5, false }, { op_rename, 5, false }, { op_link, 3, false }, { op_link_open, 1, false },
     { op_symlink, 3, false }, { op_unlink, 5, false }, { op_mkdir, 4, false }, { op_mknod, 1, false },
     { op_chmod, 3, false }, { op_chown, 2, false }, { op_utimens, 4, false }, { op_xattr, 5, true },
-    { op_lock, 6, false }, { op_fstat, 3, false }, { op_readdir_changing, 2, false },
+    { op_lock, 6, false }, { op_fstat, 3, false }, { op_readdir_changing, 2, false }, { op_child_lock, 2, false },
 };
 
 int main(int argc, char **argv) {
@@ -841,17 +917,18 @@ int main(int argc, char **argv) {
     bool verbose = false;
     seed = 1;
     int opt;
-    while ((opt = getopt(argc, argv, "s:n:xMv")) != -1) {
+    while ((opt = getopt(argc, argv, "s:n:xMGv")) != -1) {
         switch (opt) {
         case 's': seed = strtoull(optarg, NULL, 0); break;
         case 'n': count = strtol(optarg, NULL, 0); break;
         case 'x': with_xattr = true; break;
         case 'v': verbose = true; break;
         case 'M': without_mmap = true; break;
-        default: fprintf(stderr, "usage: difftest [-s SEED] [-n OPS] [-x] [-M] [-v] TREE_A TREE_B\n"); return 2;
+        case 'G': strict_setgid = true; break;
+        default: fprintf(stderr, "usage: difftest [-s SEED] [-n OPS] [-x] [-M] [-G] [-v] TREE_A TREE_B\n"); return 2;
         }
     }
-    if (argc - optind != 2) { fprintf(stderr, "usage: difftest [-s SEED] [-n OPS] [-x] [-M] [-v] TREE_A TREE_B\n"); return 2; }
+    if (argc - optind != 2) { fprintf(stderr, "usage: difftest [-s SEED] [-n OPS] [-x] [-M] [-G] [-v] TREE_A TREE_B\n"); return 2; }
     umask(022);
     for (int i = 0; i < SIDES; i++) {
         roots[i] = argv[optind + i];
@@ -869,7 +946,15 @@ int main(int argc, char **argv) {
         int choice = (int)below((uint64_t)total);
         for (size_t k = 0; k < sizeof operations / sizeof operations[0]; k++) {
             if ((operations[k].xattr && !with_xattr) || (operations[k].run == op_mmap && without_mmap)) continue;
-            if (choice < operations[k].weight) { operations[k].run(); break; }
+            if (choice < operations[k].weight) {
+                // One step in eight as an ordinary user: the same permission checks, owners and set-id rules
+                // on both sides. The state is compared as root.
+                acting_user = chance(12) ? 1000 : 0;
+                if (acting_user) { setfsgid(1000); setfsuid(1000); }
+                operations[k].run();
+                if (acting_user) { setfsuid(0); setfsgid(0); acting_user = 0; }
+                break;
+            }
             choice -= operations[k].weight;
         }
         compare_state();
