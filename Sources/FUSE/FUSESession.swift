@@ -159,41 +159,41 @@ public final class FUSESession<FS: FileSystem> {
         }
     }
 
-    /// The first security context among a request's extensions (`fuse_secctx_header`, then `fuse_secctx`,
-    /// name and value), or nil when there is none or it is malformed.
-    static func securityContext(in extensions: UnsafeRawBufferPointer) -> SecurityContext? {
+    /// Walks a request's extensions (`fuse_ext_header`, then its body) and returns the first answer `match` gives
+    /// for one (given its type and a reader over its body); nil when none answers or the list is malformed.
+    static func firstExtension<T>(in extensions: UnsafeRawBufferPointer, _ match: (UInt32, inout ByteReader) -> T?) -> T? {
         // SAFETY: every size is checked against what remains in `extensions` (ByteReader) before a slice is made.
         var reader = unsafe ByteReader(extensions)
         while let header = reader.read(fuse_ext_header.self) {
             let size = Int(header.size)
             guard size >= MemoryLayout<fuse_ext_header>.size, size - MemoryLayout<fuse_ext_header>.size <= reader.remainingCount else { return nil }
             var body = unsafe ByteReader(UnsafeRawBufferPointer(rebasing: reader.remaining.prefix(size - MemoryLayout<fuse_ext_header>.size)))
-            // Extension types 0...FUSE_MAX_NR_SECCTX are a fuse_secctx_header: the type is the context count.
-            if header.type >= 1, header.type <= UInt32(FUSE_MAX_NR_SECCTX.rawValue),
-               let item = body.read(fuse_secctx.self), let name = body.readName(), body.remainingCount >= Int(item.size) {
-                return unsafe SecurityContext(name: name.bytes, value: UnsafeRawBufferPointer(rebasing: body.remaining.prefix(Int(item.size))))
-            }
+            if let found = match(header.type, &body) { return found }
             _ = unsafe reader.read(bytes: size - MemoryLayout<fuse_ext_header>.size)
         }
         return nil
     }
 
+    /// The first security context among a request's extensions (`fuse_secctx_header`, then `fuse_secctx`,
+    /// name and value), or nil when there is none or it is malformed.
+    static func securityContext(in extensions: UnsafeRawBufferPointer) -> SecurityContext? {
+        // SAFETY: the value is sliced from the body only after its size is checked against what remains.
+        unsafe firstExtension(in: extensions) { type, body in
+            // Extension types 0...FUSE_MAX_NR_SECCTX are a fuse_secctx_header: the type is the context count.
+            guard type >= 1, type <= UInt32(FUSE_MAX_NR_SECCTX.rawValue),
+                  let item = body.read(fuse_secctx.self), let name = body.readName(), body.remainingCount >= Int(item.size)
+            else { return nil }
+            return unsafe SecurityContext(name: name.bytes, value: UnsafeRawBufferPointer(rebasing: body.remaining.prefix(Int(item.size))))
+        }
+    }
+
     /// The group of a FUSE_EXT_GROUPS extension (`fuse_supp_groups` with one group, as the kernel sends it), or
     /// nil when there is none or it is malformed.
     static func supplementaryGroup(in extensions: UnsafeRawBufferPointer) -> UInt32? {
-        // SAFETY: every size is checked against what remains in `extensions` (ByteReader) before a slice is made.
-        var reader = unsafe ByteReader(extensions)
-        while let header = reader.read(fuse_ext_header.self) {
-            let size = Int(header.size)
-            guard size >= MemoryLayout<fuse_ext_header>.size, size - MemoryLayout<fuse_ext_header>.size <= reader.remainingCount else { return nil }
-            var body = unsafe ByteReader(UnsafeRawBufferPointer(rebasing: reader.remaining.prefix(size - MemoryLayout<fuse_ext_header>.size)))
-            if header.type == UInt32(FUSE_EXT_GROUPS) {
-                guard let groups = body.read(fuse_supp_groups.self), groups.nr_groups == 1, let group = body.read(UInt32.self) else { return nil }
-                return group
-            }
-            _ = unsafe reader.read(bytes: size - MemoryLayout<fuse_ext_header>.size)
+        unsafe firstExtension(in: extensions) { type, body in
+            guard type == UInt32(FUSE_EXT_GROUPS), let groups = body.read(fuse_supp_groups.self), groups.nr_groups == 1 else { return nil }
+            return body.read(UInt32.self)
         }
-        return nil
     }
 
     /// Copies request bytes `start..<limit` out of guest memory, after the `start` bytes copied before (each

@@ -3,19 +3,26 @@
 @testable import Passthrough
 import Testing
 
+/// A small seeded generator for the tests' random sequences.
+struct XorShift {
+    var state: UInt64
+    init(_ seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state ^= state << 13
+        state ^= state >> 7
+        state ^= state << 17
+        return state
+    }
+}
+
 @Suite("The id table behind node ids and file handles")
 struct IDTableTests {
     @Test("random inserts, updates and removals leave it equal to a Dictionary", arguments: [UInt64(1), 64, 0x9E37])
     func matchesDictionary(seed: UInt64) {
         var table = IDTable<Int>()
         var reference: [UInt64: Int] = [:]
-        var x = seed
-        func next() -> UInt64 {
-            x ^= x << 13
-            x ^= x >> 7
-            x ^= x << 17
-            return x
-        }
+        var random = XorShift(seed)
+        func next() -> UInt64 { random.next() }
         // Ids as the stores make them (a counter above a 6-bit shard), drawn from a small range so that keys
         // collide, runs wrap around the end of the slots, and removals shift keys back across the wrap.
         for step in 0..<20_000 {
@@ -57,13 +64,8 @@ struct KeyIndexTests {
         var index = KeyIndex()
         var byID: [UInt64: InodeKey] = [:]
         var reference: [InodeKey: UInt64] = [:]
-        var x = seed
-        func next() -> UInt64 {
-            x ^= x << 13
-            x ^= x >> 7
-            x ^= x << 17
-            return x
-        }
+        var random = XorShift(seed)
+        func next() -> UInt64 { random.next() }
         var nextID: UInt64 = 1
         let keyOf: (UInt64) -> InodeKey? = { byID[$0] }
         // A small space of identities, so that inserts meet present keys and runs form; phases grow to
