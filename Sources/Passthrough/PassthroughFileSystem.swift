@@ -437,9 +437,13 @@ public final class PassthroughFileSystem: FileSystem {
         if accessMode != O_RDONLY || CInt(bitPattern: flags) & O_TRUNC != 0 { try checkWritable() }
         let hostFlags = hostOpenFlags(flags)
         let fd = try reopen(data, flags: hostFlags)
-        // HANDLE_KILLPRIV_V2: a truncating open by a caller without CAP_FSETID loses the set-id bits, as a write.
-        // (CREATE needs none: the guest sends it only for a name it does not know, and a new file keeps its bits.)
-        if options.killprivV2 && context.killSetIDBitsOnTruncate && hostFlags & O_TRUNC != 0 {
+        // A truncating open by a caller without CAP_FSETID drops the set-id bits, locally. O_TRUNC reaches OPEN only
+        // with ATOMIC_O_TRUNC, and then the guest skips the SETATTR that would drop them (fuse_do_setattr returns
+        // early for ATTR_OPEN): the daemon drops them. With HANDLE_KILLPRIV_V2 the guest says when
+        // (FUSE_OPEN_KILL_SUIDGID); without, a non-root caller is taken to lack CAP_FSETID. (CREATE needs none: the
+        // guest sends it only for a name it does not know, and a new file keeps its bits.)
+        let unprivileged = options.killprivV2 ? context.killSetIDBitsOnTruncate : context.uid != 0
+        if unprivileged && hostFlags & O_TRUNC != 0 && data.fileType == .regular {
             try clearSetIDBits(data, context)
         }
         let writing = accessMode != O_RDONLY

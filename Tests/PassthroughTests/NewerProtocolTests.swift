@@ -135,6 +135,20 @@ struct NewerProtocolTests {
         #expect(UInt32(st.st_mode) & 0o7777 == (writerGroup == 0 ? 0o2545 : 0o0545))
     }
 
+    @Test("an O_TRUNC OPEN (ATOMIC_O_TRUNC) by a non-root caller drops the set-id bits, which the guest leaves to it",
+          arguments: [(UInt32(1000), UInt32(0o0755)), (0, 0o6755)])
+    func truncatingOpen(caller: UInt32, expected: UInt32) throws {
+        let tree = TemporaryTree()
+        tree.write("file", "0123456789")
+        #expect(chmod("\(tree.path)/file", 0o6755) == 0)
+        let fs = try makeFileSystem(tree)
+        let node = try fs.lookup(fuseRootID, "file").nodeID
+        _ = try fs.open(RequestContext(uid: caller, gid: caller), node: node, flags: UInt32(O_WRONLY | O_TRUNC))
+        var st = Glibc.stat()
+        #expect(lstat("\(tree.path)/file", &st) == 0 && st.st_size == 0)
+        #expect(UInt32(st.st_mode) & 0o7777 == expected)
+    }
+
     @Test("LSEEK under a writeback cache is ENOSYS: the guest's dirty pages are not on the host yet")
     func lseekWithWriteback() throws {
         let tree = TemporaryTree()
