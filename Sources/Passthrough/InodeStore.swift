@@ -5,20 +5,25 @@ import Synchronization
 import VFSSystem
 
 /// What identifies a host file: its device, inode number and mount id (two mounts of one file system can
-/// show the same device and inode).
+/// show the same device and inode), and its birth time where the file system keeps one. A node held by file
+/// handle holds no descriptor, so the host may free its inode and give the number to a new file while the
+/// guest still holds the node (its FORGET on its way): without the birth time the new file would be taken for
+/// the old node, whose handle is stale (ESTALE for everything done through it).
 public struct InodeKey: Hashable, Sendable {
     public var device: UInt64
     public var inode: UInt64
     public var mountID: UInt64
+    public var birth: UInt64
 
-    public init(device: UInt64, inode: UInt64, mountID: UInt64) {
+    public init(device: UInt64, inode: UInt64, mountID: UInt64, birth: UInt64 = 0) {
         self.device = device
         self.inode = inode
         self.mountID = mountID
+        self.birth = birth
     }
 
     public init(_ stat: FileStat) {
-        self.init(device: stat.device, inode: stat.inode, mountID: stat.mountID)
+        self.init(device: stat.device, inode: stat.inode, mountID: stat.mountID, birth: stat.birth)
     }
 }
 

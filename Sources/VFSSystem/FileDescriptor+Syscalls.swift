@@ -58,7 +58,7 @@ extension FileDescriptor {
         var s = CVirtioFS.statx()
         try nothingOrErrno {
             unsafe cvfs_statx(rawValue, name, CVFS_AT_EMPTY_PATH | CVFS_AT_SYMLINK_NOFOLLOW,
-                       CVFS_STATX_BASIC_STATS | CVFS_STATX_MNT_ID, &s)
+                       CVFS_STATX_BASIC_STATS | CVFS_STATX_MNT_ID | CVFS_STATX_BTIME, &s)
         }
         return FileStat(s)
     }

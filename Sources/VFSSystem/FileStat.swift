@@ -31,6 +31,9 @@ public struct FileStat: Hashable, Sendable {
     public var changeTime: FileTime
     /// The mount id (STATX_MNT_ID), or 0 when it is not known.
     public var mountID: UInt64
+    /// The birth time in nanoseconds since the epoch (wrapping), from statx with STATX_BTIME; 0 when not known.
+    /// With the inode number it tells a file apart from a later one that reuses the number.
+    public var birth: UInt64 = 0
 
     public init(
         device: UInt64 = 0, inode: UInt64 = 0, mode: UInt32 = 0, linkCount: UInt64 = 1, uid: UInt32 = 0,
@@ -75,6 +78,9 @@ public struct FileStat: Hashable, Sendable {
             modificationTime: FileTime(seconds: s.stx_mtime.tv_sec, nanoseconds: s.stx_mtime.tv_nsec),
             changeTime: FileTime(seconds: s.stx_ctime.tv_sec, nanoseconds: s.stx_ctime.tv_nsec),
             mountID: (s.stx_mask & CVFS_STATX_MNT_ID) != 0 ? s.stx_mnt_id : 0)
+        if s.stx_mask & CVFS_STATX_BTIME != 0 {
+            birth = UInt64(bitPattern: s.stx_btime.tv_sec) &* 1_000_000_000 &+ UInt64(s.stx_btime.tv_nsec)
+        }
     }
 
     /// The file-type bits of `mode`.

@@ -149,6 +149,28 @@ struct NewerProtocolTests {
         #expect(UInt32(st.st_mode) & 0o7777 == expected)
     }
 
+    @Test("with file handles, a new file that reuses a held node's inode number gets a node of its own, not the stale one")
+    func reusedInodeNumber() throws {
+        let tree = TemporaryTree()
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let fs = try PassthroughFileSystem(options: PassthroughOptions(sharedDirectory: tree.path, inodeFileHandles: .prefer), logger: logger)
+        var reused = 0
+        for i in 0..<20 {
+            tree.write("old\(i)", "old")
+            let old = try fs.lookup(fuseRootID, "old\(i)")
+            // The host frees the inode (no descriptor holds it) while the guest still holds the node.
+            #expect(unlink("\(tree.path)/old\(i)") == 0)
+            tree.write("new\(i)", "new")
+            let new = try fs.lookup(fuseRootID, "new\(i)")
+            if new.attributes.inode == old.attributes.inode { reused += 1 }
+            #expect(new.nodeID != old.nodeID, "round \(i): the new file was given the old file's node")
+            #expect(throws: Never.self) { try fs.getattr(context, node: new.nodeID, handle: nil) }
+        }
+        // ext4 hands a freed inode number out again at once: the case above did happen.
+        #expect(reused > 0, "no inode number was reused; the test did not test")
+    }
+
     @Test("LSEEK under a writeback cache is ENOSYS: the guest's dirty pages are not on the host yet")
     func lseekWithWriteback() throws {
         let tree = TemporaryTree()
