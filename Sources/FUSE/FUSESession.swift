@@ -647,7 +647,7 @@ enum FUSEEncoding {
         out.stat.atime = time(x.stat.accessTime)
         out.stat.mtime = time(x.stat.modificationTime)
         out.stat.ctime = time(x.stat.changeTime)
-        if x.mask & ExtendedFileStat.birthTimeBit != 0 { out.stat.btime = time(x.birthTime) }
+        if x.mask & ExtendedFileStat.birthTimeBit != 0 { out.stat.btime = time(x.stat.birthTime) }
         // Major and minor as the guest's new_encode_dev/MKDEV read them back from GETATTR's 32-bit rdev.
         out.stat.rdev_major = (s.rdev >> 8) & 0xfff
         out.stat.rdev_minor = (s.rdev & 0xff) | ((s.rdev >> 12) & 0xfff00)

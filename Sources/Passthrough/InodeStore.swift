@@ -23,7 +23,9 @@ public struct InodeKey: Hashable, Sendable {
     }
 
     public init(_ stat: FileStat) {
-        self.init(device: stat.device, inode: stat.inode, mountID: stat.mountID, birth: stat.birth)
+        // Packed into nanoseconds since the epoch (wrapping: only equality matters); 0 when there is none.
+        let birth = UInt64(bitPattern: stat.birthTime.seconds) &* 1_000_000_000 &+ UInt64(stat.birthTime.nanoseconds)
+        self.init(device: stat.device, inode: stat.inode, mountID: stat.mountID, birth: birth)
     }
 }
 

@@ -281,7 +281,7 @@ extension PassthroughFileSystem {
                 try open.withDescriptor { (fd) throws(Errno) in try fd.changeMode(mode_t(mode & 0o7777)) }
             } else {
                 guard data.fileType != .symbolicLink else { throw .notSupported }
-                try unsafe withProcPath(of: data) { (path) throws(Errno) in try unsafe PathCalls.changeMode(path, mode_t(mode & 0o7777)) }
+                try changeMode(of: data, to: mode)
             }
         }
         // HANDLE_KILLPRIV_V2 (a chown of a non-directory, a truncate by a caller without CAP_FSETID): decided on
@@ -313,9 +313,7 @@ extension PassthroughFileSystem {
                 }
             }
         }
-        if let withoutSetIDBits {
-            try unsafe withProcPath(of: data) { (path) throws(Errno) in try unsafe PathCalls.changeMode(path, mode_t(withoutSetIDBits & 0o7777)) }
-        }
+        if let withoutSetIDBits { try changeMode(of: data, to: withoutSetIDBits) }
         if changes.accessTime != .omit || changes.modificationTime != .omit {
             func spec(_ change: TimeChange) -> timespec {
                 switch change {
@@ -349,10 +347,15 @@ extension PassthroughFileSystem {
 
     /// Applies `modeWithoutSetIDBits` now.
     func clearSetIDBits(_ data: InodeData, _ context: RequestContext) throws(Errno) {
+        guard let cleared = try modeWithoutSetIDBits(data, context) else { return }
+        try changeMode(of: data, to: cleared)
+    }
+
+    /// chmod of the node's file (not a symlink's target: through /proc) to the permission bits of `mode`.
+    func changeMode(of data: InodeData, to mode: UInt32) throws(Errno) {
         // SAFETY: the /proc path names a descriptor the node holds for the call; the kernel reads the C strings during
         // it.
-        guard let cleared = try modeWithoutSetIDBits(data, context) else { return }
-        try unsafe withProcPath(of: data) { (path) throws(Errno) in try unsafe PathCalls.changeMode(path, mode_t(cleared & 0o7777)) }
+        try unsafe withProcPath(of: data) { (path) throws(Errno) in try unsafe PathCalls.changeMode(path, mode_t(mode & 0o7777)) }
     }
 
     public func write(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, from source: WriteSource, killSetIDBits: Bool, fromPageCache: Bool) throws(Errno) -> Int {
@@ -432,9 +435,7 @@ extension PassthroughFileSystem {
         // Setting an access ACL: the guest kernel found that the set-group-id bit must go, as it would locally.
         if killSGID {
             let mode = try withPath(data) { (fd) throws(Errno) -> FileStat in try fd.stat() }.mode
-            if mode & 0o2000 != 0 {
-                try unsafe withProcPath(of: data) { (path) throws(Errno) in try unsafe PathCalls.changeMode(path, mode_t(mode & 0o5777)) }
-            }
+            if mode & 0o2000 != 0 { try changeMode(of: data, to: mode & ~UInt32(0o2000)) }
         }
     }
 

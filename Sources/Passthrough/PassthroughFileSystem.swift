@@ -376,24 +376,21 @@ public final class PassthroughFileSystem: FileSystem {
         }
     }
 
+    /// Runs `read` on the open handle's descriptor when the guest names one it holds (GETATTR_FH), else on the
+    /// node's: GETATTR and STATX.
+    func withAttributeDescriptor<T>(node: UInt64, handle: UInt64?, _ read: (FileDescriptor) throws(Errno) -> T) throws(Errno) -> T {
+        if let handle, let open = handles.get(handle) { return try open.withDescriptor(read) }
+        return try withPath(try self.node(node), read)
+    }
+
     public func getattr(_ context: RequestContext, node: UInt64, handle: UInt64?) throws(Errno) -> AttributeReply {
-        let stat: FileStat
-        if let handle, let open = handles.get(handle) {
-            stat = try open.withDescriptor { (fd) throws(Errno) in try fd.stat() }
-        } else {
-            stat = try withPath(try self.node(node)) { (fd) throws(Errno) -> FileStat in try fd.stat() }
-        }
+        let stat = try withAttributeDescriptor(node: node, handle: handle) { (fd) throws(Errno) in try fd.stat() }
         return AttributeReply(attributes: guestView(stat), timeout: options.cache.timeout)
     }
 
     public func statx(_ context: RequestContext, node: UInt64, handle: UInt64?, syncFlags: UInt32) throws(Errno) -> StatxReply {
         let sync = CInt(bitPattern: syncFlags)
-        var stat: ExtendedFileStat
-        if let handle, let open = handles.get(handle) {
-            stat = try open.withDescriptor { (fd) throws(Errno) in try fd.extendedStat(syncFlags: sync) }
-        } else {
-            stat = try withPath(try self.node(node)) { (fd) throws(Errno) in try fd.extendedStat(syncFlags: sync) }
-        }
+        var stat = try withAttributeDescriptor(node: node, handle: handle) { (fd) throws(Errno) in try fd.extendedStat(syncFlags: sync) }
         stat.stat = guestView(stat.stat)
         return StatxReply(attributes: stat, timeout: options.cache.timeout)
     }

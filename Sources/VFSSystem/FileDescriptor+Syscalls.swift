@@ -51,26 +51,29 @@ extension FileDescriptor {
         return FileStat(s)
     }
 
-    /// The attributes of `name` in this directory (or of this descriptor itself when `name` is empty),
-    /// never following a symlink, with the mount id. The corresponding C function is `statx`.
-    public func statx(_ name: UnsafePointer<CChar>) throws(Errno) -> FileStat {
+    /// statx(2) of `name` in this directory (or of this descriptor itself when `name` is empty), never following a
+    /// symlink, asking for the basic fields, the mount id and the birth time; `syncFlags` are AT_STATX_* bits.
+    private func statxBuffer(_ name: UnsafePointer<CChar>, syncFlags: CInt = 0) throws(Errno) -> CVirtioFS.statx {
         // SAFETY: statx fills this local struct during the call and reads the NUL-terminated name.
         var s = CVirtioFS.statx()
+        let flags = CVFS_AT_EMPTY_PATH | CVFS_AT_SYMLINK_NOFOLLOW | (syncFlags & CVFS_AT_STATX_SYNC_TYPE)
         try nothingOrErrno {
-            unsafe cvfs_statx(rawValue, name, CVFS_AT_EMPTY_PATH | CVFS_AT_SYMLINK_NOFOLLOW,
-                       CVFS_STATX_BASIC_STATS | CVFS_STATX_MNT_ID | CVFS_STATX_BTIME, &s)
+            unsafe cvfs_statx(rawValue, name, flags, CVFS_STATX_BASIC_STATS | CVFS_STATX_MNT_ID | CVFS_STATX_BTIME, &s)
         }
-        return FileStat(s)
+        return s
     }
 
-    /// This descriptor's file's attributes with its birth time and statx attribute flags. `syncFlags` are the
-    /// caller's AT_STATX_* synchronisation bits (others are ignored). The corresponding C function is `statx`.
+    /// The attributes of `name` in this directory (or of this descriptor itself when `name` is empty),
+    /// never following a symlink, with the mount id and birth time. The corresponding C function is `statx`.
+    public func statx(_ name: UnsafePointer<CChar>) throws(Errno) -> FileStat {
+        FileStat(try unsafe statxBuffer(name))
+    }
+
+    /// This descriptor's file's attributes with the mask of what the file system filled in and its statx
+    /// attribute flags. `syncFlags` are the caller's AT_STATX_* synchronisation bits (others are ignored).
+    /// The corresponding C function is `statx`.
     public func extendedStat(syncFlags: CInt = 0) throws(Errno) -> ExtendedFileStat {
-        // SAFETY: statx fills this local struct during the call and reads the empty name.
-        var s = CVirtioFS.statx()
-        let flags = CVFS_AT_EMPTY_PATH | CVFS_AT_SYMLINK_NOFOLLOW | (syncFlags & CVFS_AT_STATX_SYNC_TYPE)
-        try nothingOrErrno { unsafe cvfs_statx(rawValue, "", flags, CVFS_STATX_BASIC_STATS | CVFS_STATX_BTIME, &s) }
-        return ExtendedFileStat(s)
+        ExtendedFileStat(try unsafe statxBuffer("", syncFlags: syncFlags))
     }
 
     /// Reads the target of the symlink this descriptor names into `buffer`, returning its length.

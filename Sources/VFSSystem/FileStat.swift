@@ -31,9 +31,9 @@ public struct FileStat: Hashable, Sendable {
     public var changeTime: FileTime
     /// The mount id (STATX_MNT_ID), or 0 when it is not known.
     public var mountID: UInt64
-    /// The birth time in nanoseconds since the epoch (wrapping), from statx with STATX_BTIME; 0 when not known.
+    /// The birth time, from statx with STATX_BTIME; zero when the file system keeps none (or from fstat).
     /// With the inode number it tells a file apart from a later one that reuses the number.
-    public var birth: UInt64 = 0
+    public var birthTime = FileTime(seconds: 0, nanoseconds: 0)
 
     public init(
         device: UInt64 = 0, inode: UInt64 = 0, mode: UInt32 = 0, linkCount: UInt64 = 1, uid: UInt32 = 0,
@@ -79,7 +79,7 @@ public struct FileStat: Hashable, Sendable {
             changeTime: FileTime(seconds: s.stx_ctime.tv_sec, nanoseconds: s.stx_ctime.tv_nsec),
             mountID: (s.stx_mask & CVFS_STATX_MNT_ID) != 0 ? s.stx_mnt_id : 0)
         if s.stx_mask & CVFS_STATX_BTIME != 0 {
-            birth = UInt64(bitPattern: s.stx_btime.tv_sec) &* 1_000_000_000 &+ UInt64(s.stx_btime.tv_nsec)
+            birthTime = FileTime(seconds: s.stx_btime.tv_sec, nanoseconds: s.stx_btime.tv_nsec)
         }
     }
 
@@ -87,28 +87,24 @@ public struct FileStat: Hashable, Sendable {
     public var fileType: FileType { FileType(mode: mode) }
 }
 
-/// What statx(2) tells beyond `FileStat`: which fields are valid, the birth time, and the `STATX_ATTR_*` flags.
+/// What statx(2) tells beyond `FileStat`: which fields are valid (STATX_BTIME says whether `stat.birthTime` is
+/// the file's), and the `STATX_ATTR_*` flags.
 public struct ExtendedFileStat: Hashable, Sendable {
     public var stat: FileStat
     /// The `STATX_*` bits of the fields the file system filled in.
     public var mask: UInt32
-    /// The creation time, when `mask` has STATX_BTIME.
-    public var birthTime: FileTime
     public var attributes: UInt64
     public var attributesMask: UInt64
 
-    public init(stat: FileStat, mask: UInt32, birthTime: FileTime, attributes: UInt64 = 0, attributesMask: UInt64 = 0) {
+    public init(stat: FileStat, mask: UInt32, attributes: UInt64 = 0, attributesMask: UInt64 = 0) {
         self.stat = stat
         self.mask = mask
-        self.birthTime = birthTime
         self.attributes = attributes
         self.attributesMask = attributesMask
     }
 
     init(_ s: CVirtioFS.statx) {
-        self.init(stat: FileStat(s), mask: s.stx_mask,
-                  birthTime: FileTime(seconds: s.stx_btime.tv_sec, nanoseconds: s.stx_btime.tv_nsec),
-                  attributes: s.stx_attributes, attributesMask: s.stx_attributes_mask)
+        self.init(stat: FileStat(s), mask: s.stx_mask, attributes: s.stx_attributes, attributesMask: s.stx_attributes_mask)
     }
 
     /// STATX_BTIME.

@@ -232,16 +232,10 @@ struct NodeScaling {
 
     /// The deepest process of the only-child chain starting at `pid`.
     static func worker(of pid: Int32) -> Int32 {
+        let parents = processParents()
         var current = pid
         while true {
-            var children: [Int32] = []
-            for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
-                guard let id = Int32(entry), let text = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
-                      let close = text.lastIndex(of: ")")
-                else { continue }
-                let fields = text[text.index(after: close)...].split(separator: " ")
-                if fields.count > 1, Int32(fields[1]) == current { children.append(id) }
-            }
+            let children = parents.filter { $0.value == current }.map(\.key)
             guard children.count == 1 else { return current }
             current = children[0]
         }

@@ -396,10 +396,8 @@ final class HostBaseline {
     }
 }
 
-/// CPU seconds used by a process and every process below it (a daemon that forks into its sandbox, like the C
-/// virtiofsd, works in a child): the sum of its threads' run time from /proc/PID/task/TID/schedstat, which the
-/// kernel keeps in nanoseconds (the user and system ticks of /proc/PID/stat are 10 ms coarse).
-func cpuTime(pid: Int32) -> Double {
+/// Every process's parent, from the fourth field of /proc/PID/stat.
+func processParents() -> [Int32: Int32] {
     var parents: [Int32: Int32] = [:]
     for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
         guard let id = Int32(entry), let text = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
@@ -408,6 +406,14 @@ func cpuTime(pid: Int32) -> Double {
         let fields = text[text.index(after: close)...].split(separator: " ")
         if fields.count > 1, let parent = Int32(fields[1]) { parents[id] = parent }
     }
+    return parents
+}
+
+/// CPU seconds used by a process and every process below it (a daemon that forks into its sandbox, like the C
+/// virtiofsd, works in a child): the sum of its threads' run time from /proc/PID/task/TID/schedstat, which the
+/// kernel keeps in nanoseconds (the user and system ticks of /proc/PID/stat are 10 ms coarse).
+func cpuTime(pid: Int32) -> Double {
+    let parents = processParents()
     func descends(_ id: Int32) -> Bool {
         var current = id
         for _ in 0..<64 {
