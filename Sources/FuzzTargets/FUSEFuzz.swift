@@ -17,7 +17,7 @@ final class AnsweringFileSystem: FileSystem {
         Entry(nodeID: id, generation: 1, attributes: stat, entryTimeout: Timeout(seconds: 1), attributeTimeout: Timeout(seconds: 1))
     }
 
-    func initialize(_ request: InitRequest) throws(Errno) -> FUSEInitFlags { [.posixLocks, .flockLocks, .securityContext] }
+    func initialize(_ request: InitRequest) throws(Errno) -> FUSEInitFlags { [.posixLocks, .flockLocks, .securityContext, .createSupplementaryGroup] }
     func lookup(_ context: RequestContext, parent: UInt64, name: FUSEName) throws(Errno) -> Entry {
         guard name.isValidComponent else { throw .invalidArgument }
         return entry(parent &+ 1)

@@ -171,6 +171,26 @@ struct NewerProtocolTests {
         #expect(reused > 0, "no inode number was reused; the test did not test")
     }
 
+    @Test("a malformed FUSE_EXT_GROUPS extension grants no group: the request runs as without it",
+          arguments: [(UInt32(16), UInt32(2)), (16, 0), (8, 1), (24, 1), (0x7fff_fff0, 1)])
+    func malformedSupplementaryGroup(size: UInt32, count: UInt32) throws {
+        let tree = TemporaryTree()
+        tree.mkdir("g")
+        #expect(chown("\(tree.path)/g", 0, 4242) == 0 && chmod("\(tree.path)/g", 0o2770) == 0)
+        let (session, fs, _) = try session(tree)
+        let parent = try fs.lookup(fuseRootID, "g").nodeID
+        var request = creating(.mkdir, parent, "d", mode: 0o755, group: 4242)
+        // The extension's header (size) and fuse_supp_groups (nr_groups) are the last 16 bytes.
+        let at = request.count - 16
+        request.withUnsafeMutableBytes { raw in
+            raw.storeBytes(of: size, toByteOffset: at, as: UInt32.self)
+            raw.storeBytes(of: count, toByteOffset: at + 8, as: UInt32.self)
+        }
+        let (_, reply) = Frame(request: request, replySegments: [16, 128]).run(session)
+        #expect(outHeader(reply).error == -EACCES)
+        #expect(getgroups(0, nil) == 0)
+    }
+
     @Test("LSEEK under a writeback cache is ENOSYS: the guest's dirty pages are not on the host yet")
     func lseekWithWriteback() throws {
         let tree = TemporaryTree()
