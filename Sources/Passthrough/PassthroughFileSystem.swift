@@ -562,10 +562,16 @@ public final class PassthroughFileSystem: FileSystem {
                         do throws(Errno) {
                             entry = unsafe try lookupEntry(parent, namePointer, isDotDot: false, isDot: false)
                         } catch {
-                            // Gone since getdents (or unreadable): fail only if nothing was listed yet.
-                            if added == 0 && error != .noEntry { throw error }
-                            position += recordLength
-                            continue
+                            // Gone since getdents: not listed, as if read a moment later.
+                            if error == .noEntry {
+                                position += recordLength
+                                continue
+                            }
+                            // Any other failure (out of descriptors, say) is the guest's to see, never an entry
+                            // left out: end this reply before the entry, so the next READDIRPLUS starts at it and
+                            // answers the error.
+                            if added == 0 { throw error }
+                            return
                         }
                     }
                     guard unsafe sink.add(name: name, inode: inode, type: UInt32(type), offset: next, entry: entry) else {

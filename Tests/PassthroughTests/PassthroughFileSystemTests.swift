@@ -494,6 +494,50 @@ struct PassthroughFileSystemTests {
         #expect(fs.inodes.count == 1 + 5)
     }
 
+    @Test("READDIRPLUS never leaves out an entry whose lookup fails (but for ENOENT): the listing ends there with the error")
+    func readdirplusFailedLookup() throws {
+        // An entry the daemon cannot look up while the ones around it can: with --inode-file-handles=mandatory,
+        // a proc mount inside the tree (proc gives no file handles).
+        let tree = TemporaryTree()
+        tree.mkdir("d")
+        for i in 0..<40 { tree.write("d/f\(i)", "") }
+        tree.mkdir("d/proc")
+        guard mount("proc", "\(tree.path)/d/proc", "proc", 0, nil) == 0 else {
+            Issue.record("cannot mount proc for the test: errno \(errno)")
+            return
+        }
+        defer { umount2("\(tree.path)/d/proc", Int32(MNT_DETACH)) }
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let fs = try PassthroughFileSystem(options: PassthroughOptions(sharedDirectory: tree.path, inodeFileHandles: .mandatory), logger: logger)
+        let dir = try fs.lookup(fuseRootID, "d")
+        #expect(throws: Errno.self) { try fs.lookup(dir.nodeID, "proc") }
+        let handle = try fs.opendir(context, node: dir.nodeID, flags: 0).handle
+        var seen: [String] = []
+        var offset: UInt64 = 0
+        var failure: Errno? = nil
+        while failure == nil {
+            var sink = CollectingSink(capacity: 1000)
+            do throws(Errno) {
+                try fs.readdir(context, node: dir.nodeID, handle: handle, offset: offset, plus: true, into: &sink)
+            } catch {
+                failure = error
+                break
+            }
+            if sink.names.isEmpty { break }
+            seen += sink.names
+            offset = sink.offsets.last!
+        }
+        // The listing stopped at "proc" with its error; it did not go on past it as if it were not there.
+        #expect(failure != nil, "listed \(seen.count) names and no error")
+        #expect(!seen.contains("proc"))
+        // Plain READDIR looks nothing up: every name.
+        var plain = CollectingSink(capacity: 1000)
+        try fs.readdir(context, node: dir.nodeID, handle: handle, offset: 0, plus: false, into: &plain)
+        #expect(plain.names.count == 43)
+        try fs.releasedir(context, node: dir.nodeID, handle: handle)
+    }
+
     @Test("statfs, access and the xattr switch")
     func misc() throws {
         let tree = TemporaryTree()
