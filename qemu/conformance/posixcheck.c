@@ -43,6 +43,8 @@ static const char *name(int e) {
     case ENXIO: return "ENXIO";
     case ENODATA: return "ENODATA";
     case EINTR: return "EINTR";
+    case ENFILE: return "ENFILE";
+    case EMFILE: return "EMFILE";
     default: return "E?";
     }
 }
