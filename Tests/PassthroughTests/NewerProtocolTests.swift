@@ -58,6 +58,27 @@ struct NewerProtocolTests {
         #expect(outHeader(short).error == -EINVAL)
     }
 
+    @Test("STATX with FUSE_GETATTR_FH reads the open handle's file; a number the guest holds no handle by reads the node's")
+    func statxHandles() throws {
+        let tree = TemporaryTree()
+        tree.write("file", "0123456789")
+        let (session, fs, _) = try session(tree)
+        let node = try fs.lookup(fuseRootID, "file").nodeID
+        let open = try fs.open(RequestContext(), node: node, flags: UInt32(O_RDWR))
+        var host = CVirtioFS.statx()
+        #expect(cvfs_statx(CVFS_AT_FDCWD, "\(tree.path)/file", 0, 0xfff, &host) == 0)
+        for fh in [open.handle, 0xdead_beef, UInt64.max, 0, open.handle + 1] {
+            var input = fuse_statx_in()
+            input.sx_mask = 0xfff
+            input.getattr_flags = UInt32(FUSE_GETATTR_FH)
+            input.fh = fh
+            let (_, reply) = Frame(request: frame(.statx, node: node, uid: 0, gid: 0, bytes(input)), replySegments: [16, 288]).run(session)
+            #expect(outHeader(reply).error == 0, "fh \(fh)")
+            let out = payload(reply, as: fuse_statx_out.self)
+            #expect(out.stat.ino == host.stx_ino && out.stat.size == 10 && out.stat.btime.tv_nsec == host.stx_btime.tv_nsec, "fh \(fh)")
+        }
+    }
+
     /// MKDIR or CREATE of `name` in `parent` as uid and gid 1000, with `group` as a FUSE_EXT_GROUPS extension.
     func creating(_ opcode: FUSEOpcode, _ parent: UInt64, _ name: String, mode: UInt32, group: UInt32?) -> [UInt8] {
         var args: [UInt8]
@@ -117,6 +138,9 @@ struct NewerProtocolTests {
         let tree = TemporaryTree()
         tree.write("file", "0123456789")
         #expect(chmod("\(tree.path)/file", 0o6545) == 0)
+        // File capabilities (struct vfs_cap_data, revision 2: cap_net_raw permitted and effective) go too.
+        let capability: [UInt32] = [0x0200_0001, 1 << 13, 0, 0, 0]
+        #expect(capability.withUnsafeBytes { setxattr("\(tree.path)/file", "security.capability", $0.baseAddress, $0.count, 0) } == 0)
         var logger = Logger(label: "test")
         logger.logLevel = .critical
         let fs = try PassthroughFileSystem(options: PassthroughOptions(sharedDirectory: tree.path, killprivV2: true), logger: logger)
@@ -133,6 +157,8 @@ struct NewerProtocolTests {
         #expect(lstat("\(tree.path)/file", &st) == 0)
         // Set-user-id always goes; set-group-id (here without group execution) only for a writer outside group 0.
         #expect(UInt32(st.st_mode) & 0o7777 == (writerGroup == 0 ? 0o2545 : 0o0545))
+        // The host's own write removes them, whoever writes (the daemon's CAP_FSETID keeps only set-id bits).
+        #expect(getxattr("\(tree.path)/file", "security.capability", nil, 0) == -1 && errno == ENODATA)
     }
 
     @Test("an O_TRUNC OPEN (ATOMIC_O_TRUNC) by a non-root caller drops the set-id bits, which the guest leaves to it",
