@@ -39,7 +39,6 @@ public final class InodeData: Sendable {
     let descriptor: CInt
     /// The file handle, when the node holds no descriptor.
     let handle: KernelFileHandle?
-    /// A descriptor on the handle's mount (owned by the file system's mount table), for open_by_handle_at.
     /// The descriptor of the handle's mount (shared with the file system's mount table), for open_by_handle_at.
     let mount: MountTable.Mount?
     /// What the file looked like when the guest last had it open (`--cache auto`): if it still looks the same

@@ -172,6 +172,7 @@ struct Bench: ParsableCommand {
 
     /// The back-end's CPU time so far, seconds (with its children: a sandbox's worker).
     func cpuOf(_ pid: Int32) -> Double { cpuTime(pid: pid) }
+    func userCPUOf(_ pid: Int32) -> Double { userCPUTime(pid: pid) }
 
     func measure(command: String, queues: Int, plan: [Operation], directory: String, host: HostBaseline) throws -> [Result] {
         let (process, socket) = try launch(command: command, directory: directory)
@@ -412,7 +413,8 @@ func processParents() -> [Int32: Int32] {
 /// CPU seconds used by a process and every process below it (a daemon that forks into its sandbox, like the C
 /// virtiofsd, works in a child): the sum of its threads' run time from /proc/PID/task/TID/schedstat, which the
 /// kernel keeps in nanoseconds (the user and system ticks of /proc/PID/stat are 10 ms coarse).
-func cpuTime(pid: Int32) -> Double {
+/// The /proc directories of every thread of `pid` and of its descendants.
+func taskDirectories(of pid: Int32) -> [String] {
     let parents = processParents()
     func descends(_ id: Int32) -> Bool {
         var current = id
@@ -423,16 +425,39 @@ func cpuTime(pid: Int32) -> Double {
         }
         return false
     }
-    var nanoseconds: UInt64 = 0
+    var directories: [String] = []
     for id in parents.keys where descends(id) {
         for task in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(id)/task")) ?? [] {
-            if let text = try? String(contentsOfFile: "/proc/\(id)/task/\(task)/schedstat", encoding: .utf8),
-               let first = text.split(separator: " ").first, let value = UInt64(first) {
-                nanoseconds += value
-            }
+            directories.append("/proc/\(id)/task/\(task)")
+        }
+    }
+    return directories
+}
+
+/// CPU seconds run by `pid` and its descendants (schedstat: nanoseconds, user and system together).
+func cpuTime(pid: Int32) -> Double {
+    var nanoseconds: UInt64 = 0
+    for task in taskDirectories(of: pid) {
+        if let text = try? String(contentsOfFile: task + "/schedstat", encoding: .utf8),
+           let first = text.split(separator: " ").first, let value = UInt64(first) {
+            nanoseconds += value
         }
     }
     return Double(nanoseconds) / 1e9
+}
+
+/// CPU seconds `pid` and its descendants ran in user mode (utime of /proc/.../stat, in clock ticks: measure
+/// spans of a second or more).
+func userCPUTime(pid: Int32) -> Double {
+    var ticks = 0
+    for task in taskDirectories(of: pid) {
+        guard let text = try? String(contentsOfFile: task + "/stat", encoding: .utf8),
+              let end = text.lastIndex(of: ")") else { continue }
+        // After "pid (comm)": state is field 3, utime field 14.
+        let fields = text[text.index(after: end)...].split(separator: " ")
+        if fields.count > 11, let value = Int(fields[11]) { ticks += value }
+    }
+    return Double(ticks) / Double(sysconf(Int32(_SC_CLK_TCK)))
 }
 
 /// CPU seconds used by this process's own threads (not its children: the back-end is one).
