@@ -90,8 +90,8 @@ public enum HostIDResult<Host: ID>: Equatable, Sendable {
 }
 
 /// The translation of one kind of id (uids or gids) in both directions, built from rules whose source ranges
-/// must not overlap within a direction. With no rules an id is itself on both sides; with rules, an id no
-/// rule covers becomes the overflow id 65534 (nobody), on whichever side it arrives.
+/// must not overlap within a direction. An id no rule covers is itself on the other side, as in virtiofsd
+/// (with no rules, every id).
 public struct IDMap<Guest: ID, Host: ID>: Sendable {
     /// A source range [first, first + count) and where it goes.
     struct Range: Sendable {
@@ -168,7 +168,7 @@ public struct IDMap<Guest: ID, Host: ID>: Sendable {
             guard let value = range.apply(id.rawValue) else { return .forbidden }
             return .id(Host(value))
         }
-        return .id(Host(Self.overflowID))
+        return .id(Host(id.rawValue))
     }
 
     /// The guest id a host id shows as.
@@ -178,7 +178,7 @@ public struct IDMap<Guest: ID, Host: ID>: Sendable {
         for range in hostToGuest where range.contains(id.rawValue) {
             return Guest(range.apply(id.rawValue) ?? Self.overflowID)
         }
-        return Guest(Self.overflowID)
+        return Guest(id.rawValue)
     }
 }
 

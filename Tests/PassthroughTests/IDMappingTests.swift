@@ -22,15 +22,15 @@ struct IDMappingTests {
         }
     }
 
-    @Test("map works both ways; unmapped ids become 65534 on either side; no rules is the identity")
+    @Test("map works both ways; an id no rule covers passes unchanged on either side, as in virtiofsd; no rules is the identity")
     func directions() throws {
         let map = try UIDMap(rules("map:0:1000:1", "map:1000:0:1"))
         #expect(map.toHost(GuestUID(0)) == .id(HostUID(1000)))
         #expect(map.toHost(GuestUID(1000)) == .id(HostUID(0)))
-        #expect(map.toHost(GuestUID(5)) == .id(HostUID(65534)))
+        #expect(map.toHost(GuestUID(5)) == .id(HostUID(5)))
         #expect(map.toGuest(HostUID(1000)) == GuestUID(0))
         #expect(map.toGuest(HostUID(0)) == GuestUID(1000))
-        #expect(map.toGuest(HostUID(7)) == GuestUID(65534))
+        #expect(map.toGuest(HostUID(7)) == GuestUID(7))
         let identity = try UIDMap([])
         #expect(identity.isIdentity)
         #expect(identity.toHost(GuestUID(42)) == .id(HostUID(42)))
@@ -42,9 +42,9 @@ struct IDMappingTests {
         let map = try GIDMap(rules("guest:100:2100:10", "host:3000:50:5", "squash-guest:200:9000:100",
                                    "squash-host:4000:60:1000", "forbid-guest:0:100"))
         #expect(map.toHost(GuestGID(105)) == .id(HostGID(2105)))
-        #expect(map.toGuest(HostGID(2105)) == GuestGID(65534))  // guest: only guest to host
+        #expect(map.toGuest(HostGID(2105)) == GuestGID(2105))  // guest: only guest to host
         #expect(map.toGuest(HostGID(3004)) == GuestGID(54))
-        #expect(map.toHost(GuestGID(350)) == .id(HostGID(65534)))  // no guest-side rule for 350
+        #expect(map.toHost(GuestGID(350)) == .id(HostGID(350)))  // no guest-side rule for 350
         #expect(map.toHost(GuestGID(299)) == .id(HostGID(9000)))
         #expect(map.toGuest(HostGID(4999)) == GuestGID(60))
         #expect(map.toHost(GuestGID(0)) == .forbidden)
@@ -78,7 +78,7 @@ struct IDMappingTests {
             logger: logger)
     }
 
-    @Test("with map:0:1000:1, guest root creates host 1000:1000 files, and sees host 1000 as root and others as 65534")
+    @Test("with map:0:1000:1, guest root creates host 1000:1000 files, and sees host 1000 as root and others as they are")
     func appliedByTheFileSystem() throws {
         let tree = TemporaryTree()
         chmod(tree.path, 0o777)
@@ -98,8 +98,8 @@ struct IDMappingTests {
         let mine = try withName("mine") { try fs.lookup(guestRoot, parent: fuseRootID, name: $0) }
         #expect(mine.attributes.uid == 0 && mine.attributes.gid == 0)
         let theirs = try withName("theirs") { try fs.lookup(guestRoot, parent: fuseRootID, name: $0) }
-        #expect(theirs.attributes.uid == 65534 && theirs.attributes.gid == 65534)
-        #expect(try fs.getattr(guestRoot, node: theirs.nodeID, handle: nil).attributes.uid == 65534)
+        #expect(theirs.attributes.uid == 1234 && theirs.attributes.gid == 1234)
+        #expect(try fs.getattr(guestRoot, node: theirs.nodeID, handle: nil).attributes.uid == 1234)
 
         // chown to guest root is chown to host 1000; to a forbidden guest id, EPERM.
         let back = try fs.setattr(guestRoot, node: theirs.nodeID, changes: AttributeChanges(uid: 0, gid: 0))
