@@ -19,6 +19,8 @@
 #include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <linux/sched.h>
+#include <poll.h>
+#include <sys/signalfd.h>
 
 int cvfs_errno(void) { return errno; }
 void cvfs_set_errno(int value) { errno = value; }
@@ -477,4 +479,56 @@ int cvfs_fuzz_confine(const char *const *writable, size_t count, const char *scr
     char options[64];
     snprintf(options, sizeof options, "size=%um,mode=0755", scratch_mib);
     return mount("fuzz-scratch", scratch, "tmpfs", MS_NOSUID, options);
+}
+
+// --- stopping on SIGTERM and SIGINT ------------------------------------------------------------------------
+
+int cvfs_stop_signalfd(void) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    if (pthread_sigmask(SIG_BLOCK, &set, NULL) != 0) return -1;
+    return signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+}
+
+int cvfs_stop_signal_read(int fd) {
+    struct signalfd_siginfo info;
+    ssize_t n = read(fd, &info, sizeof info);
+    return n == (ssize_t)sizeof info ? (int)info.ssi_signo : 0;
+}
+
+int cvfs_wait_readable(int fd, int stop_fd) {
+    struct pollfd fds[2] = { { .fd = fd, .events = POLLIN }, { .fd = stop_fd, .events = POLLIN } };
+    for (;;) {
+        int n = poll(fds, 2, -1);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return -1;
+        if (fds[1].revents) return 0;
+        if (fds[0].revents) return 1;
+    }
+}
+
+static volatile pid_t cvfs_stop_child;
+
+static void cvfs_forward_stop(int sig) {
+    int saved = errno;
+    if (cvfs_stop_child > 0) kill(cvfs_stop_child, sig);
+    errno = saved;
+}
+
+void cvfs_forward_stop_signals(pid_t child) {
+    cvfs_stop_child = child;
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = cvfs_forward_stop;
+    action.sa_flags = SA_RESTART;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGTERM, &action, NULL);
+    sigaction(SIGINT, &action, NULL);
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
 }

@@ -97,7 +97,7 @@ public enum Sandbox {
             var child: pid_t? = nil
             try step("fork") { child = try ProcessControl.fork() }
             if let child {
-                let status = ProcessControl.waitForExit(child)
+                let status = ProcessControl.waitForDaemonChild(child)
                 if status == 128 + SIGSYS {
                     logger.error("the daemon was killed by SIGSYS: a system call outside the seccomp allowlist (try --seccomp log to find it)")
                 }
@@ -133,7 +133,7 @@ public enum Sandbox {
         if let child {
             var ready: UInt8? = nil
             do { ready = try toParent.wait() } catch {}
-            guard ready == 1 else { ProcessControl.exitNow(ProcessControl.waitForExit(child)) }
+            guard ready == 1 else { ProcessControl.exitNow(ProcessControl.waitForDaemonChild(child)) }
             do {
                 try writeMaps(for: child, uid: uid, gid: gid, uidMaps: uidMaps, gidMaps: gidMaps)
                 try toChild.signal(1)
@@ -141,7 +141,7 @@ public enum Sandbox {
                 logger.error("\(error)")
                 try? toChild.signal(0)
             }
-            ProcessControl.exitNow(ProcessControl.waitForExit(child))
+            ProcessControl.exitNow(ProcessControl.waitForDaemonChild(child))
         }
         do {
             try ProcessControl.setParentDeathSignal(SIGKILL)

@@ -14,6 +14,13 @@ public enum ProcessControl {
         return pid == 0 ? nil : pid
     }
 
+    /// In a parent that has forked the daemon's working process and only waits for it: passes SIGTERM and
+    /// SIGINT on to it (so that it stops as it would itself) and returns its exit status, as `waitForExit`.
+    public static func waitForDaemonChild(_ pid: pid_t) -> Int32 {
+        cvfs_forward_stop_signals(pid)
+        return waitForExit(pid)
+    }
+
     /// Waits for `pid` to end; its exit status, or 128 + the signal that ended it.
     public static func waitForExit(_ pid: pid_t) -> Int32 {
         // SAFETY: waitpid writes the status into this local.
@@ -128,5 +135,33 @@ public struct SyncPipe: ~Copyable {
         var byte: UInt8 = 0
         let n = try valueOrErrno { unsafe read(readEnd.rawValue, &byte, 1) }
         return n == 1 ? byte : nil
+    }
+}
+
+/// SIGTERM and SIGINT as something to wait for: blocked in every thread (those started after `init` inherit
+/// the mask), and readable on a signalfd, so that the thread that waits for the front-end sees them between
+/// messages and the daemon stops in order instead of dying where it stands.
+public final class StopSignals: Sendable {
+    public let fd: OwnedFD
+
+    /// Blocks the two signals in the calling thread. Call before any other thread starts (and before a fork:
+    /// the child inherits the mask and the descriptor, which then reads the child's own signals).
+    public init() throws(Errno) {
+        fd = OwnedFD(taking: try valueOrErrno { cvfs_stop_signalfd() })
+    }
+
+    /// Waits until `other` is readable (true) or a stop signal is pending (false).
+    public func waitReadable(_ other: FileDescriptor) throws(Errno) -> Bool {
+        try valueOrErrno { cvfs_wait_readable(other.rawValue, fd.rawValue) } == 1
+    }
+
+    /// The pending stop signal's name, consuming it ("SIGTERM", "SIGINT"), or nil.
+    public func take() -> String? {
+        switch cvfs_stop_signal_read(fd.rawValue) {
+        case SIGTERM: "SIGTERM"
+        case SIGINT: "SIGINT"
+        case 0: nil
+        case let other: "signal \(other)"
+        }
     }
 }

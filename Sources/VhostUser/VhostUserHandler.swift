@@ -60,8 +60,17 @@ public final class VhostUserHandler {
     /// Serves the connection until the front-end closes it (returns) or breaks the protocol (throws).
     /// Every queue worker is stopped before it returns.
     public func serve(_ connection: borrowing VhostUserConnection) throws(VhostUserError) {
+        _ = try serve(connection) { _ in true }
+    }
+
+    /// As `serve`, but before each message `waitForMessage` waits for the socket to be readable and may say to
+    /// stop instead (false): then the queue workers are stopped (each answers what it is serving) and serve
+    /// returns true. Returns false when the front-end closes the connection.
+    public func serve(_ connection: borrowing VhostUserConnection, waitForMessage: (FileDescriptor) -> Bool) throws(VhostUserError) -> Bool {
         defer { stopAll() }
-        while let message = try connection.receive() {
+        while true {
+            guard waitForMessage(connection.socket.borrowed) else { return true }
+            guard let message = try connection.receive() else { return false }
             try handle(message, on: connection)
         }
     }

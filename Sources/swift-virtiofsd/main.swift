@@ -33,7 +33,9 @@ struct SwiftVirtiofsd: ParsableCommand {
             return
         }
         if options.printCapabilities {
-            print(#"{"type": "fs", "features": []}"#)
+            // vhost-user.json's back-end capabilities: the long options work as libvirt passes them. Not
+            // migrate-precopy: there is no migration here.
+            print(#"{"type": "fs", "features": ["separate-options"]}"#)
             return
         }
         let config: Configuration
@@ -65,6 +67,15 @@ struct Daemon {
         CrashReporting.install(program: "swift-virtiofsd")
         ProcessSettings.unblockAllSignals()
         ProcessSettings.ignoreBrokenPipe()
+        // SIGTERM and SIGINT stop the daemon in order: blocked here, before any thread or fork (a sandbox's
+        // working process inherits both the mask and the descriptor, and its parent passes them on).
+        let stopSignals: StopSignals
+        do {
+            stopSignals = try StopSignals()
+        } catch {
+            logger.error("cannot watch for SIGTERM: \(error)")
+            return 1
+        }
         // The guest's mode bits arrive already masked by the guest's umask; the host's must not mask them again.
         ProcessSettings.setUmask(0)
         if ThreadCredentials.effectiveUID == 0 {
@@ -161,6 +172,10 @@ struct Daemon {
         logger.info("waiting for the front-end on \(place) (sandbox \(config.sandbox.rawValue), seccomp \(config.seccomp.rawValue))")
         let connection: VhostUserConnection
         do {
+            guard try stopSignals.waitReadable(listener.borrowed) else {
+                logger.info("\(stopSignals.take() ?? "a stop signal") before a front-end connected; exiting")
+                return 0
+            }
             connection = VhostUserConnection(socket: try UnixSocket.accept(listener.borrowed))
         } catch {
             logger.error("cannot accept a front-end connection: \(error)")
@@ -168,15 +183,20 @@ struct Daemon {
         }
         logger.info("front-end connected; sharing \(config.sharedDirectory) with cache=\(config.cache.rawValue)")
         let handler = VhostUserHandler(backend: backend, logger: logger, procSelf: fileSystem.procSelf)
+        let stopped: Bool
         do {
-            try handler.serve(connection)
+            stopped = try handler.serve(connection) { socket in (try? stopSignals.waitReadable(socket)) ?? false }
         } catch {
             logger.error("vhost-user: \(error); disconnecting")
             backend.reset()
             return 1
         }
         backend.reset()
-        logger.info("front-end disconnected; exiting")
+        if stopped {
+            logger.info("\(stopSignals.take() ?? "a stop signal"): the queues are stopped, the requests they were serving answered; exiting")
+        } else {
+            logger.info("front-end disconnected; exiting")
+        }
         return 0
     }
 }

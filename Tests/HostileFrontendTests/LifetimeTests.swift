@@ -85,6 +85,31 @@ struct LifetimeTests {
         #expect(eventually { daemon.threadCount == daemon.idleThreads }, "threads left after the reset: \(daemon.threadCount)")
     }
 
+    @Test("SIGTERM or SIGINT with requests in flight: each request the queue took is answered, one log line, status 0",
+          arguments: [(SIGTERM, "none"), (SIGINT, "none"), (SIGTERM, "namespace")])
+    func stopSignal(signal: Int32, sandbox: String) throws {
+        let daemon = try DaemonUnderTest(["--sandbox", sandbox, "--thread-pool-size", "2"])
+        let session = try Session(daemon, queueSize: 1024)
+        let (_, _, waiting) = try waitingLock(session, daemon)
+        var heads = [waiting]
+        for _ in 0..<300 {
+            heads.append(session.requests.submit(frame(.getattr, unique: session.unique, uid: 0, gid: 0, bytes(fuse_getattr_in())), replyLength: 128, kick: false))
+        }
+        session.requests.kick.signal()
+        usleep(2_000)
+        kill(daemon.pid, signal)
+        #expect(daemon.waitForExit(seconds: 10) == 0, "\(daemon.log)")
+        // The lock wait was the queue's: it is answered (EINTR), not left for a guest that will never hear.
+        let reply = session.requests.wait(for: waiting, milliseconds: 100)
+        #expect(reply.map { outHeader($0).error } == -EINTR, "\(daemon.log)")
+        // Every answer is whole: a GETATTR's reply, never a torn one.
+        for head in heads.dropFirst() where session.requests.isDone(head) {
+            #expect(session.requests.wait(for: head, milliseconds: 0).map { outHeader($0).error } == 0)
+        }
+        let name = signal == SIGTERM ? "SIGTERM" : "SIGINT"
+        #expect(daemon.log.split(separator: "\n").filter { $0.contains(name) }.count == 1, "\(daemon.log)")
+    }
+
     @Test("a front-end that goes away with a lock wait in flight: the daemon exits at once, cleanly")
     func frontEndGone() throws {
         let daemon = try DaemonUnderTest()

@@ -143,6 +143,17 @@ extern const int CVFS_AT_STATX_SYNC_TYPE;
 /// all allowed under every seccomp mode; they replace the Swift runtime's crash handler, which needs calls
 /// (socketpair, a helper process) that the filter forbids. `program` prefixes the line.
 void cvfs_install_crash_handlers(const char *program);
+
+/// Blocks SIGTERM and SIGINT in the calling thread (threads started later inherit the mask) and returns a
+/// signalfd that becomes readable when either arrives (close-on-exec, non-blocking), or -1 with errno.
+int cvfs_stop_signalfd(void);
+/// Reads one pending signal from `fd` (a cvfs_stop_signalfd): its number, or 0 when none is pending.
+int cvfs_stop_signal_read(int fd);
+/// Waits until `fd` or `stop_fd` is readable: 1 for fd, 0 for stop_fd (stop_fd wins a tie), -1 with errno.
+int cvfs_wait_readable(int fd, int stop_fd);
+/// In a parent that only waits for `child`: SIGTERM and SIGINT are passed on to the child (whose exit the
+/// parent then reports), not taken by the parent.
+void cvfs_forward_stop_signals(pid_t child);
 /// Gives the calling thread an alternate signal stack, so that a stack overflow can still be reported.
 /// Returns the stack, to be passed to `cvfs_free_alternate_signal_stack` when the thread ends.
 void *cvfs_alternate_signal_stack(void);
