@@ -26,7 +26,7 @@ struct DaemonOptions: ParsableArguments {
     @Option(name: .customLong("thread-pool-size"), help: "Worker threads besides the queue threads (0: requests run on their queue's thread).")
     var threadPoolSize: Int = 0
 
-    @Option(name: .customLong("log-level"), help: "error | warn | info | debug | trace | off (default info).")
+    @Option(name: .customLong("log-level"), help: "error | warn | info | debug | trace | off, in any case (default info; the C daemon's err too).")
     var logLevel: String = "info"
 
     @Flag(name: .customLong("xattr"), help: "Serve extended attributes (off by default, as virtiofsd).")
@@ -95,7 +95,39 @@ struct DaemonOptions: ParsableArguments {
     @Flag(name: .customLong("print-capabilities"), help: "Print the vhost-user back-end capabilities as JSON and exit.")
     var printCapabilities = false
 
-    @Option(name: .customShort("o"), help: ArgumentHelp("Compat options, comma-separated: source=DIR, cache=MODE, xattr, no_xattr, readdirplus, no_readdirplus, log_level=LEVEL.", valueName: "opt[,opt...]"))
+    @Flag(name: .customLong("allow-mmap"), help: "Let the guest map files opened with DIRECT_IO (cache never and metadata): always so here, where the guest offers FUSE_DIRECT_IO_ALLOW_MMAP (Linux 6.6 and later).")
+    var allowMmap = false
+
+    @Option(name: .customLong("tag"), help: ArgumentHelp("The virtio-fs tag, for front-ends that read it from the back-end: not supported (QEMU takes it from -device ... tag=).", visibility: .hidden))
+    var tag: String?
+
+    @Flag(name: .customLong("syslog"), help: ArgumentHelp("Log to the system log: not supported yet (the log goes to standard error).", visibility: .hidden))
+    var syslog = false
+
+    @Option(name: .customLong("xattrmap"), help: ArgumentHelp("Extended attribute name mapping: not supported yet.", visibility: .hidden))
+    var xattrmap: String?
+
+    @Option(name: .customLong("migration-mode"), help: .hidden)
+    var migrationMode: String?
+
+    @Option(name: .customLong("migration-on-error"), help: .hidden)
+    var migrationOnError: String?
+
+    @Flag(name: .customLong("migration-verify-handles"), help: .hidden)
+    var migrationVerifyHandles = false
+
+    @Flag(name: .customLong("migration-confirm-paths"), help: .hidden)
+    var migrationConfirmPaths = false
+
+    @Option(name: .customShort("o", allowingJoined: true), help: ArgumentHelp("""
+        Compat options (the C virtiofsd's), comma-separated: source=DIR, cache=none|never|metadata|auto|always, \
+        xattr|no_xattr, readdirplus|no_readdirplus, posix_lock|no_posix_lock, flock|no_flock, writeback|no_writeback, \
+        allow_direct_io|no_allow_direct_io, posix_acl|no_posix_acl, security_label|no_security_label, \
+        killpriv_v2|no_killpriv_v2, announce_submounts|no_announce_submounts, readonly, sandbox=namespace|chroot|none, \
+        modcaps=+cap:-cap, log_level=debug|info|warn|err (or loglevel=), debug; accepted with no effect here: \
+        timeout=N (the cache mode sets the timeouts), norace (nothing here races a path), max_idle_threads=N, \
+        allow_root (FUSE's, for a mount on the host).
+        """, valueName: "opt[,opt...]"))
     var compat: [String] = []
 
     @Flag(name: .customShort("f"), help: "Compat: stay in the foreground (always so).")
@@ -104,7 +136,7 @@ struct DaemonOptions: ParsableArguments {
     @Flag(name: .customShort("d"), help: "Compat: debug logging.")
     var debug = false
 
-    @Flag(name: .customLong("version"), help: "Print the version and exit.")
+    @Flag(name: [.customLong("version"), .customShort("V")], help: "Print the version and exit.")
     var version = false
 }
 
@@ -168,6 +200,8 @@ struct Configuration {
         var announceSubmounts = options.announceSubmounts
         var allowDirectIO = options.allowDirectIO
         var posixACL = options.posixACL
+        var securityLabel = options.securityLabel
+        var modcaps = options.modcaps
         var sandboxText = options.sandbox ?? "namespace"
         for group in options.compat {
             for item in group.split(separator: ",").map(String.init) {
@@ -180,7 +214,13 @@ struct Configuration {
                 case ("no_xattr", nil): xattr = false
                 case ("readdirplus", nil): readdirplus = true
                 case ("no_readdirplus", nil): readdirplus = false
-                case ("log_level", let level?): logLevelText = level
+                case ("log_level", let level?), ("loglevel", let level?): logLevelText = level
+                case ("debug", nil): logLevelText = "debug"
+                case ("modcaps", let list?): modcaps = modcaps.map { $0 + ":" + list } ?? list
+                case ("security_label", nil): securityLabel = true
+                case ("no_security_label", nil): securityLabel = false
+                case ("no_announce_submounts", nil): announceSubmounts = false
+                case ("xattrmap", _): throw Invalid(description: "-o xattrmap: extended attribute mapping is not supported yet")
                 case ("readonly", nil): readOnly = true
                 case ("posix_acl", nil): posixACL = true
                 case ("no_posix_acl", nil): posixACL = false
@@ -197,8 +237,10 @@ struct Configuration {
                 case ("flock", nil): flockLocks = true
                 case ("no_flock", nil): flockLocks = false
                 case ("sandbox", let mode?): sandboxText = mode
-                // Accepted for compatibility: the C daemon's cache timeout has no equivalent here.
-                case ("timeout", _):
+                // Accepted for compatibility, with no effect here: the C daemon's cache timeout (the cache mode sets
+                // the timeouts), its racy path fallback (nothing here resolves a path that could race), its idle
+                // worker cap, and FUSE's allow_root (for a FUSE mount on the host, which there is none of).
+                case ("timeout", _), ("norace", nil), ("max_idle_threads", _), ("allow_root", nil):
                     break
                 default:
                     throw Invalid(description: "unknown -o option '\(item)'")
@@ -231,9 +273,21 @@ struct Configuration {
             throw Invalid(description: "--debug-probe takes one of \(DebugProbe.names.joined(separator: ", "))")
         }
         debugProbe = options.debugProbe
-        switch logLevelText {
+        if options.tag != nil {
+            throw Invalid(description: "--tag: not supported; the front-end sets the tag (QEMU: -device vhost-user-fs-pci,...,tag=NAME)")
+        }
+        if options.syslog {
+            throw Invalid(description: "--syslog: not supported yet; the log goes to standard error")
+        }
+        if options.xattrmap != nil {
+            throw Invalid(description: "--xattrmap: extended attribute mapping is not supported yet")
+        }
+        if options.migrationMode != nil || options.migrationOnError != nil || options.migrationVerifyHandles || options.migrationConfirmPaths {
+            throw Invalid(description: "--migration-*: migration is not supported (QEMU 7.2 cannot migrate a vhost-user-fs device)")
+        }
+        switch logLevelText.lowercased() {
         case "off": logLevel = nil
-        case "error": logLevel = .error
+        case "error", "err": logLevel = .error
         case "warn", "warning": logLevel = .warning
         case "info": logLevel = .info
         case "debug": logLevel = .debug
@@ -257,7 +311,7 @@ struct Configuration {
             throw Invalid(description: "--seccomp takes kill, log, trap or none, not '\(options.seccomp)'")
         }
         do {
-            capabilities = try Capabilities.set(fileHandles: inodeFileHandles != .never, modifications: options.modcaps)
+            capabilities = try Capabilities.set(fileHandles: inodeFileHandles != .never, modifications: modcaps)
             uidMaps = try options.uidMap.map { (text) throws(NamespaceIDMap.Invalid) in try NamespaceIDMap(parsing: text) }
             gidMaps = try options.gidMap.map { (text) throws(NamespaceIDMap.Invalid) in try NamespaceIDMap(parsing: text) }
         } catch let error as Capabilities.Invalid {
@@ -292,7 +346,7 @@ struct Configuration {
         self.announceSubmounts = announceSubmounts
         self.inodeFileHandles = inodeFileHandles
         self.posixACL = posixACL
-        self.securityLabel = options.securityLabel
+        self.securityLabel = securityLabel
         self.sharedDirectory = sharedDirectory
         self.cache = cache
         self.xattr = xattr
