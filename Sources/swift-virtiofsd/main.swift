@@ -201,4 +201,13 @@ struct Daemon {
     }
 }
 
-SwiftVirtiofsd.main()
+/// The C daemon's `-oOPTS` (the value joined to the flag, `=` and all: `-osource=/srv`) as `-o OPTS`, which the
+/// argument parser would otherwise read as an unknown option `-osource`.
+func separatingJoinedCompatOptions(_ arguments: [String]) -> [String] {
+    arguments.flatMap { argument -> [String] in
+        guard argument.hasPrefix("-o"), argument.count > 2, !argument.hasPrefix("-o=") else { return [argument] }
+        return ["-o", String(argument.dropFirst(2))]
+    }
+}
+
+SwiftVirtiofsd.main(separatingJoinedCompatOptions(Array(CommandLine.arguments.dropFirst())))

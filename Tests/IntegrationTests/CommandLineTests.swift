@@ -1,0 +1,76 @@
+// SPDX-License-Identifier: Apache-2.0
+
+import Foundation
+import Glibc
+import Testing
+
+/// The command lines of existing virtiofsd set-ups (scripts, systemd units, libvirt) start the daemon; what it
+/// cannot honour it refuses with one line naming the option.
+@Suite("virtiofsd's command line")
+struct CommandLineTests {
+    /// Starts the daemon with `arguments` on a fresh socket and share; once it waits for a front-end (or has
+    /// exited), stops it with SIGTERM. Its exit status and log.
+    func start(_ arguments: [String]) throws -> (status: Int32, log: String) {
+        let directory = NSTemporaryDirectory() + "command-line-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: directory + "/share", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let logPath = directory + "/log"
+        FileManager.default.createFile(atPath: logPath, contents: nil)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: backend)
+        process.arguments = ["--socket-path=\(directory)/sock", "--sandbox=none"] + arguments.map {
+            $0.replacingOccurrences(of: "SHARE", with: directory + "/share")
+        }
+        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
+        process.standardOutput = process.standardError
+        try process.run()
+        func log() -> String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+        // Listening (the socket is there), and a moment to get past its set-up (whatever the log level shows).
+        for _ in 0..<500 where process.isRunning && !FileManager.default.fileExists(atPath: directory + "/sock") { usleep(10_000) }
+        usleep(300_000)
+        if process.isRunning { kill(process.processIdentifier, SIGTERM) }
+        process.waitUntilExit()
+        return (process.terminationStatus, log())
+    }
+
+    @Test("virtiofsd's and the C daemon's spellings start the daemon", arguments: [
+        ["--shared-dir", "SHARE", "-V"],
+        ["-o", "source=SHARE", "-ono_flock,no_posix_lock"],
+        ["-o=source=SHARE,cache=none,xattr,no_readdirplus,writeback,no_writeback,allow_direct_io,announce_submounts"],
+        ["-osource=SHARE", "-o", "log_level=err,norace,timeout=5,max_idle_threads=4,allow_root,debug"],
+        ["-o", "source=SHARE,loglevel=warn,security_label,no_security_label,no_announce_submounts,modcaps=-mknod"],
+        ["--shared-dir=SHARE", "--log-level", "DEBUG", "--allow-mmap", "--thread-pool-size=4", "--rlimit-nofile=4096"],
+        ["--shared-dir=SHARE", "--log-level=Warn", "--cache=metadata", "--inode-file-handles=prefer", "--xattr", "--readonly"],
+        ["--shared-dir=SHARE", "-d", "-f", "--no-killpriv-v2", "--no-announce-submounts", "--preserve-noatime"],
+    ])
+    func accepted(arguments: [String]) throws {
+        let (status, log) = try start(arguments)
+        #expect(status == 0, "\(arguments): \(log)")
+        if !arguments.contains("-V") && !arguments.joined().lowercased().contains("err") && !arguments.joined().lowercased().contains("warn") {
+            #expect(log.contains("waiting for the front-end") && log.contains("SIGTERM before a front-end connected"), "\(log)")
+        }
+    }
+
+    @Test("what it cannot honour is refused with one line naming the option (status 64)", arguments: [
+        (["--shared-dir=SHARE", "--tag=myfs"], "--tag"),
+        (["--shared-dir=SHARE", "--syslog"], "--syslog"),
+        (["--shared-dir=SHARE", "--xattrmap=:ok:all:::"], "--xattrmap"),
+        (["-o", "source=SHARE,xattrmap=:ok:all:::"], "-o xattrmap"),
+        (["--shared-dir=SHARE", "--migration-mode=find-paths"], "--migration"),
+        (["--shared-dir=SHARE", "--log-level=loud"], "--log-level"),
+        (["-o", "source=SHARE,nonsense"], "nonsense"),
+    ])
+    func refused(arguments: [String], option: String) throws {
+        let (status, log) = try start(arguments)
+        #expect(status == 64, "\(arguments): \(log)")
+        let lines = log.split(separator: "\n").filter { !$0.isEmpty && !$0.hasPrefix("Usage") && !$0.hasPrefix("  See") }
+        #expect(lines.count == 1 && lines[0].contains(option), "\(log)")
+    }
+
+    @Test("--print-capabilities: separate options, and no migration")
+    func capabilities() throws {
+        let result = try run([backend, "--print-capabilities"])
+        #expect(result.status == 0)
+        #expect(result.output.contains("\"separate-options\"") && !result.output.contains("migrate"), "\(result.output)")
+    }
+}
