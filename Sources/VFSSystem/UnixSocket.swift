@@ -65,6 +65,29 @@ public enum UnixSocket {
         return fd
     }
 
+    /// A datagram socket connected to the one at `path` (the system log's `/dev/log`), non-blocking: a send that
+    /// would wait fails with EAGAIN instead.
+    public static func connectDatagram(path: String) throws(Errno) -> OwnedFD {
+        // SAFETY: the address is a local sockaddr_un, read as such for its size.
+        let type = CInt(SOCK_DGRAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue) | CInt(SOCK_NONBLOCK.rawValue)
+        let fd = OwnedFD(taking: try valueOrErrno { socket(AF_UNIX, type, 0) })
+        var address = try socketAddress(path)
+        try nothingOrErrno {
+            unsafe withUnsafePointer(to: &address) {
+                unsafe $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    unsafe Glibc.connect(fd.rawValue, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+                }
+            }
+        }
+        return fd
+    }
+
+    /// Sends `bytes` as one message (sendmsg, which the seccomp allowlist has for the front-end's socket).
+    public static func send(_ fd: FileDescriptor, _ bytes: UnsafeRawBufferPointer) throws(Errno) {
+        // SAFETY: the bytes are read during the call; no descriptors are attached.
+        _ = try valueOrErrno { unsafe cvfs_send_with_fds(fd.rawValue, bytes.baseAddress, bytes.count, nil, 0) }
+    }
+
     /// Accepts one connection on a listening socket. The corresponding C function is `accept4`.
     public static func accept(_ listener: FileDescriptor) throws(Errno) -> OwnedFD {
         OwnedFD(taking: try valueOrErrno { cvfs_accept4(listener.rawValue, CInt(SOCK_CLOEXEC.rawValue)) })

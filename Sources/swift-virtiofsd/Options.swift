@@ -101,8 +101,11 @@ struct DaemonOptions: ParsableArguments {
     @Option(name: .customLong("tag"), help: ArgumentHelp("The virtio-fs tag, for front-ends that read it from the back-end: not supported (QEMU takes it from -device ... tag=).", visibility: .hidden))
     var tag: String?
 
-    @Flag(name: .customLong("syslog"), help: ArgumentHelp("Log to the system log: not supported yet (the log goes to standard error).", visibility: .hidden))
+    @Flag(name: .customLong("syslog"), help: "Log to the system log (/dev/log, facility user) instead of standard error.")
     var syslog = false
+
+    @Option(name: .customLong("syslog-socket"), help: .hidden)
+    var syslogSocket: String = "/dev/log"
 
     @Option(name: .customLong("xattrmap"), help: ArgumentHelp("Extended attribute name mapping: not supported yet.", visibility: .hidden))
     var xattrmap: String?
@@ -275,9 +278,6 @@ struct Configuration {
         debugProbe = options.debugProbe
         if options.tag != nil {
             throw Invalid(description: "--tag: not supported; the front-end sets the tag (QEMU: -device vhost-user-fs-pci,...,tag=NAME)")
-        }
-        if options.syslog {
-            throw Invalid(description: "--syslog: not supported yet; the log goes to standard error")
         }
         if options.xattrmap != nil {
             throw Invalid(description: "--xattrmap: extended attribute mapping is not supported yet")

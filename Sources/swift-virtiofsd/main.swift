@@ -45,10 +45,20 @@ struct SwiftVirtiofsd: ParsableCommand {
             throw ValidationError(error.description)
         }
         let level = config.logLevel
+        var systemLog: SystemLogSocket? = nil
+        if options.syslog {
+            do {
+                systemLog = try SystemLogSocket(path: options.syslogSocket)
+            } catch {
+                throw ValidationError("--syslog: cannot reach the system log at \(options.syslogSocket): \(error)")
+            }
+        }
         LoggingSystem.bootstrap { label in
+            guard let level else { return SwiftLogNoOpLogHandler() }
+            if let systemLog { return SystemLogHandler(label: label, socket: systemLog, logLevel: level) }
             var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level ?? .critical
-            return level == nil ? SwiftLogNoOpLogHandler() : handler
+            handler.logLevel = level
+            return handler
         }
         let logger = Logger(label: "swift-virtiofsd")
         let status = Daemon(config: config, logger: logger).run()

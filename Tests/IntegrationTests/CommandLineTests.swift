@@ -53,7 +53,7 @@ struct CommandLineTests {
 
     @Test("what it cannot honour is refused with one line naming the option (status 64)", arguments: [
         (["--shared-dir=SHARE", "--tag=myfs"], "--tag"),
-        (["--shared-dir=SHARE", "--syslog"], "--syslog"),
+        (["--shared-dir=SHARE", "--syslog", "--syslog-socket=/nonexistent/log"], "--syslog"),
         (["--shared-dir=SHARE", "--xattrmap=:ok:all:::"], "--xattrmap"),
         (["-o", "source=SHARE,xattrmap=:ok:all:::"], "-o xattrmap"),
         (["--shared-dir=SHARE", "--migration-mode=find-paths"], "--migration"),
@@ -65,6 +65,35 @@ struct CommandLineTests {
         #expect(status == 64, "\(arguments): \(log)")
         let lines = log.split(separator: "\n").filter { !$0.isEmpty && !$0.hasPrefix("Usage") && !$0.hasPrefix("  See") }
         #expect(lines.count == 1 && lines[0].contains(option), "\(log)")
+    }
+
+    @Test("--syslog: each line is one datagram to the system log, <14>swift-virtiofsd[PID]: ..., none on standard error")
+    func systemLog() throws {
+        let path = NSTemporaryDirectory() + "syslog-" + UUID().uuidString
+        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+        #expect(fd >= 0)
+        defer { close(fd); unlink(path) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            for (i, byte) in path.utf8.enumerated() { raw[i] = byte }
+        }
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        #expect(bound == 0)
+        let (status, log) = try start(["--shared-dir=SHARE", "--syslog", "--syslog-socket=\(path)", "--sandbox=namespace"])
+        #expect(status == 0, "\(log)")
+        var lines: [String] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = recv(fd, &buffer, buffer.count, 0)
+            if n <= 0 { break }
+            lines.append(String(decoding: buffer[0..<n], as: UTF8.self))
+        }
+        #expect(lines.contains { $0.hasPrefix("<14>swift-virtiofsd[") && $0.contains("waiting for the front-end") }, "\(lines)")
+        #expect(lines.contains { $0.hasPrefix("<14>swift-virtiofsd[") && $0.contains("SIGTERM before a front-end connected") }, "\(lines)")
+        #expect(!log.contains("waiting for the front-end"), "\(log)")
     }
 
     @Test("--print-capabilities: separate options, and no migration")
