@@ -69,7 +69,17 @@ extension PassthroughFileSystem {
     func label(_ path: UnsafePointer<CChar>, _ context: RequestContext) throws(Errno) {
         // SAFETY: the label's name and value are views of the request, valid for the call.
         guard options.securityLabel, let label = context.securityContext else { return }
-        try unsafe PathCalls.setExtendedAttribute(path, label.nameCString, label.value, flags: 0)
+        guard let map = options.xattrMap else {
+            return try unsafe PathCalls.setExtendedAttribute(path, label.nameCString, label.value, flags: 0)
+        }
+        switch unsafe map.toHost(UnsafeRawBufferPointer(start: label.nameCString, count: strlen(label.nameCString))) {
+        case .refused(let error): throw error
+        case .name(let mapped):
+            try unsafe (mapped + [0]).withUnsafeBufferPointer { (bytes) throws(Errno) in
+                try unsafe PathCalls.setExtendedAttribute(
+                    path, UnsafeRawPointer(bytes.baseAddress!).assumingMemoryBound(to: CChar.self), label.value, flags: 0)
+            }
+        }
     }
 
     /// Labels a node just looked up after its creation.
@@ -429,8 +439,10 @@ extension PassthroughFileSystem {
         guard options.xattr else { throw .noFunction }
         try checkWritable()
         let data = try self.node(node)
-        try unsafe withProcPath(of: data) { (path) throws(Errno) in
-            try unsafe PathCalls.setExtendedAttribute(path, name.cString, value, flags: CInt(bitPattern: flags))
+        try unsafe withHostName(name) { (hostName) throws(Errno) in
+            try unsafe withProcPath(of: data) { (path) throws(Errno) in
+                try unsafe PathCalls.setExtendedAttribute(path, hostName, value, flags: CInt(bitPattern: flags))
+            }
         }
         // Setting an access ACL: the guest kernel found that the set-group-id bit must go, as it would locally.
         if killSGID {
@@ -444,8 +456,10 @@ extension PassthroughFileSystem {
         guard options.xattr else { throw .noFunction }
         try checkWritable()
         let data = try self.node(node)
-        try unsafe withProcPath(of: data) { (path) throws(Errno) in
-            try unsafe PathCalls.removeExtendedAttribute(path, name.cString)
+        try unsafe withHostName(name) { (hostName) throws(Errno) in
+            try unsafe withProcPath(of: data) { (path) throws(Errno) in
+                try unsafe PathCalls.removeExtendedAttribute(path, hostName)
+            }
         }
     }
 

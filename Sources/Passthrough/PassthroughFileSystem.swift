@@ -50,6 +50,8 @@ public struct PassthroughOptions: Sendable {
     /// arguments on the way in, and to every attribute on the way out.
     public var uidMap: UIDMap
     public var gidMap: GIDMap
+    /// `--xattrmap`: how extended attribute names go between guest and host (nil: unchanged).
+    public var xattrMap: XattrMap?
     /// An already open `/proc/self/fd` (a sandbox opens it before the shared directory becomes the root).
     public var procSelf: ProcSelfDirectory?
     /// Whether requests run as their guest user (nil: when the daemon runs as root).
@@ -60,12 +62,13 @@ public struct PassthroughOptions: Sendable {
         locks: Bool = true, flockLocks: Bool = true, allowDirectIO: Bool = false, preserveNoatime: Bool = false,
         announceSubmounts: Bool = true, killprivV2: Bool = false, writeback: Bool = false,
         inodeFileHandles: InodeFileHandles = .never, posixACL: Bool = false, securityLabel: Bool = false,
-        uidMap: UIDMap = UIDMap.identity, gidMap: GIDMap = GIDMap.identity, procSelf: ProcSelfDirectory? = nil,
+        uidMap: UIDMap = UIDMap.identity, gidMap: GIDMap = GIDMap.identity, xattrMap: XattrMap? = nil, procSelf: ProcSelfDirectory? = nil,
         switchCredentials: Bool? = nil
     ) {
         self.switchCredentials = switchCredentials
         self.uidMap = uidMap
         self.gidMap = gidMap
+        self.xattrMap = xattrMap
         self.procSelf = procSelf
         self.securityLabel = securityLabel
         self.inodeFileHandles = inodeFileHandles
@@ -612,8 +615,23 @@ public final class PassthroughFileSystem: FileSystem {
         // it.
         guard options.xattr else { throw .noFunction }
         let data = try self.node(node)
-        return try unsafe withProcPath(of: data) { (path) throws(Errno) -> Int in
-            try unsafe ExtendedAttributes.get(path: path, name: name.cString, into: buffer)
+        return try unsafe withHostName(name) { (hostName) throws(Errno) -> Int in
+            try unsafe withProcPath(of: data) { (path) throws(Errno) -> Int in
+                try unsafe ExtendedAttributes.get(path: path, name: hostName, into: buffer)
+            }
+        }
+    }
+
+    /// Runs `body` with the host's name for the guest's xattr `name` (`--xattrmap`; else the name itself).
+    func withHostName<T>(_ name: FUSEName, _ body: (UnsafePointer<CChar>) throws(Errno) -> T) throws(Errno) -> T {
+        // SAFETY: the mapped name is a NUL-terminated copy, valid while body runs.
+        guard let map = options.xattrMap else { return try unsafe body(name.cString) }
+        switch unsafe map.toHost(name.bytes) {
+        case .refused(let error): throw error
+        case .name(let mapped):
+            return try unsafe (mapped + [0]).withUnsafeBufferPointer { (bytes) throws(Errno) -> T in
+                try unsafe body(UnsafeRawPointer(bytes.baseAddress!).assumingMemoryBound(to: CChar.self))
+            }
         }
     }
 
@@ -622,9 +640,22 @@ public final class PassthroughFileSystem: FileSystem {
         // it.
         guard options.xattr else { throw .noFunction }
         let data = try self.node(node)
-        return try unsafe withProcPath(of: data) { (path) throws(Errno) -> Int in
-            try unsafe ExtendedAttributes.list(path: path, into: buffer)
+        guard let map = options.xattrMap else {
+            return try unsafe withProcPath(of: data) { (path) throws(Errno) -> Int in
+                try unsafe ExtendedAttributes.list(path: path, into: buffer)
+            }
         }
+        // The host's whole list (at most XATTR_LIST_MAX), mapped; then its size, or the names if they fit.
+        let mapped = try unsafe withProcPath(of: data) { (path) throws(Errno) -> [UInt8] in
+            try unsafe withUnsafeTemporaryAllocation(byteCount: 65536, alignment: 1) { (scratch) throws(Errno) -> [UInt8] in
+                let n = try unsafe ExtendedAttributes.list(path: path, into: scratch)
+                return unsafe map.listToGuest(UnsafeRawBufferPointer(rebasing: scratch[0..<n]))
+            }
+        }
+        if buffer.count == 0 { return mapped.count }
+        guard mapped.count <= buffer.count else { throw .range }
+        unsafe mapped.withUnsafeBytes { unsafe buffer.copyMemory(from: $0) }
+        return mapped.count
     }
 }
 

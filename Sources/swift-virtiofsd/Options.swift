@@ -107,7 +107,7 @@ struct DaemonOptions: ParsableArguments {
     @Option(name: .customLong("syslog-socket"), help: .hidden)
     var syslogSocket: String = "/dev/log"
 
-    @Option(name: .customLong("xattrmap"), help: ArgumentHelp("Extended attribute name mapping: not supported yet.", visibility: .hidden))
+    @Option(name: .customLong("xattrmap"), help: ArgumentHelp("Rename, hide or refuse extended attribute names between guest and host, in virtiofsd's rule language: :type:scope:key:prepend: (prefix|ok|bad|unsupported, client|server|all) or :map:key:prepend:, any separator character (implies --xattr).", valueName: "rules"))
     var xattrmap: String?
 
     @Option(name: .customLong("migration-mode"), help: .hidden)
@@ -127,8 +127,8 @@ struct DaemonOptions: ParsableArguments {
         xattr|no_xattr, readdirplus|no_readdirplus, posix_lock|no_posix_lock, flock|no_flock, writeback|no_writeback, \
         allow_direct_io|no_allow_direct_io, posix_acl|no_posix_acl, security_label|no_security_label, \
         killpriv_v2|no_killpriv_v2, announce_submounts|no_announce_submounts, readonly, sandbox=namespace|chroot|none, \
-        modcaps=+cap:-cap, log_level=debug|info|warn|err (or loglevel=), debug; accepted with no effect here: \
-        timeout=N (the cache mode sets the timeouts), norace (nothing here races a path), max_idle_threads=N, \
+        modcaps=+cap:-cap, log_level=debug|info|warn|err (or loglevel=), debug, xattrmap=RULES; accepted with no \
+        effect here: timeout=N (the cache mode sets the timeouts), norace (nothing here races a path), max_idle_threads=N, \
         allow_root (FUSE's, for a mount on the host).
         """, valueName: "opt[,opt...]"))
     var compat: [String] = []
@@ -149,6 +149,7 @@ struct Configuration {
     var sharedDirectory: String
     var cache: CachePolicy
     var xattr: Bool
+    var xattrMap: XattrMap?
     var readdirplus: Bool
     var threadPoolSize: Int
     var logLevel: Logger.Level?
@@ -205,6 +206,7 @@ struct Configuration {
         var posixACL = options.posixACL
         var securityLabel = options.securityLabel
         var modcaps = options.modcaps
+        var xattrmapText = options.xattrmap
         var sandboxText = options.sandbox ?? "namespace"
         for group in options.compat {
             for item in group.split(separator: ",").map(String.init) {
@@ -223,7 +225,7 @@ struct Configuration {
                 case ("security_label", nil): securityLabel = true
                 case ("no_security_label", nil): securityLabel = false
                 case ("no_announce_submounts", nil): announceSubmounts = false
-                case ("xattrmap", _): throw Invalid(description: "-o xattrmap: extended attribute mapping is not supported yet")
+                case ("xattrmap", let rules?): xattrmapText = rules
                 case ("readonly", nil): readOnly = true
                 case ("posix_acl", nil): posixACL = true
                 case ("no_posix_acl", nil): posixACL = false
@@ -278,9 +280,6 @@ struct Configuration {
         debugProbe = options.debugProbe
         if options.tag != nil {
             throw Invalid(description: "--tag: not supported; the front-end sets the tag (QEMU: -device vhost-user-fs-pci,...,tag=NAME)")
-        }
-        if options.xattrmap != nil {
-            throw Invalid(description: "--xattrmap: extended attribute mapping is not supported yet")
         }
         if options.migrationMode != nil || options.migrationOnError != nil || options.migrationVerifyHandles || options.migrationConfirmPaths {
             throw Invalid(description: "--migration-*: migration is not supported (QEMU 7.2 cannot migrate a vhost-user-fs device)")
@@ -349,7 +348,16 @@ struct Configuration {
         self.securityLabel = securityLabel
         self.sharedDirectory = sharedDirectory
         self.cache = cache
-        self.xattr = xattr
+        if let xattrmapText {
+            do {
+                xattrMap = try XattrMap(parsing: xattrmapText)
+            } catch {
+                throw Invalid(description: "--xattrmap: \(error.description)")
+            }
+        } else {
+            xattrMap = nil
+        }
+        self.xattr = xattr || xattrMap != nil
         self.readdirplus = readdirplus && cache.allowsReaddirplus
         self.threadPoolSize = options.threadPoolSize
         self.openFileLimit = options.rlimitNofile ?? 1_000_000

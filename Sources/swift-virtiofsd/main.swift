@@ -145,6 +145,7 @@ struct Daemon {
                     killprivV2: config.killprivV2, writeback: config.writeback,
                     inodeFileHandles: config.inodeFileHandles, posixACL: config.posixACL,
                     securityLabel: config.securityLabel, uidMap: config.uidTranslation, gidMap: config.gidTranslation,
+                    xattrMap: config.xattrMap,
                     procSelf: sandbox.procSelf, switchCredentials: sandbox.canSwitchCredentials),
                 logger: logger)
         } catch {

@@ -42,6 +42,8 @@ struct CommandLineTests {
         ["--shared-dir=SHARE", "--log-level", "DEBUG", "--allow-mmap", "--thread-pool-size=4", "--rlimit-nofile=4096"],
         ["--shared-dir=SHARE", "--log-level=Warn", "--cache=metadata", "--inode-file-handles=prefer", "--xattr", "--readonly"],
         ["--shared-dir=SHARE", "-d", "-f", "--no-killpriv-v2", "--no-announce-submounts", "--preserve-noatime"],
+        ["--shared-dir=SHARE", "--xattrmap=/prefix/all/trusted./user.virtiofs./ /bad/server//trusted./ /ok/all///"],
+        ["-o", "source=SHARE,xattrmap=:map::user.virtiofs.:"],
     ])
     func accepted(arguments: [String]) throws {
         let (status, log) = try start(arguments)
@@ -54,8 +56,7 @@ struct CommandLineTests {
     @Test("what it cannot honour is refused with one line naming the option (status 64)", arguments: [
         (["--shared-dir=SHARE", "--tag=myfs"], "--tag"),
         (["--shared-dir=SHARE", "--syslog", "--syslog-socket=/nonexistent/log"], "--syslog"),
-        (["--shared-dir=SHARE", "--xattrmap=:ok:all:::"], "--xattrmap"),
-        (["-o", "source=SHARE,xattrmap=:ok:all:::"], "-o xattrmap"),
+        (["--shared-dir=SHARE", "--xattrmap=:nonsense:all:::"], "--xattrmap"),
         (["--shared-dir=SHARE", "--migration-mode=find-paths"], "--migration"),
         (["--shared-dir=SHARE", "--log-level=loud"], "--log-level"),
         (["-o", "source=SHARE,nonsense"], "nonsense"),

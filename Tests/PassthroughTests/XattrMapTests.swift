@@ -1,0 +1,127 @@
+// SPDX-License-Identifier: Apache-2.0
+
+import CVirtioFS
+import FUSE
+import FUSETestSupport
+import Glibc
+import Logging
+import Passthrough
+import Testing
+import VFSSystem
+
+/// `--xattrmap`, with the examples of virtiofsd's doc/xattr-mapping.md.
+@Suite("Extended attribute name mapping")
+struct XattrMapTests {
+    func host(_ map: XattrMap, _ name: String) -> String? {
+        if case .name(let mapped) = map.toHost(Array(name.utf8)) { return String(decoding: mapped, as: UTF8.self) }
+        return nil
+    }
+    func refusal(_ map: XattrMap, _ name: String) -> Errno? {
+        if case .refused(let error) = map.toHost(Array(name.utf8)) { return error }
+        return nil
+    }
+    func guest(_ map: XattrMap, _ name: String) -> String? {
+        map.toGuest(Array(name.utf8)).map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    @Test("example 1: every name under user.virtiofs., written as two rules or as one map rule")
+    func prefixAll() throws {
+        for text in [":prefix:all::user.virtiofs.::bad:all:::", ":map::user.virtiofs.:"] {
+            let map = try XattrMap(parsing: text)
+            #expect(host(map, "trusted.a") == "user.virtiofs.trusted.a", "\(text)")
+            #expect(host(map, "user.b") == "user.virtiofs.user.b")
+            #expect(guest(map, "user.virtiofs.trusted.a") == "trusted.a")
+            #expect(guest(map, "user.b") == nil, "a host name outside the prefix is hidden")
+            #expect(guest(map, "security.selinux") == nil)
+        }
+    }
+
+    @Test("example 2: trusted. under user.virtiofs., the rest through; '/' separators and new lines between rules")
+    func prefixTrusted() throws {
+        let long = """
+            /prefix/all/trusted./user.virtiofs./
+                        /bad/server//trusted./
+                        /bad/client/user.virtiofs.//
+                        /ok/all///
+            """
+        for text in [long, "/map/trusted./user.virtiofs./"] {
+            let map = try XattrMap(parsing: text)
+            #expect(host(map, "trusted.overlay.opaque") == "user.virtiofs.trusted.overlay.opaque", "\(text)")
+            #expect(host(map, "user.mine") == "user.mine")
+            #expect(refusal(map, "user.virtiofs.trusted.x") == .notPermitted, "the guest may not name the target itself")
+            #expect(guest(map, "user.virtiofs.trusted.overlay.opaque") == "trusted.overlay.opaque")
+            #expect(guest(map, "trusted.host-own") == nil, "the host's own trusted. names are hidden")
+            #expect(guest(map, "user.mine") == "user.mine")
+        }
+    }
+
+    @Test("example 3: security. hidden both ways, the rest through")
+    func hideSecurity() throws {
+        let map = try XattrMap(parsing: "/bad/all/security./security./\n/ok/all///")
+        #expect(refusal(map, "security.selinux") == .notPermitted)
+        #expect(guest(map, "security.selinux") == nil)
+        #expect(host(map, "user.a") == "user.a" && guest(map, "user.a") == "user.a")
+    }
+
+    @Test("SELinux in a container: the guest's security. names kept under trusted.virtiofs., the host's own hidden")
+    func selinuxInContainer() throws {
+        let map = try XattrMap(parsing: ":prefix:all:security.:trusted.virtiofs.::bad:server::security.::ok:all:::")
+        #expect(host(map, "security.selinux") == "trusted.virtiofs.security.selinux")
+        #expect(guest(map, "trusted.virtiofs.security.selinux") == "security.selinux")
+        #expect(guest(map, "security.selinux") == nil)
+        #expect(host(map, "user.x") == "user.x" && guest(map, "user.x") == "user.x")
+        #expect(map.listToGuest(Array("security.selinux\0trusted.virtiofs.security.selinux\0user.x\0".utf8))
+                == Array("security.selinux\0user.x\0".utf8))
+    }
+
+    @Test("unsupported answers ENOTSUP; a name no rule covers is refused (EPERM) or hidden")
+    func unmatched() throws {
+        let map = try XattrMap(parsing: ":unsupported:client:system.:::ok:all:user.:user.:")
+        #expect(refusal(map, "system.posix_acl_access") == .notSupported)
+        #expect(refusal(map, "trusted.a") == .notPermitted)
+        #expect(guest(map, "trusted.a") == nil)
+    }
+
+    @Test("malformed rule sets are refused", arguments: [
+        "", "   ", ":prefix:all:a:", ":nonsense:all:::", ":ok:both:::", ":map::x::ok:all:::", ":map::a::map::b:", ":prefix",
+    ])
+    func malformed(text: String) {
+        #expect(throws: XattrMap.Invalid.self) { try XattrMap(parsing: text) }
+    }
+
+    @Test("the file system applies the map to SETXATTR, GETXATTR, REMOVEXATTR and LISTXATTR")
+    func appliedByTheFileSystem() throws {
+        let tree = TemporaryTree()
+        tree.write("f", "")
+        let path = "\(tree.path)/f"
+        #expect(setxattr(path, "user.host-own", "h", 1, 0) == 0)
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let fs = try PassthroughFileSystem(
+            options: PassthroughOptions(sharedDirectory: tree.path, xattr: true, xattrMap: try XattrMap(parsing: ":map::user.virtiofs.:")),
+            logger: logger)
+        let node = try fs.lookup(fuseRootID, "f").nodeID
+        let value = Array("v".utf8)
+        try withName("trusted.overlay.opaque") { name in
+            try value.withUnsafeBytes { try fs.setxattr(RequestContext(), node: node, name: name, value: $0, flags: 0, killSGID: false) }
+        }
+        var buffer = [UInt8](repeating: 0, count: 64)
+        #expect(getxattr(path, "user.virtiofs.trusted.overlay.opaque", &buffer, buffer.count) == 1, "the host keeps it under the prefix")
+        #expect(getxattr(path, "trusted.overlay.opaque", &buffer, buffer.count) == -1)
+        let got = try withName("trusted.overlay.opaque") { name in
+            try buffer.withUnsafeMutableBytes { try fs.getxattr(RequestContext(), node: node, name: name, into: $0) }
+        }
+        #expect(got == 1 && buffer[0] == UInt8(ascii: "v"))
+        // The list: the guest's name back, the host's own hidden; its size first, as the guest asks.
+        let size = try fs.listxattr(RequestContext(), node: node, into: UnsafeMutableRawBufferPointer(start: nil, count: 0))
+        #expect(size == "trusted.overlay.opaque\0".utf8.count)
+        var list = [UInt8](repeating: 0, count: size)
+        #expect(try list.withUnsafeMutableBytes { try fs.listxattr(RequestContext(), node: node, into: $0) } == size)
+        #expect(list == Array("trusted.overlay.opaque\0".utf8))
+        var small = [UInt8](repeating: 0, count: 3)
+        #expect(throws: Errno.range) { try small.withUnsafeMutableBytes { try fs.listxattr(RequestContext(), node: node, into: $0) } }
+        try withName("trusted.overlay.opaque") { try fs.removexattr(RequestContext(), node: node, name: $0) }
+        #expect(getxattr(path, "user.virtiofs.trusted.overlay.opaque", &buffer, buffer.count) == -1 && errno == ENODATA)
+        #expect(getxattr(path, "user.host-own", &buffer, buffer.count) == 1, "the host's own name is untouched")
+    }
+}
