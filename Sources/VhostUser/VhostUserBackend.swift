@@ -17,6 +17,13 @@ public protocol VhostUserBackend: AnyObject, Sendable {
     func makeRequestHandler(queue index: Int, completions: DeferredCompletions) -> any VringRequestHandler
     /// Every queue has stopped and the front-end reset the device, or went away.
     func reset()
+    /// The device's virtio config space, for a front-end that asks the back-end for it (GET_CONFIG); nil: the
+    /// front-end keeps its own, and VHOST_USER_PROTOCOL_F_CONFIG is not offered.
+    var configSpace: [UInt8]? { get }
+}
+
+extension VhostUserBackend {
+    public var configSpace: [UInt8]? { nil }
 }
 
 /// Serves the descriptor chains of one queue, on that queue's worker thread.

@@ -13,7 +13,8 @@ public final class VhostUserHandler {
     public static let genericFeatures: UInt64 =
         VirtioFeatures.version1 | VirtioFeatures.ringIndirectDescriptors | VirtioFeatures.ringEventIndex
         | VirtioFeatures.protocolFeatures
-    /// Protocol features offered. CONFIG is left out on purpose: QEMU 7.1 to 8.0 crash when a back-end offers it.
+    /// Protocol features offered whatever the device. CONFIG only comes with a device config space
+    /// (`offeredProtocolFeatures`): QEMU 7.1 to 8.0 crash when a back-end offers it.
     public static let supportedProtocolFeatures: UInt64 =
         VhostUserProtocolFeatures.multipleQueues | VhostUserProtocolFeatures.replyAck
         | VhostUserProtocolFeatures.backendRequests | VhostUserProtocolFeatures.resetDevice
@@ -45,6 +46,11 @@ public final class VhostUserHandler {
     var vrings: [Vring]
     var backendRequestFD: OwnedFD?
     var memoryGeneration: UInt64 = 0
+
+    /// The protocol features this back-end offers: CONFIG too when the device has a config space to give.
+    public var offeredProtocolFeatures: UInt64 {
+        Self.supportedProtocolFeatures | (backend.configSpace != nil ? VhostUserProtocolFeatures.config : 0)
+    }
 
     public init(backend: any VhostUserBackend, logger: Logger, procSelf: ProcSelfDirectory? = nil) {
         self.backend = backend
@@ -123,11 +129,11 @@ public final class VhostUserHandler {
             return nil
         case .getProtocolFeatures:
             try expectNoDescriptors(message, request)
-            return payloadBytes(of: Self.supportedProtocolFeatures.littleEndian)
+            return payloadBytes(of: offeredProtocolFeatures.littleEndian)
         case .setProtocolFeatures:
             try expectNoDescriptors(message, request)
             let wanted = try message.decodeU64(for: request)
-            guard wanted & ~Self.supportedProtocolFeatures == 0 else {
+            guard wanted & ~offeredProtocolFeatures == 0 else {
                 throw .invalid(request, "protocol features 0x\(String(wanted, radix: 16)) were not offered")
             }
             protocolFeatures = wanted
@@ -224,9 +230,31 @@ public final class VhostUserHandler {
             // Kept for the life of the connection; nothing is sent on it yet (no DAX, no notifications).
             backendRequestFD = message.fds.take(0)
             return nil
+        case .getConfig:
+            try expectNoDescriptors(message, request)
+            return try configReply(message, request)
+        case .setConfig:
+            // virtio-fs's config space is the device's to say; the driver never writes it.
+            throw .invalid(request, "the config space is read-only")
         default:
             throw .unknownRequest(request.rawValue)
         }
+    }
+
+    /// GET_CONFIG: the header as sent, then `size` bytes of the config space from `offset`.
+    func configReply(_ message: VhostUserMessage, _ request: VhostUserRequest) throws(VhostUserError) -> [UInt8] {
+        let headerSize = MemoryLayout<cvfs_vhost_user_config_header>.size
+        guard let space = backend.configSpace, protocolFeatures & VhostUserProtocolFeatures.config != 0 else {
+            throw .invalid(request, "VHOST_USER_PROTOCOL_F_CONFIG was not agreed")
+        }
+        guard message.payload.count >= headerSize else { throw .invalid(request, "payload of \(message.payload.count) bytes") }
+        let header = message.payload.withUnsafeBytes { $0.loadUnaligned(as: cvfs_vhost_user_config_header.self) }
+        let offset = Int(UInt32(littleEndian: header.offset))
+        let size = Int(UInt32(littleEndian: header.size))
+        guard size <= Int(CVFS_VHOST_USER_MAX_CONFIG_SIZE), message.payload.count == headerSize + size,
+              offset <= space.count, size <= space.count - offset
+        else { throw .invalid(request, "offset \(offset) size \(size) of a \(space.count)-byte config space") }
+        return Array(message.payload[0..<headerSize]) + space[offset..<offset + size]
     }
 
     // MARK: Queues

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 
+import CVirtioFS
 import FUSE
 import Logging
 import VhostUser
@@ -16,10 +17,24 @@ public final class VirtioFSBackend<FS: FileSystem>: VhostUserBackend {
     /// Pool threads per request queue (`--thread-pool-size`); 0 serves requests on the queue's own thread.
     let threadPoolSize: Int
 
-    public init(server: FUSEServer<FS>, threadPoolSize: Int = 0, logger: Logger) {
+    /// `--tag`: the config space a front-end that asks the back-end gets (struct virtio_fs_config: the tag,
+    /// NUL-padded to 36 bytes, then the request queues, little-endian); nil without a tag.
+    public let configSpace: [UInt8]?
+
+    public init(server: FUSEServer<FS>, threadPoolSize: Int = 0, tag: String? = nil, logger: Logger) {
         self.server = server
         self.threadPoolSize = threadPoolSize
         self.logger = logger
+        if let tag {
+            var config = virtio_fs_config()
+            withUnsafeMutableBytes(of: &config.tag) { raw in
+                for (i, byte) in tag.utf8.prefix(raw.count).enumerated() { raw[i] = byte }
+            }
+            config.num_request_queues = UInt32(Self.maxRequestQueues).littleEndian
+            configSpace = withUnsafeBytes(of: config) { Array($0) }
+        } else {
+            configSpace = nil
+        }
     }
 
     public var maxQueues: Int { 1 + Self.maxRequestQueues }

@@ -98,7 +98,7 @@ struct DaemonOptions: ParsableArguments {
     @Flag(name: .customLong("allow-mmap"), help: "Let the guest map files opened with DIRECT_IO (cache never and metadata): always so here, where the guest offers FUSE_DIRECT_IO_ALLOW_MMAP (Linux 6.6 and later).")
     var allowMmap = false
 
-    @Option(name: .customLong("tag"), help: ArgumentHelp("The virtio-fs tag, for front-ends that read it from the back-end: not supported (QEMU takes it from -device ... tag=).", visibility: .hidden))
+    @Option(name: .customLong("tag"), help: "The virtio-fs tag (at most 36 bytes) for front-ends that read the device's config from the back-end (VHOST_USER_PROTOCOL_F_CONFIG, offered only with a tag). Not for QEMU 7.1 to 8.0, which crash on that feature; QEMU takes the tag from -device vhost-user-fs-pci,tag=.")
     var tag: String?
 
     @Flag(name: .customLong("syslog"), help: "Log to the system log (/dev/log, facility user) instead of standard error.")
@@ -150,6 +150,8 @@ struct Configuration {
     var cache: CachePolicy
     var xattr: Bool
     var xattrMap: XattrMap?
+    /// `--tag`: served from the device's config space (GET_CONFIG).
+    var tag: String?
     var readdirplus: Bool
     var threadPoolSize: Int
     var logLevel: Logger.Level?
@@ -278,9 +280,10 @@ struct Configuration {
             throw Invalid(description: "--debug-probe takes one of \(DebugProbe.names.joined(separator: ", "))")
         }
         debugProbe = options.debugProbe
-        if options.tag != nil {
-            throw Invalid(description: "--tag: not supported; the front-end sets the tag (QEMU: -device vhost-user-fs-pci,...,tag=NAME)")
+        if let tag = options.tag, tag.utf8.isEmpty || tag.utf8.count > 36 {
+            throw Invalid(description: "--tag takes 1 to 36 bytes, not \(tag.utf8.count)")
         }
+        self.tag = options.tag
         if options.migrationMode != nil || options.migrationOnError != nil || options.migrationVerifyHandles || options.migrationConfirmPaths {
             throw Invalid(description: "--migration-*: migration is not supported (QEMU 7.2 cannot migrate a vhost-user-fs device)")
         }

@@ -177,7 +177,7 @@ struct Daemon {
         }
         let server = FUSEServer(
             fileSystem: fileSystem, options: FUSEServerOptions(readdirplus: config.readdirplus), logger: logger)
-        let backend = VirtioFSBackend(server: server, threadPoolSize: config.threadPoolSize, logger: logger)
+        let backend = VirtioFSBackend(server: server, threadPoolSize: config.threadPoolSize, tag: config.tag, logger: logger)
 
         // Logged once sandbox, capabilities and filter are in place (a front-end may connect earlier: it waits).
         logger.info("waiting for the front-end on \(place) (sandbox \(config.sandbox.rawValue), seccomp \(config.seccomp.rawValue))")

@@ -44,6 +44,7 @@ struct CommandLineTests {
         ["--shared-dir=SHARE", "-d", "-f", "--no-killpriv-v2", "--no-announce-submounts", "--preserve-noatime"],
         ["--shared-dir=SHARE", "--xattrmap=/prefix/all/trusted./user.virtiofs./ /bad/server//trusted./ /ok/all///"],
         ["-o", "source=SHARE,xattrmap=:map::user.virtiofs.:"],
+        ["--shared-dir=SHARE", "--tag=myfs"],
     ])
     func accepted(arguments: [String]) throws {
         let (status, log) = try start(arguments)
@@ -54,7 +55,7 @@ struct CommandLineTests {
     }
 
     @Test("what it cannot honour is refused with one line naming the option (status 64)", arguments: [
-        (["--shared-dir=SHARE", "--tag=myfs"], "--tag"),
+        (["--shared-dir=SHARE", "--tag=a-tag-longer-than-thirty-six-bytes-long"], "--tag"),
         (["--shared-dir=SHARE", "--syslog", "--syslog-socket=/nonexistent/log"], "--syslog"),
         (["--shared-dir=SHARE", "--xattrmap=:nonsense:all:::"], "--xattrmap"),
         (["--shared-dir=SHARE", "--migration-mode=find-paths"], "--migration"),

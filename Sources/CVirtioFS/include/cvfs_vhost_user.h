@@ -52,6 +52,18 @@ typedef struct __attribute__((packed)) {
     cvfs_vhost_memory_region region;
 } cvfs_vhost_single_memory_region;
 
+/// "Virtio device config space" (GET_CONFIG, SET_CONFIG): this header, then `size` bytes of the space from
+/// `offset`.
+typedef struct __attribute__((packed)) {
+    uint32_t offset;
+    uint32_t size;
+    uint32_t flags;
+} cvfs_vhost_user_config_header;
+
+/// The largest config space a GET_CONFIG may ask for (VHOST_USER_MAX_CONFIG_SIZE).
+#define CVFS_VHOST_USER_MAX_CONFIG_SIZE 256
+
+_Static_assert(sizeof(cvfs_vhost_user_config_header) == 12, "config header is 12 bytes");
 _Static_assert(sizeof(cvfs_vhost_user_header) == 12, "vhost-user header is 12 bytes");
 _Static_assert(sizeof(cvfs_vhost_vring_state) == 8, "vring state is 8 bytes");
 _Static_assert(sizeof(cvfs_vhost_vring_addr) == 40, "vring address is 40 bytes");
