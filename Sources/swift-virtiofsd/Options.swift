@@ -110,6 +110,9 @@ struct DaemonOptions: ParsableArguments {
     @Option(name: .customLong("xattrmap"), help: ArgumentHelp("Rename, hide or refuse extended attribute names between guest and host, in virtiofsd's rule language: :type:scope:key:prepend: (prefix|ok|bad|unsupported, client|server|all) or :map:key:prepend:, any separator character (implies --xattr).", valueName: "rules"))
     var xattrmap: String?
 
+    @Flag(name: .customLong("daemonize"), help: .hidden)
+    var daemonize = false
+
     @Option(name: .customLong("migration-mode"), help: .hidden)
     var migrationMode: String?
 
@@ -284,6 +287,9 @@ struct Configuration {
             throw Invalid(description: "--tag takes 1 to 36 bytes, not \(tag.utf8.count)")
         }
         self.tag = options.tag
+        if options.daemonize {
+            throw Invalid(description: "--daemonize: not supported; the daemon stays in the foreground for its supervisor (systemd, libvirt) to watch")
+        }
         if options.migrationMode != nil || options.migrationOnError != nil || options.migrationVerifyHandles || options.migrationConfirmPaths {
             throw Invalid(description: "--migration-*: migration is not supported (QEMU 7.2 cannot migrate a vhost-user-fs device)")
         }

@@ -59,6 +59,7 @@ struct CommandLineTests {
         (["--shared-dir=SHARE", "--syslog", "--syslog-socket=/nonexistent/log"], "--syslog"),
         (["--shared-dir=SHARE", "--xattrmap=:nonsense:all:::"], "--xattrmap"),
         (["--shared-dir=SHARE", "--migration-mode=find-paths"], "--migration"),
+        (["--shared-dir=SHARE", "--daemonize"], "--daemonize"),
         (["--shared-dir=SHARE", "--log-level=loud"], "--log-level"),
         (["-o", "source=SHARE,nonsense"], "nonsense"),
     ])
