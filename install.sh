@@ -34,6 +34,10 @@ while [ $# -gt 0 ]; do
 done
 json_dir=${json_dir:-$prefix/share/qemu/vhost-user}
 scratch="$here/.build/static"
+# One install at a time per checkout (they share the build and the manual's folder).
+mkdir -p "$here/.build"
+exec 9>"$here/.build/install.lock"
+flock 9
 if [ $build = yes ]; then
     missing=()
     for package in libseccomp-dev libcap-ng-dev pkg-config; do
@@ -42,13 +46,13 @@ if [ $build = yes ]; then
     if [ ${#missing[@]} -gt 0 ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
+    # The manual, from the argument parser's own description of every option (its generate-manual plugin,
+    # which builds the package for release and writes a page per program). Before the static build: that one
+    # links the daemon last, with the Swift runtime in it.
+    rm -rf "$scratch/man" && mkdir -p "$scratch/man"
+    (cd "$here" && swift package --scratch-path "$scratch" --allow-writing-to-directory "$scratch/man" \
+        generate-manual --output-directory "$scratch/man" >/dev/null)
     (cd "$here" && swift build -c release --static-swift-stdlib --product swift-virtiofsd --scratch-path "$scratch")
-    # The manual, from the argument parser's own description of every option (its generate-manual tool, run on
-    # the daemon alone).
-    (cd "$here" && swift build --scratch-path "$scratch" --product generate-manual >/dev/null)
-    mkdir -p "$scratch/man"
-    "$(cd "$here" && swift build --scratch-path "$scratch" --show-bin-path)/generate-manual-tool" \
-        "$scratch/release/swift-virtiofsd" --output-directory "$scratch/man"
 fi
 binary="$scratch/release/swift-virtiofsd"
 [ -x "$binary" ] && [ -f "$scratch/man/swift-virtiofsd.1" ] || { echo "install.sh: nothing built yet (run without --no-build)" >&2; exit 1; }
