@@ -46,13 +46,17 @@ if [ $build = yes ]; then
     if [ ${#missing[@]} -gt 0 ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
-    # The manual, from the argument parser's own description of every option (its generate-manual plugin,
-    # which builds the package for release and writes a page per program). Before the static build: that one
-    # links the daemon last, with the Swift runtime in it.
+    # The manual, from the argument parser's own description of every option: its generate-manual plugin,
+    # which builds the package for release (with the runtime as shared libraries: in a build folder of its own,
+    # as the two builds' links would otherwise overwrite each other) and writes a page per program.
     rm -rf "$scratch/man" && mkdir -p "$scratch/man"
-    (cd "$here" && swift package --scratch-path "$scratch" --allow-writing-to-directory "$scratch/man" \
+    (cd "$here" && swift package --scratch-path "$here/.build/manual" --allow-writing-to-directory "$scratch/man" \
         generate-manual --output-directory "$scratch/man" >/dev/null)
     (cd "$here" && swift build -c release --static-swift-stdlib --product swift-virtiofsd --scratch-path "$scratch")
+    if ldd "$scratch/release/swift-virtiofsd" | grep -q libswift; then
+        echo "install.sh: the build still needs the Swift runtime's shared libraries" >&2
+        exit 1
+    fi
 fi
 binary="$scratch/release/swift-virtiofsd"
 [ -x "$binary" ] && [ -f "$scratch/man/swift-virtiofsd.1" ] || { echo "install.sh: nothing built yet (run without --no-build)" >&2; exit 1; }
