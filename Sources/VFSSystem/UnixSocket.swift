@@ -52,24 +52,18 @@ public enum UnixSocket {
 
     /// Connects to the socket at `path`.
     public static func connect(path: String) throws(Errno) -> OwnedFD {
-        // SAFETY: the address is a local sockaddr_un, read as such for its size.
-        let fd = OwnedFD(taking: try valueOrErrno { socket(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0) })
-        var address = try socketAddress(path)
-        try nothingOrErrno {
-            unsafe withUnsafePointer(to: &address) {
-                unsafe $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    unsafe Glibc.connect(fd.rawValue, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-                }
-            }
-        }
-        return fd
+        try connect(path: path, type: CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue))
     }
 
     /// A datagram socket connected to the one at `path` (the system log's `/dev/log`), non-blocking: a send that
     /// would wait fails with EAGAIN instead.
     public static func connectDatagram(path: String) throws(Errno) -> OwnedFD {
+        try connect(path: path, type: CInt(SOCK_DGRAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue) | CInt(SOCK_NONBLOCK.rawValue))
+    }
+
+    /// A socket of `type` connected to the one at `path`.
+    static func connect(path: String, type: CInt) throws(Errno) -> OwnedFD {
         // SAFETY: the address is a local sockaddr_un, read as such for its size.
-        let type = CInt(SOCK_DGRAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue) | CInt(SOCK_NONBLOCK.rawValue)
         let fd = OwnedFD(taking: try valueOrErrno { socket(AF_UNIX, type, 0) })
         var address = try socketAddress(path)
         try nothingOrErrno {

@@ -30,6 +30,15 @@ struct LifetimeTests {
         return (node, handle, head)
     }
 
+    /// Puts `count` GETATTRs on the request queue and kicks once; their chain heads.
+    func submitGetattrs(_ session: Session, _ count: Int) -> [UInt16] {
+        let heads = (0..<count).map { _ in
+            session.requests.submit(frame(.getattr, unique: session.unique, uid: 0, gid: 0, bytes(fuse_getattr_in())), replyLength: 128, kick: false)
+        }
+        session.requests.kick.signal()
+        return heads
+    }
+
     @Test("a lock wait outlives a memory table replacement and writes its reply into memory that is still mapped")
     func memoryTableReplaced() throws {
         let daemon = try DaemonUnderTest()
@@ -68,11 +77,7 @@ struct LifetimeTests {
         let daemon = try DaemonUnderTest(["--thread-pool-size", "\(pool)"])
         let session = try Session(daemon, queueSize: 1024)
         let (_, _, waiting) = try waitingLock(session, daemon)
-        var heads = [waiting]
-        for _ in 0..<300 {
-            heads.append(session.requests.submit(frame(.getattr, unique: session.unique, uid: 0, gid: 0, bytes(fuse_getattr_in())), replyLength: 128, kick: false))
-        }
-        session.requests.kick.signal()
+        let heads = [waiting] + submitGetattrs(session, 300)
         let base = try session.frontend.stopQueue(1)
         // Every chain the back-end took is answered by now; the rest it never took.
         let done = heads.filter { session.requests.isDone($0) }
@@ -91,11 +96,7 @@ struct LifetimeTests {
         let daemon = try DaemonUnderTest(["--sandbox", sandbox, "--thread-pool-size", "2"])
         let session = try Session(daemon, queueSize: 1024)
         let (_, _, waiting) = try waitingLock(session, daemon)
-        var heads = [waiting]
-        for _ in 0..<300 {
-            heads.append(session.requests.submit(frame(.getattr, unique: session.unique, uid: 0, gid: 0, bytes(fuse_getattr_in())), replyLength: 128, kick: false))
-        }
-        session.requests.kick.signal()
+        let heads = [waiting] + submitGetattrs(session, 300)
         usleep(2_000)
         kill(daemon.pid, signal)
         #expect(daemon.waitForExit(seconds: 10) == 0, "\(daemon.log)")
