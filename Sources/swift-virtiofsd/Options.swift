@@ -98,7 +98,7 @@ struct DaemonOptions: ParsableArguments {
     @Flag(name: .customLong("allow-mmap"), help: "Let the guest map files opened with DIRECT_IO (cache never and metadata): always so here, where the guest offers FUSE_DIRECT_IO_ALLOW_MMAP (Linux 6.6 and later).")
     var allowMmap = false
 
-    @Option(name: .customLong("tag"), help: "The virtio-fs tag (at most 36 bytes) for front-ends that read the device's config from the back-end (VHOST_USER_PROTOCOL_F_CONFIG, offered only with a tag). Not for QEMU 7.1 to 8.0, which crash on that feature; QEMU takes the tag from -device vhost-user-fs-pci,tag=.")
+    @Option(name: .customLong("tag"), help: "The virtio-fs tag (at most 36 bytes) for front-ends that read the device's config from the back-end (VHOST_USER_PROTOCOL_F_CONFIG, offered only with a tag; virtiofsd warns that QEMU 7.1 to 8.0 crash on that feature, which Debian 12's QEMU 7.2 does not). QEMU takes the tag from -device vhost-user-fs-pci,tag=.")
     var tag: String?
 
     @Flag(name: .customLong("syslog"), help: "Log to the system log (/dev/log, facility user) instead of standard error.")
