@@ -69,16 +69,10 @@ extension PassthroughFileSystem {
     func label(_ path: UnsafePointer<CChar>, _ context: RequestContext) throws(Errno) {
         // SAFETY: the label's name and value are views of the request, valid for the call.
         guard options.securityLabel, let label = context.securityContext else { return }
-        guard let map = options.xattrMap else {
-            return try unsafe PathCalls.setExtendedAttribute(path, label.nameCString, label.value, flags: 0)
-        }
-        switch unsafe map.toHost(UnsafeRawBufferPointer(start: label.nameCString, count: strlen(label.nameCString))) {
-        case .refused(let error): throw error
-        case .name(let mapped):
-            try unsafe (mapped + [0]).withUnsafeBufferPointer { (bytes) throws(Errno) in
-                try unsafe PathCalls.setExtendedAttribute(
-                    path, UnsafeRawPointer(bytes.baseAddress!).assumingMemoryBound(to: CChar.self), label.value, flags: 0)
-            }
+        // The label's name is NUL-terminated in the request: a FUSE name, mapped as any xattr name is.
+        let name = unsafe FUSEName(bytes: UnsafeRawBufferPointer(start: label.nameCString, count: strlen(label.nameCString)))
+        try unsafe withHostName(name) { (hostName) throws(Errno) in
+            try unsafe PathCalls.setExtendedAttribute(path, hostName, label.value, flags: 0)
         }
     }
 
