@@ -70,7 +70,8 @@ public enum VhostUserFuzz {
         let connection = VhostUserConnection(socket: pair.first)
         let peer = pair.second
         _ = fcntl(peer.rawValue, F_SETFL, O_NONBLOCK)
-        let backend = VirtioFSBackend(server: server, threadPoolSize: Int(data.count % 3), logger: logger)
+        // Every other input with a tag, so that GET_CONFIG reaches a config space (and CONFIG is offered).
+        let backend = VirtioFSBackend(server: server, threadPoolSize: Int(data.count % 3), tag: data.count % 2 == 0 ? "fuzz" : nil, logger: logger)
         let handler = VhostUserHandler(backend: backend, logger: logger, procSelf: pool.proc)
         var count = 0
         while !input.isAtEnd && count < 48 {
