@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 
 import Foundation
+import Glibc
 import Testing
 
 /// The repository root, found from this file's path.
@@ -29,32 +30,96 @@ struct RunResult {
     var errors: String
 }
 
-/// Runs a command and returns its status and output.
-func run(_ arguments: [String], environment: [String: String] = [:]) throws -> RunResult {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    process.arguments = arguments
+/// Runs a command and returns its status and output; after `timeout` seconds its process group is killed
+/// and the status is 124.
+///
+/// Not Foundation's Process: on Linux it learns of a child's exit from a socket the child inherits, so a
+/// daemon the child leaves running (libvirt-run's libvirtd, say) keeps it waiting for ever. This waits for
+/// the pid, and stops reading the output once the child has exited even if a descendant still holds it.
+func run(_ arguments: [String], environment: [String: String] = [:], timeout: Double = 1800) throws -> RunResult {
     var env = ProcessInfo.processInfo.environment
     env.merge(environment) { $1 }
-    process.environment = env
-    // Not the test process's own working directory: the file systems it creates in other tests move that.
-    process.currentDirectoryURL = URL(fileURLWithPath: NSTemporaryDirectory())
-    let out = Pipe()
     // Standard error goes to a file, so that a chatty child never blocks on a second full pipe.
     let errPath = NSTemporaryDirectory() + "run-stderr-" + UUID().uuidString
-    FileManager.default.createFile(atPath: errPath, contents: nil)
-    defer { try? FileManager.default.removeItem(atPath: errPath) }
-    let err = try FileHandle(forWritingTo: URL(fileURLWithPath: errPath))
-    process.standardOutput = out
-    process.standardError = err
-    try process.run()
-    let outData = out.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    try err.close()
-    let errData = FileManager.default.contents(atPath: errPath) ?? Data()
+    defer { unlink(errPath) }
+    var pipeFDs: [Int32] = [-1, -1]
+    guard pipe(&pipeFDs) == 0 else { throw POSIXError(.init(rawValue: errno) ?? .EIO) }
+    for fd in pipeFDs { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+    defer { close(pipeFDs[0]) }
+
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+    posix_spawn_file_actions_adddup2(&actions, pipeFDs[1], 1)
+    posix_spawn_file_actions_addopen(&actions, 2, errPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+    var attributes = posix_spawnattr_t()
+    posix_spawnattr_init(&attributes)
+    defer { posix_spawnattr_destroy(&attributes) }
+    // Its own process group (so that a timeout ends its descendants too), no signal blocked, SIGPIPE as default.
+    var none = sigset_t(), pipeSignal = sigset_t()
+    sigemptyset(&none)
+    sigemptyset(&pipeSignal)
+    sigaddset(&pipeSignal, SIGPIPE)
+    posix_spawnattr_setsigmask(&attributes, &none)
+    posix_spawnattr_setsigdefault(&attributes, &pipeSignal)
+    posix_spawnattr_setpgroup(&attributes, 0)
+    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+
+    // Not the test process's own working directory (env -C): the file systems it creates in other tests move that.
+    let argv = (["/usr/bin/env", "-C", NSTemporaryDirectory()] + arguments).map { strdup($0) } + [nil]
+    let envp = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
+    defer { (argv + envp).forEach { free($0) } }
+    var pid: pid_t = 0
+    let spawned = posix_spawn(&pid, "/usr/bin/env", &actions, &attributes, argv, envp)
+    close(pipeFDs[1])
+    guard spawned == 0 else { throw POSIXError(.init(rawValue: spawned) ?? .EIO) }
+
+    var output = [UInt8]()
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    var status: Int32 = 0
+    var exited = false, timedOut = false
+    let deadline = Date().addingTimeInterval(timeout)
+    /// One read: what it got (0 at end of file, -1 with errno on failure).
+    func readOnce() -> Int {
+        let n = read(pipeFDs[0], &buffer, buffer.count)
+        if n > 0 { output.append(contentsOf: buffer[0..<n]) }
+        return n
+    }
+    var open = true
+    while !exited {
+        var entry = pollfd(fd: pipeFDs[0], events: Int16(POLLIN), revents: 0)
+        if open {
+            if poll(&entry, 1, 200) > 0 {
+                let n = readOnce()
+                open = n > 0 || (n < 0 && errno == EINTR)
+            }
+        } else {
+            usleep(50_000)
+        }
+        let waited = waitpid(pid, &status, WNOHANG)
+        if waited == pid || (waited < 0 && errno != EINTR) { exited = true }
+        if !exited && Date() > deadline {
+            timedOut = true
+            kill(-pid, SIGTERM)
+            usleep(2_000_000)
+            kill(-pid, SIGKILL)
+            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+            exited = true
+        }
+    }
+    // What it wrote before it ended; a descendant that keeps the pipe open does not hold us here.
+    _ = fcntl(pipeFDs[0], F_SETFL, O_NONBLOCK)
+    while open {
+        let n = readOnce()
+        if n > 0 || (n < 0 && errno == EINTR) { continue }
+        open = false
+    }
+    let errors = (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? ""
+    let code: Int32 = timedOut ? 124 : (status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f))
     return RunResult(
-        status: process.terminationStatus, output: String(decoding: outData, as: UTF8.self),
-        errors: String(decoding: errData, as: UTF8.self))
+        status: code, output: String(decoding: output, as: UTF8.self),
+        errors: timedOut ? errors + "\nrun: \(arguments.joined(separator: " ")) still running after \(Int(timeout)) s; killed" : errors)
 }
 
 /// Boots a guest on `shared` and runs `script` in it.
