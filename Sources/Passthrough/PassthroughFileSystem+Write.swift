@@ -224,6 +224,7 @@ extension PassthroughFileSystem {
                 try createOrOpen(in: dirFD, name, flags: hostFlags, mode: m, exclusive: exclusive)
             }
         }
+        if hostFlags & O_TRUNC != 0 { try dropRemappedCapability(fd) }
         return try register(created: fd, flags: hostFlags, parent: dir, context: context)
     }
 
@@ -303,10 +304,12 @@ extension PassthroughFileSystem {
                 guard case .id(let host) = options.gidMap.toHost(GuestGID(guest)) else { throw .notPermitted }
                 gid = host.rawValue
             }
+            try dropRemappedCapability(data)
             try withPath(data) { (fd) throws(Errno) in try fd.changeOwner(uid: uid, gid: gid) }
         }
         if let size = changes.size {
             guard size <= UInt64(Int64.max) else { throw .invalidArgument }
+            try dropRemappedCapability(data)
             if let open {
                 try open.withDescriptor { (fd) throws(Errno) in try fd.truncate(to: Int64(size)) }
             } else {
@@ -362,12 +365,38 @@ extension PassthroughFileSystem {
         try unsafe withProcPath(of: data) { (path) throws(Errno) in try unsafe PathCalls.changeMode(path, mode_t(mode & 0o7777)) }
     }
 
+    /// Where the host kernel would drop a file's `security.capability` (a write, a truncate, a chown), drops the
+    /// guest's one under its remapped host name (`remappedCapability`). A file without one is no error.
+    func dropRemappedCapability(_ data: InodeData) throws(Errno) {
+        guard remappedCapability != nil, data.fileType == .regular else { return }
+        try unsafe withProcPath(of: data) { (path) throws(Errno) in try unsafe dropRemappedCapability(path: path) }
+    }
+
+    /// The same, for the file an open descriptor of the daemon's names.
+    func dropRemappedCapability(_ fd: borrowing OwnedFD) throws(Errno) {
+        guard remappedCapability != nil else { return }
+        try unsafe withProcPath(fd.borrowed.rawValue) { (path) throws(Errno) in try unsafe dropRemappedCapability(path: path) }
+    }
+
+    func dropRemappedCapability(path: UnsafePointer<CChar>) throws(Errno) {
+        // SAFETY: the name is a NUL-terminated array, valid while the kernel reads it.
+        guard let name = remappedCapability else { return }
+        do {
+            try unsafe name.withUnsafeBufferPointer { (bytes) throws(Errno) in
+                try unsafe PathCalls.removeExtendedAttribute(path, bytes.baseAddress!)
+            }
+        } catch {
+            guard error == .noData || error == .notSupported else { throw error }
+        }
+    }
+
     public func write(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, from source: WriteSource, killSetIDBits: Bool, fromPageCache: Bool) throws(Errno) -> Int {
         // SAFETY: the guest's buffers are valid during the request; pwritev reads source.length bytes of them.
         try checkWritable()
         guard offset <= UInt64(Int64.max) else { throw .invalidArgument }
         func write(_ fd: FileDescriptor) throws(Errno) -> Int {
             if killSetIDBits { try clearSetIDBits(try self.node(node), context) }
+            if remappedCapability != nil { try dropRemappedCapability(try self.node(node)) }
             guard source.length > 0 else { return 0 }
             return try unsafe fd.write(from: source.buffers, at: Int64(offset))
         }
@@ -397,6 +426,7 @@ extension PassthroughFileSystem {
         try withFile(node: node, handle: handle, writing: true) { (fd) throws(Errno) in
             try fd.allocate(mode: CInt(bitPattern: mode), offset: Int64(offset), length: Int64(length))
         }
+        if remappedCapability != nil { try dropRemappedCapability(try self.node(node)) }
         // HANDLE_KILLPRIV_V2: FALLOCATE carries no kill flag, and a local fallocate by an unprivileged caller
         // drops the set-id bits as a write does; the guest leaves that to the server. A non-root caller is taken
         // to lack CAP_FSETID.
@@ -419,6 +449,7 @@ extension PassthroughFileSystem {
     public func copyFileRange(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, toNode: UInt64, toHandle: UInt64, toOffset: UInt64, length: UInt64, flags: UInt64) throws(Errno) -> Int {
         try checkWritable()
         guard offset <= UInt64(Int64.max), toOffset <= UInt64(Int64.max), flags <= UInt64(UInt32.max) else { throw .invalidArgument }
+        if remappedCapability != nil { try dropRemappedCapability(try self.node(toNode)) }
         return try withFile(node: node, handle: handle, writing: false) { (from) throws(Errno) -> Int in
             try withFile(node: toNode, handle: toHandle, writing: true) { (to) throws(Errno) -> Int in
                 try from.copyRange(

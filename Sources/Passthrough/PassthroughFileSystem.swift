@@ -110,6 +110,10 @@ public final class PassthroughFileSystem: FileSystem {
     /// descriptor opened for that request (`withFile`). Host locks need RELEASE: a flock, and an
     /// open-file-description lock (F_OFD_SETLK), end with the guest's open file, and only RELEASE says so.
     let opensFiles: Bool
+    /// The host name (NUL-terminated) that `--xattrmap` gives the guest's `security.capability`, when it is
+    /// another name. The host kernel drops `security.capability` itself when a file is written, truncated or
+    /// chowned, and knows nothing of the other name: the daemon drops it then instead (as virtiofsd does).
+    let remappedCapability: [CChar]?
 
     /// Opens the shared directory and `/proc/self/fd`.
     public init(options: PassthroughOptions, logger: Logger) throws(Errno) {
@@ -127,6 +131,12 @@ public final class PassthroughFileSystem: FileSystem {
         try ProcessControl.changeDirectory(to: procSelf.fd.borrowed)
         switchesCredentials = options.switchCredentials ?? (ThreadCredentials.effectiveUID == 0)
         opensFiles = !(options.cache == .always && !options.flockLocks && !options.locks)
+        let capability = Array("security.capability".utf8)
+        if options.xattr, let map = options.xattrMap, case .name(let host) = map.toHost(capability), host != capability {
+            remappedCapability = host.map { CChar(bitPattern: $0) } + [0]
+        } else {
+            remappedCapability = nil
+        }
         LockTable.installWakeSignal()
         if options.inodeFileHandles != .never {
             // The shared directory's mount, so that its files can be held by handle from the first lookup.
@@ -446,6 +456,7 @@ public final class PassthroughFileSystem: FileSystem {
         if unprivileged && hostFlags & O_TRUNC != 0 && data.fileType == .regular {
             try clearSetIDBits(data, context)
         }
+        if hostFlags & O_TRUNC != 0 { try dropRemappedCapability(data) }
         let writing = accessMode != O_RDONLY
         var openFlags = fileOpenFlags
         if options.cache == .auto && data.fileType == .regular {

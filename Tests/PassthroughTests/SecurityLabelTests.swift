@@ -49,6 +49,25 @@ struct SecurityLabelTests {
         #expect(n > 0 && String(decoding: value[..<max(n, 0)], as: UTF8.self) == "system_u:object_r:test_t")
     }
 
+    @Test("under --xattrmap the label goes where the map sends its name: SELinux in a container")
+    func labelThroughTheMap() throws {
+        let tree = TemporaryTree()
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let map = try XattrMap(parsing: ":prefix:all:security.:trusted.virtiofs.::bad:server::security.::ok:all:::")
+        let fs = try PassthroughFileSystem(
+            options: PassthroughOptions(sharedDirectory: tree.path, xattr: true, securityLabel: true, xattrMap: map), logger: logger)
+        let session = FUSESession(server: FUSEServer(fileSystem: fs, logger: logger))
+        _ = Frame(request: initFrame(minor: 38, flags: 0xffff_ffff | (1 << 32)), replySegments: [80]).run(session)
+
+        let (_, reply) = Frame(request: createWithLabel("labelled", label: "security.test", value: "guest_label"), replySegments: [16, 128, 16]).run(session)
+        #expect(outHeader(reply).error == 0)
+        var value = [UInt8](repeating: 0, count: 64)
+        let n = getxattr("\(tree.path)/labelled", "trusted.virtiofs.security.test", &value, 64)
+        #expect(n > 0 && String(decoding: value[..<max(n, 0)], as: UTF8.self) == "guest_label")
+        #expect(getxattr("\(tree.path)/labelled", "security.test", &value, 64) < 0, "the host's own security. name was written")
+    }
+
     @Test("a guest that does not offer FUSE_SECURITY_CTX cannot mount with --security-label")
     func needsTheFlag() throws {
         let tree = TemporaryTree()

@@ -124,4 +124,60 @@ struct XattrMapTests {
         #expect(getxattr(path, "user.virtiofs.trusted.overlay.opaque", &buffer, buffer.count) == -1 && errno == ENODATA)
         #expect(getxattr(path, "user.host-own", &buffer, buffer.count) == 1, "the host's own name is untouched")
     }
+
+    @Test("a remapped security.capability goes where the host kernel would drop it: write, fallocate, copy, truncate, chown, O_TRUNC",
+          arguments: ["write", "fallocate", "copy", "truncate", "chown", "open-trunc", "create-trunc"])
+    func remappedCapabilityDropped(operation: String) throws {
+        let tree = TemporaryTree()
+        tree.write("f", "contents")
+        tree.write("source", "abc")
+        let path = "\(tree.path)/f"
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let fs = try PassthroughFileSystem(
+            options: PassthroughOptions(sharedDirectory: tree.path, xattr: true, xattrMap: try XattrMap(parsing: ":map::user.virtiofs.:")),
+            logger: logger)
+        let node = try fs.lookup(fuseRootID, "f").nodeID
+        // The guest's capability, as the map stores it on the host, and another name of the guest's beside it.
+        #expect(setxattr(path, "user.virtiofs.security.capability", "cap", 3, 0) == 0)
+        #expect(setxattr(path, "user.virtiofs.user.other", "o", 1, 0) == 0)
+        let handle = try fs.open(context, node: node, flags: UInt32(O_RDWR)).handle
+        switch operation {
+        case "write": _ = try fs.writeText("x", node, handle: handle, at: 0)
+        case "fallocate": try fs.fallocate(context, node: node, handle: handle, offset: 0, length: 4096, mode: 0)
+        case "copy":
+            let source = try fs.lookup(fuseRootID, "source").nodeID
+            let from = try fs.open(context, node: source, flags: UInt32(O_RDONLY)).handle
+            _ = try fs.copyFileRange(context, node: source, handle: from, offset: 0, toNode: node, toHandle: handle, toOffset: 0, length: 3, flags: 0)
+        case "truncate": _ = try fs.setattr(context, node: node, changes: AttributeChanges(size: 1))
+        case "chown": _ = try fs.setattr(context, node: node, changes: AttributeChanges(uid: 0))
+        case "open-trunc": _ = try fs.open(context, node: node, flags: UInt32(O_WRONLY | O_TRUNC))
+        default:
+            _ = try withName("f") { try fs.create(context, parent: fuseRootID, name: $0, flags: UInt32(O_WRONLY | O_TRUNC), mode: 0o644, umask: 0) }
+        }
+        var buffer = [UInt8](repeating: 0, count: 16)
+        #expect(getxattr(path, "user.virtiofs.security.capability", &buffer, buffer.count) == -1 && errno == ENODATA, "\(operation) kept it")
+        #expect(getxattr(path, "user.virtiofs.user.other", &buffer, buffer.count) == 1, "\(operation) dropped another name")
+        // A file without one: the same operation is no error.
+        if operation == "write" { #expect(try fs.writeText("y", node, handle: handle, at: 1) == 1) }
+    }
+
+    @Test("a read, and a chmod, leave a remapped security.capability, as the host kernel leaves its own")
+    func remappedCapabilityKept() throws {
+        let tree = TemporaryTree()
+        tree.write("f", "contents")
+        let path = "\(tree.path)/f"
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let fs = try PassthroughFileSystem(
+            options: PassthroughOptions(sharedDirectory: tree.path, xattr: true, xattrMap: try XattrMap(parsing: ":map::user.virtiofs.:")),
+            logger: logger)
+        let node = try fs.lookup(fuseRootID, "f").nodeID
+        #expect(setxattr(path, "user.virtiofs.security.capability", "cap", 3, 0) == 0)
+        let handle = try fs.open(context, node: node, flags: UInt32(O_RDWR)).handle
+        #expect(try fs.readText(node, handle: handle) == "contents")
+        _ = try fs.setattr(context, node: node, changes: AttributeChanges(mode: 0o600))
+        var buffer = [UInt8](repeating: 0, count: 16)
+        #expect(getxattr(path, "user.virtiofs.security.capability", &buffer, buffer.count) == 3)
+    }
 }
