@@ -224,7 +224,7 @@ extension PassthroughFileSystem {
                 try createOrOpen(in: dirFD, name, flags: hostFlags, mode: m, exclusive: exclusive)
             }
         }
-        if hostFlags & O_TRUNC != 0 { try dropRemappedCapability(fd) }
+        if hostFlags & O_TRUNC != 0 { try dropRemappedCapability(fd.borrowed) }
         return try register(created: fd, flags: hostFlags, parent: dir, context: context)
     }
 
@@ -309,12 +309,16 @@ extension PassthroughFileSystem {
         }
         if let size = changes.size {
             guard size <= UInt64(Int64.max) else { throw .invalidArgument }
-            try dropRemappedCapability(data)
             if let open {
-                try open.withDescriptor { (fd) throws(Errno) in try fd.truncate(to: Int64(size)) }
+                try open.withDescriptor { (fd) throws(Errno) in
+                    try dropRemappedCapability(fd)
+                    try fd.truncate(to: Int64(size))
+                }
             } else {
                 switch data.fileType {
-                case .regular: try unsafe withProcPath(of: data) { (path) throws(Errno) in try unsafe PathCalls.truncate(path, to: Int64(size)) }
+                case .regular:
+                    try dropRemappedCapability(data)
+                    try unsafe withProcPath(of: data) { (path) throws(Errno) in try unsafe PathCalls.truncate(path, to: Int64(size)) }
                 case .directory: throw .isDirectory
                 default: throw .invalidArgument
                 }
@@ -366,28 +370,33 @@ extension PassthroughFileSystem {
     }
 
     /// Where the host kernel would drop a file's `security.capability` (a write, a truncate, a chown), drops the
-    /// guest's one under its remapped host name (`remappedCapability`). A file without one is no error.
+    /// guest's one under its remapped host name (`remappedCapability`), by the node. A file without one is no
+    /// error.
     func dropRemappedCapability(_ data: InodeData) throws(Errno) {
+        // SAFETY: the /proc path names a descriptor the node holds for the call; the kernel reads it then.
         guard remappedCapability != nil, data.fileType == .regular else { return }
-        try unsafe withProcPath(of: data) { (path) throws(Errno) in try unsafe dropRemappedCapability(path: path) }
-    }
-
-    /// The same, for the file an open descriptor of the daemon's names.
-    func dropRemappedCapability(_ fd: borrowing OwnedFD) throws(Errno) {
-        guard remappedCapability != nil else { return }
-        try unsafe withProcPath(fd.borrowed.rawValue) { (path) throws(Errno) in try unsafe dropRemappedCapability(path: path) }
-    }
-
-    func dropRemappedCapability(path: UnsafePointer<CChar>) throws(Errno) {
-        // SAFETY: the name is a NUL-terminated array, valid while the kernel reads it.
-        guard let name = remappedCapability else { return }
-        do {
-            try unsafe name.withUnsafeBufferPointer { (bytes) throws(Errno) in
-                try unsafe PathCalls.removeExtendedAttribute(path, bytes.baseAddress!)
-            }
-        } catch {
-            guard error == .noData || error == .notSupported else { throw error }
+        try unsafe withProcPath(of: data) { (path) throws(Errno) in
+            try unsafe removingRemappedCapability { (name) throws(Errno) in try unsafe PathCalls.removeExtendedAttribute(path, name) }
         }
+    }
+
+    /// The same through a descriptor open on the file: fremovexattr, about 0.8 µs here against 3.8 µs through
+    /// a /proc path (a WRITE pays it under such a map).
+    func dropRemappedCapability(_ fd: FileDescriptor) throws(Errno) {
+        guard remappedCapability != nil else { return }
+        try unsafe removingRemappedCapability { (name) throws(Errno) in try unsafe fd.removeExtendedAttribute(name) }
+    }
+
+    /// Runs `remove` with the remapped name; a missing attribute (ENODATA) or a file system without them
+    /// (ENOTSUP) is no error.
+    func removingRemappedCapability(_ remove: (UnsafePointer<CChar>) throws(Errno) -> Void) throws(Errno) {
+        // SAFETY: the name is a NUL-terminated array, valid while `remove` runs.
+        guard let name = remappedCapability else { return }
+        let failure = unsafe name.withUnsafeBufferPointer { (bytes) -> Errno? in
+            do throws(Errno) { try unsafe remove(bytes.baseAddress!) } catch { return error }
+            return nil
+        }
+        if let failure, failure != .noData, failure != .notSupported { throw failure }
     }
 
     public func write(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, from source: WriteSource, killSetIDBits: Bool, fromPageCache: Bool) throws(Errno) -> Int {
@@ -396,7 +405,7 @@ extension PassthroughFileSystem {
         guard offset <= UInt64(Int64.max) else { throw .invalidArgument }
         func write(_ fd: FileDescriptor) throws(Errno) -> Int {
             if killSetIDBits { try clearSetIDBits(try self.node(node), context) }
-            if remappedCapability != nil { try dropRemappedCapability(try self.node(node)) }
+            try dropRemappedCapability(fd)
             guard source.length > 0 else { return 0 }
             return try unsafe fd.write(from: source.buffers, at: Int64(offset))
         }
@@ -425,8 +434,8 @@ extension PassthroughFileSystem {
         guard offset <= UInt64(Int64.max), length <= UInt64(Int64.max) else { throw .invalidArgument }
         try withFile(node: node, handle: handle, writing: true) { (fd) throws(Errno) in
             try fd.allocate(mode: CInt(bitPattern: mode), offset: Int64(offset), length: Int64(length))
+            try dropRemappedCapability(fd)
         }
-        if remappedCapability != nil { try dropRemappedCapability(try self.node(node)) }
         // HANDLE_KILLPRIV_V2: FALLOCATE carries no kill flag, and a local fallocate by an unprivileged caller
         // drops the set-id bits as a write does; the guest leaves that to the server. A non-root caller is taken
         // to lack CAP_FSETID.
@@ -449,10 +458,10 @@ extension PassthroughFileSystem {
     public func copyFileRange(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, toNode: UInt64, toHandle: UInt64, toOffset: UInt64, length: UInt64, flags: UInt64) throws(Errno) -> Int {
         try checkWritable()
         guard offset <= UInt64(Int64.max), toOffset <= UInt64(Int64.max), flags <= UInt64(UInt32.max) else { throw .invalidArgument }
-        if remappedCapability != nil { try dropRemappedCapability(try self.node(toNode)) }
         return try withFile(node: node, handle: handle, writing: false) { (from) throws(Errno) -> Int in
             try withFile(node: toNode, handle: toHandle, writing: true) { (to) throws(Errno) -> Int in
-                try from.copyRange(
+                try dropRemappedCapability(to)
+                return try from.copyRange(
                     offset: Int64(offset), to: to, at: Int64(toOffset), length: Int(min(length, UInt64(Int.max))),
                     flags: UInt32(flags))
             }

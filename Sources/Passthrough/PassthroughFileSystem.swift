@@ -456,7 +456,7 @@ public final class PassthroughFileSystem: FileSystem {
         if unprivileged && hostFlags & O_TRUNC != 0 && data.fileType == .regular {
             try clearSetIDBits(data, context)
         }
-        if hostFlags & O_TRUNC != 0 { try dropRemappedCapability(data) }
+        if hostFlags & O_TRUNC != 0 && data.fileType == .regular { try dropRemappedCapability(fd.borrowed) }
         let writing = accessMode != O_RDONLY
         var openFlags = fileOpenFlags
         if options.cache == .auto && data.fileType == .regular {

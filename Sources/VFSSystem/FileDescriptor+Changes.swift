@@ -28,6 +28,13 @@ extension FileDescriptor {
         try nothingOrErrno { unsafe unlinkat(rawValue, name, directory ? AT_REMOVEDIR : 0) }
     }
 
+    /// Removes the extended attribute `name` of the file this descriptor has open (not an `O_PATH` one). The
+    /// corresponding C function is `fremovexattr`.
+    public func removeExtendedAttribute(_ name: UnsafePointer<CChar>) throws(Errno) {
+        // SAFETY: the kernel reads the NUL-terminated name passed in (valid for the call) and writes nothing back.
+        try nothingOrErrno { unsafe fremovexattr(rawValue, name) }
+    }
+
     /// The corresponding call is `renameat2`.
     public func rename(_ name: UnsafePointer<CChar>, to newDirectory: FileDescriptor, _ newName: UnsafePointer<CChar>, flags: UInt32) throws(Errno) {
         // SAFETY: the kernel reads the NUL-terminated names passed in (valid for the call) and writes nothing back.
