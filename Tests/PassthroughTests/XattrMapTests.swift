@@ -89,17 +89,22 @@ struct XattrMapTests {
         #expect(throws: XattrMap.Invalid.self) { try XattrMap(parsing: text) }
     }
 
+    /// The file system on `tree` with xattrs on and every guest name under user.virtiofs.
+    func mappedFileSystem(_ tree: TemporaryTree) throws -> PassthroughFileSystem {
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        return try PassthroughFileSystem(
+            options: PassthroughOptions(sharedDirectory: tree.path, xattr: true, xattrMap: try XattrMap(parsing: ":map::user.virtiofs.:")),
+            logger: logger)
+    }
+
     @Test("the file system applies the map to SETXATTR, GETXATTR, REMOVEXATTR and LISTXATTR")
     func appliedByTheFileSystem() throws {
         let tree = TemporaryTree()
         tree.write("f", "")
         let path = "\(tree.path)/f"
         #expect(setxattr(path, "user.host-own", "h", 1, 0) == 0)
-        var logger = Logger(label: "test")
-        logger.logLevel = .critical
-        let fs = try PassthroughFileSystem(
-            options: PassthroughOptions(sharedDirectory: tree.path, xattr: true, xattrMap: try XattrMap(parsing: ":map::user.virtiofs.:")),
-            logger: logger)
+        let fs = try mappedFileSystem(tree)
         let node = try fs.lookup(fuseRootID, "f").nodeID
         let value = Array("v".utf8)
         try withName("trusted.overlay.opaque") { name in
@@ -132,11 +137,7 @@ struct XattrMapTests {
         tree.write("f", "contents")
         tree.write("source", "abc")
         let path = "\(tree.path)/f"
-        var logger = Logger(label: "test")
-        logger.logLevel = .critical
-        let fs = try PassthroughFileSystem(
-            options: PassthroughOptions(sharedDirectory: tree.path, xattr: true, xattrMap: try XattrMap(parsing: ":map::user.virtiofs.:")),
-            logger: logger)
+        let fs = try mappedFileSystem(tree)
         let node = try fs.lookup(fuseRootID, "f").nodeID
         // The guest's capability, as the map stores it on the host, and another name of the guest's beside it.
         #expect(setxattr(path, "user.virtiofs.security.capability", "cap", 3, 0) == 0)
@@ -167,11 +168,7 @@ struct XattrMapTests {
         let tree = TemporaryTree()
         tree.write("f", "contents")
         let path = "\(tree.path)/f"
-        var logger = Logger(label: "test")
-        logger.logLevel = .critical
-        let fs = try PassthroughFileSystem(
-            options: PassthroughOptions(sharedDirectory: tree.path, xattr: true, xattrMap: try XattrMap(parsing: ":map::user.virtiofs.:")),
-            logger: logger)
+        let fs = try mappedFileSystem(tree)
         let node = try fs.lookup(fuseRootID, "f").nodeID
         #expect(setxattr(path, "user.virtiofs.security.capability", "cap", 3, 0) == 0)
         let handle = try fs.open(context, node: node, flags: UInt32(O_RDWR)).handle
