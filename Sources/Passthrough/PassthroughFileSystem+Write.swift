@@ -387,8 +387,10 @@ extension PassthroughFileSystem {
         try unsafe removingRemappedCapability { (name) throws(Errno) in try unsafe fd.removeExtendedAttribute(name) }
     }
 
-    /// Runs `remove` with the remapped name; a missing attribute (ENODATA) or a file system without them
-    /// (ENOTSUP) is no error.
+    /// Runs `remove` with the remapped name. A missing attribute (ENODATA), a file system without them
+    /// (ENOTSUP), and a name the daemon may not remove (EPERM, EACCES: a `trusted.` name without CAP_SYS_ADMIN,
+    /// an append-only file) are no error: what the daemon cannot remove, it could not have set for the guest
+    /// either, and the write itself must not fail for it.
     func removingRemappedCapability(_ remove: (UnsafePointer<CChar>) throws(Errno) -> Void) throws(Errno) {
         // SAFETY: the name is a NUL-terminated array, valid while `remove` runs.
         guard let name = remappedCapability else { return }
@@ -396,7 +398,11 @@ extension PassthroughFileSystem {
             do throws(Errno) { try unsafe remove(bytes.baseAddress!) } catch { return error }
             return nil
         }
-        if let failure, failure != .noData, failure != .notSupported { throw failure }
+        guard let failure else { return }
+        switch failure {
+        case .noData, .notSupported, .notPermitted, .permissionDenied: return
+        default: throw failure
+        }
     }
 
     public func write(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, from source: WriteSource, killSetIDBits: Bool, fromPageCache: Bool) throws(Errno) -> Int {

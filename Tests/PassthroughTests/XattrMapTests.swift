@@ -177,4 +177,28 @@ struct XattrMapTests {
         var buffer = [UInt8](repeating: 0, count: 16)
         #expect(getxattr(path, "user.virtiofs.security.capability", &buffer, buffer.count) == 3)
     }
+
+    @Test("a write goes through when the remapped name cannot be removed (EPERM): an append-only file")
+    func remappedCapabilityNotRemovable() throws {
+        let tree = TemporaryTree()
+        tree.write("f", "contents")
+        let path = "\(tree.path)/f"
+        let fs = try mappedFileSystem(tree)
+        let node = try fs.lookup(fuseRootID, "f").nodeID
+        // Append-only on the host (FS_IOC_SETFLAGS, FS_APPEND_FL): removing any xattr is EPERM, appending works.
+        // (A trusted. name is EPERM the same way for a daemon without CAP_SYS_ADMIN, its default.)
+        let fd = Glibc.open(path, O_RDONLY)
+        #expect(fd >= 0)
+        var flags: CLong = 0x20
+        let set = ioctl(fd, 0x4008_6602, &flags)
+        defer {
+            var none: CLong = 0
+            _ = ioctl(fd, 0x4008_6602, &none)
+            close(fd)
+        }
+        try #require(set == 0, "the host file system has no append-only flag")
+        let handle = try fs.open(context, node: node, flags: UInt32(O_WRONLY | O_APPEND)).handle
+        #expect(try fs.writeText("+", node, handle: handle, at: 8) == 1)
+        #expect(tree.read("f") == "contents+")
+    }
 }
