@@ -32,13 +32,19 @@ struct SecurityLabelTests {
         return request
     }
 
+    /// A session on `tree` with --security-label (and `xattrMap`), before INIT.
+    func labellingSession(_ tree: TemporaryTree, xattrMap: XattrMap? = nil) throws -> FUSESession<PassthroughFileSystem> {
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let fs = try PassthroughFileSystem(
+            options: PassthroughOptions(sharedDirectory: tree.path, securityLabel: true, xattrMap: xattrMap), logger: logger)
+        return FUSESession(server: FUSEServer(fileSystem: fs, logger: logger))
+    }
+
     @Test("a new file gets the security context the guest sent with CREATE")
     func createLabelled() throws {
         let tree = TemporaryTree()
-        var logger = Logger(label: "test")
-        logger.logLevel = .critical
-        let fs = try PassthroughFileSystem(options: PassthroughOptions(sharedDirectory: tree.path, securityLabel: true), logger: logger)
-        let session = FUSESession(server: FUSEServer(fileSystem: fs, logger: logger))
+        let session = try labellingSession(tree)
         let (_, initReply) = Frame(request: initFrame(minor: 38, flags: 0xffff_ffff | (1 << 32)), replySegments: [80]).run(session)
         #expect(payload(initReply, as: fuse_init_out.self).flags2 & 1 != 0)  // SECURITY_CTX agreed
 
@@ -52,12 +58,8 @@ struct SecurityLabelTests {
     @Test("under --xattrmap the label goes where the map sends its name: SELinux in a container")
     func labelThroughTheMap() throws {
         let tree = TemporaryTree()
-        var logger = Logger(label: "test")
-        logger.logLevel = .critical
         let map = try XattrMap(parsing: ":prefix:all:security.:trusted.virtiofs.::bad:server::security.::ok:all:::")
-        let fs = try PassthroughFileSystem(
-            options: PassthroughOptions(sharedDirectory: tree.path, xattr: true, securityLabel: true, xattrMap: map), logger: logger)
-        let session = FUSESession(server: FUSEServer(fileSystem: fs, logger: logger))
+        let session = try labellingSession(tree, xattrMap: map)
         _ = Frame(request: initFrame(minor: 38, flags: 0xffff_ffff | (1 << 32)), replySegments: [80]).run(session)
 
         let (_, reply) = Frame(request: createWithLabel("labelled", label: "security.test", value: "guest_label"), replySegments: [16, 128, 16]).run(session)
@@ -71,10 +73,7 @@ struct SecurityLabelTests {
     @Test("a guest that does not offer FUSE_SECURITY_CTX cannot mount with --security-label")
     func needsTheFlag() throws {
         let tree = TemporaryTree()
-        var logger = Logger(label: "test")
-        logger.logLevel = .critical
-        let fs = try PassthroughFileSystem(options: PassthroughOptions(sharedDirectory: tree.path, securityLabel: true), logger: logger)
-        let session = FUSESession(server: FUSEServer(fileSystem: fs, logger: logger))
+        let session = try labellingSession(tree)
         let (_, reply) = Frame(request: initFrame(minor: 38, flags: 0xffff_ffff), replySegments: [80]).run(session)
         #expect(outHeader(reply).error == -Errno.protocolError.rawValue)
     }

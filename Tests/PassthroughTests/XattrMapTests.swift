@@ -98,6 +98,14 @@ struct XattrMapTests {
             logger: logger)
     }
 
+    /// A tree holding one file `f` with `contents`, the mapped file system on it, and the file's node.
+    func mappedFile(_ contents: String) throws -> (tree: TemporaryTree, path: String, fs: PassthroughFileSystem, node: UInt64) {
+        let tree = TemporaryTree()
+        tree.write("f", contents)
+        let fs = try mappedFileSystem(tree)
+        return (tree, "\(tree.path)/f", fs, try fs.lookup(fuseRootID, "f").nodeID)
+    }
+
     @Test("the file system applies the map to SETXATTR, GETXATTR, REMOVEXATTR and LISTXATTR")
     func appliedByTheFileSystem() throws {
         let tree = TemporaryTree()
@@ -133,12 +141,8 @@ struct XattrMapTests {
     @Test("a remapped security.capability goes where the host kernel would drop it: write, fallocate, copy, truncate, chown, O_TRUNC",
           arguments: ["write", "fallocate", "copy", "truncate", "chown", "open-trunc", "create-trunc"])
     func remappedCapabilityDropped(operation: String) throws {
-        let tree = TemporaryTree()
-        tree.write("f", "contents")
+        let (tree, path, fs, node) = try mappedFile("contents")
         tree.write("source", "abc")
-        let path = "\(tree.path)/f"
-        let fs = try mappedFileSystem(tree)
-        let node = try fs.lookup(fuseRootID, "f").nodeID
         // The guest's capability, as the map stores it on the host, and another name of the guest's beside it.
         #expect(setxattr(path, "user.virtiofs.security.capability", "cap", 3, 0) == 0)
         #expect(setxattr(path, "user.virtiofs.user.other", "o", 1, 0) == 0)
@@ -161,30 +165,24 @@ struct XattrMapTests {
         #expect(getxattr(path, "user.virtiofs.user.other", &buffer, buffer.count) == 1, "\(operation) dropped another name")
         // A file without one: the same operation is no error.
         if operation == "write" { #expect(try fs.writeText("y", node, handle: handle, at: 1) == 1) }
+        withExtendedLifetime(tree) {}
     }
 
     @Test("a read, and a chmod, leave a remapped security.capability, as the host kernel leaves its own")
     func remappedCapabilityKept() throws {
-        let tree = TemporaryTree()
-        tree.write("f", "contents")
-        let path = "\(tree.path)/f"
-        let fs = try mappedFileSystem(tree)
-        let node = try fs.lookup(fuseRootID, "f").nodeID
-        #expect(setxattr(path, "user.virtiofs.security.capability", "cap", 3, 0) == 0)
-        let handle = try fs.open(context, node: node, flags: UInt32(O_RDWR)).handle
-        #expect(try fs.readText(node, handle: handle) == "contents")
-        _ = try fs.setattr(context, node: node, changes: AttributeChanges(mode: 0o600))
+        let file = try mappedFile("contents")
+        #expect(setxattr(file.path, "user.virtiofs.security.capability", "cap", 3, 0) == 0)
+        let handle = try file.fs.open(context, node: file.node, flags: UInt32(O_RDWR)).handle
+        #expect(try file.fs.readText(file.node, handle: handle) == "contents")
+        _ = try file.fs.setattr(context, node: file.node, changes: AttributeChanges(mode: 0o600))
         var buffer = [UInt8](repeating: 0, count: 16)
-        #expect(getxattr(path, "user.virtiofs.security.capability", &buffer, buffer.count) == 3)
+        #expect(getxattr(file.path, "user.virtiofs.security.capability", &buffer, buffer.count) == 3)
+        withExtendedLifetime(file.tree) {}
     }
 
     @Test("a write goes through when the remapped name cannot be removed (EPERM): an append-only file")
     func remappedCapabilityNotRemovable() throws {
-        let tree = TemporaryTree()
-        tree.write("f", "contents")
-        let path = "\(tree.path)/f"
-        let fs = try mappedFileSystem(tree)
-        let node = try fs.lookup(fuseRootID, "f").nodeID
+        let (tree, path, fs, node) = try mappedFile("contents")
         // Append-only on the host (FS_IOC_SETFLAGS, FS_APPEND_FL): removing any xattr is EPERM, appending works.
         // (A trusted. name is EPERM the same way for a daemon without CAP_SYS_ADMIN, its default.)
         let fd = Glibc.open(path, O_RDONLY)
