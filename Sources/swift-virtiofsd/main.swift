@@ -46,11 +46,14 @@ struct SwiftVirtiofsd: ParsableCommand {
         }
         let level = config.logLevel
         var systemLog: SystemLogSocket? = nil
+        var unreachableLog: String? = nil
         if options.syslog {
+            // A missing system log is no reason not to serve (virtiofsd starts too): one line, on standard error,
+            // where the rest goes as well.
             do {
                 systemLog = try SystemLogSocket(path: options.syslogSocket)
             } catch {
-                throw ValidationError("--syslog: cannot reach the system log at \(options.syslogSocket): \(error)")
+                unreachableLog = "--syslog: cannot reach the system log at \(options.syslogSocket) (\(error)); logging to standard error"
             }
         }
         LoggingSystem.bootstrap { label in
@@ -61,6 +64,7 @@ struct SwiftVirtiofsd: ParsableCommand {
             return handler
         }
         let logger = Logger(label: "swift-virtiofsd")
+        if let unreachableLog { logger.warning("\(unreachableLog)") }
         let status = Daemon(config: config, logger: logger).run()
         if status != 0 { throw ExitCode(status) }
     }

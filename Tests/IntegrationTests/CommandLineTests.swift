@@ -56,7 +56,6 @@ struct CommandLineTests {
 
     @Test("what it cannot honour is refused with one line naming the option (status 64)", arguments: [
         (["--shared-dir=SHARE", "--tag=a-tag-longer-than-thirty-six-bytes-long"], "--tag"),
-        (["--shared-dir=SHARE", "--syslog", "--syslog-socket=/nonexistent/log"], "--syslog"),
         (["--shared-dir=SHARE", "--xattrmap=:nonsense:all:::"], "--xattrmap"),
         (["--shared-dir=SHARE", "--migration-mode=find-paths"], "--migration"),
         (["--shared-dir=SHARE", "--daemonize"], "--daemonize"),
@@ -97,6 +96,15 @@ struct CommandLineTests {
         #expect(lines.contains { $0.hasPrefix("<14>swift-virtiofsd[") && $0.contains("waiting for the front-end") }, "\(lines)")
         #expect(lines.contains { $0.hasPrefix("<14>swift-virtiofsd[") && $0.contains("SIGTERM before a front-end connected") }, "\(lines)")
         #expect(!log.contains("waiting for the front-end"), "\(log)")
+    }
+
+    @Test("--syslog with no system log to reach: one line on standard error, and the daemon serves as usual")
+    func systemLogMissing() throws {
+        let (status, log) = try start(["--shared-dir=SHARE", "--syslog", "--syslog-socket=/nonexistent/log", "--sandbox=namespace"])
+        #expect(status == 0, "\(log)")
+        let complaints = log.split(separator: "\n").filter { $0.contains("system log") }
+        #expect(complaints.count == 1 && complaints[0].contains("/nonexistent/log"), "\(log)")
+        #expect(log.contains("waiting for the front-end") && log.contains("SIGTERM before a front-end connected"), "\(log)")
     }
 
     @Test("--print-capabilities: separate options, and no migration")
