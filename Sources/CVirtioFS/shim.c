@@ -532,3 +532,9 @@ void cvfs_forward_stop_signals(pid_t child) {
     sigaddset(&set, SIGINT);
     pthread_sigmask(SIG_UNBLOCK, &set, NULL);
 }
+
+long long cvfs_fstatfs_type(int fd) {
+    struct statfs s;
+    if (fstatfs(fd, &s) != 0) return -1;
+    return (long long)(unsigned int)s.f_type;
+}

@@ -445,7 +445,7 @@ extension PassthroughFileSystem {
         // HANDLE_KILLPRIV_V2: FALLOCATE carries no kill flag, and a local fallocate by an unprivileged caller
         // drops the set-id bits as a write does; the guest leaves that to the server. A non-root caller is taken
         // to lack CAP_FSETID.
-        if options.killprivV2 && context.uid != 0 { try clearSetIDBits(try self.node(node), context) }
+        if killprivV2 && context.uid != 0 { try clearSetIDBits(try self.node(node), context) }
     }
 
     public func lseek(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, whence: UInt32) throws(Errno) -> UInt64 {

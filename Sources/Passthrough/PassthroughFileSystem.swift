@@ -35,8 +35,11 @@ public struct PassthroughOptions: Sendable {
     public var preserveNoatime: Bool
     /// Mark directories on another host mount as submounts (`--announce-submounts`, the default).
     public var announceSubmounts: Bool
-    /// FUSE_HANDLE_KILLPRIV_V2 (`--killpriv-v2`).
-    public var killprivV2: Bool
+    /// FUSE_HANDLE_KILLPRIV_V2 (`--killpriv-v2`): the daemon clears set-id bits on write, truncate and chown, and the
+    /// guest stops asking for a file's attributes before each chown to do it itself. nil: on, unless the shared
+    /// directory is on a network file system (NFS, SMB), whose server may refuse the daemon's own mode change
+    /// (virtiofsd's reason to keep it off everywhere).
+    public var killprivV2: Bool?
     /// FUSE_WRITEBACK_CACHE (`--writeback`).
     public var writeback: Bool
     /// `--inode-file-handles`.
@@ -60,7 +63,7 @@ public struct PassthroughOptions: Sendable {
     public init(
         sharedDirectory: String, cache: CachePolicy = .auto, xattr: Bool = false, readOnly: Bool = false,
         locks: Bool = true, flockLocks: Bool = true, allowDirectIO: Bool = false, preserveNoatime: Bool = false,
-        announceSubmounts: Bool = true, killprivV2: Bool = false, writeback: Bool = false,
+        announceSubmounts: Bool = true, killprivV2: Bool? = false, writeback: Bool = false,
         inodeFileHandles: InodeFileHandles = .never, posixACL: Bool = false, securityLabel: Bool = false,
         uidMap: UIDMap = UIDMap.identity, gidMap: GIDMap = GIDMap.identity, xattrMap: XattrMap? = nil, procSelf: ProcSelfDirectory? = nil,
         switchCredentials: Bool? = nil
@@ -114,6 +117,11 @@ public final class PassthroughFileSystem: FileSystem {
     /// another name. The host kernel drops `security.capability` itself when a file is written, truncated or
     /// chowned, and knows nothing of the other name: the daemon drops it then instead (as virtiofsd does).
     let remappedCapability: [CChar]?
+    /// Whether FUSE_HANDLE_KILLPRIV_V2 is offered (`options.killprivV2`, decided for this shared directory).
+    let killprivV2: Bool
+
+    /// File systems where the daemon does not clear set-id bits itself unless told to: NFS, CIFS and SMB2.
+    static let networkFileSystems: Set<UInt64> = [0x6969, 0xFF53_4D42, 0xFE53_4D42]
 
     /// Opens the shared directory and `/proc/self/fd`.
     public init(options: PassthroughOptions, logger: Logger) throws(Errno) {
@@ -122,6 +130,11 @@ public final class PassthroughFileSystem: FileSystem {
         self.logger = logger
         let root = try FileDescriptor.open(options.sharedDirectory, flags: [.path, .directory])
         let stat = try unsafe root.borrowed.statx("")
+        let onNetwork = (try? root.borrowed.fileSystemType()).map { Self.networkFileSystems.contains($0) } ?? false
+        killprivV2 = options.killprivV2 ?? !onNetwork
+        if options.killprivV2 == nil && onNetwork {
+            logger.info("--killpriv-v2 is off: the shared directory is on a network file system (--killpriv-v2 turns it on)")
+        }
         inodes = InodeStore(root: root, stat: stat)
         if let given = options.procSelf {
             procSelf = given
@@ -311,7 +324,7 @@ public final class PassthroughFileSystem: FileSystem {
         if options.locks { flags.insert(.posixLocks) }
         if options.flockLocks { flags.insert(.flockLocks) }
         if options.announceSubmounts { flags.insert(.submounts) }
-        if options.killprivV2 { flags.insert(.handleKillprivV2) }
+        if killprivV2 { flags.insert(.handleKillprivV2) }
         if options.writeback { flags.insert(.writebackCache) }
         // The caller's supplementary group that owns a new file's parent: only useful when requests run as
         // their callers.
@@ -452,7 +465,7 @@ public final class PassthroughFileSystem: FileSystem {
         // early for ATTR_OPEN): the daemon drops them. With HANDLE_KILLPRIV_V2 the guest says when
         // (FUSE_OPEN_KILL_SUIDGID); without, a non-root caller is taken to lack CAP_FSETID. (CREATE needs none: the
         // guest sends it only for a name it does not know, and a new file keeps its bits.)
-        let unprivileged = options.killprivV2 ? context.killSetIDBitsOnTruncate : context.uid != 0
+        let unprivileged = killprivV2 ? context.killSetIDBitsOnTruncate : context.uid != 0
         if unprivileged && hostFlags & O_TRUNC != 0 && data.fileType == .regular {
             try clearSetIDBits(data, context)
         }

@@ -143,6 +143,12 @@ extension FileDescriptor {
             nameMax: UInt32(truncatingIfNeeded: s.f_namemax), fragmentSize: UInt32(truncatingIfNeeded: s.f_frsize))
     }
 
+    /// The magic number of the file system holding this file (`f_type`: 0x6969 for NFS, say). The corresponding C
+    /// function is `fstatfs`.
+    public func fileSystemType() throws(Errno) -> UInt64 {
+        UInt64(try valueOrErrno { cvfs_fstatfs_type(rawValue) })
+    }
+
     /// Duplicates the descriptor with `O_CLOEXEC`. The corresponding C function is `fcntl(F_DUPFD_CLOEXEC)`.
     public func duplicate() throws(Errno) -> OwnedFD {
         OwnedFD(taking: try valueOrErrno { fcntl(rawValue, F_DUPFD_CLOEXEC, 0) })

@@ -205,6 +205,7 @@ struct Bench: ParsableCommand {
             default: nil
             }
             let cpuBefore = cpuTime(pid: process.processIdentifier)
+            let userBefore = userCPUTime(pid: process.processIdentifier)
             let ownBefore = ownCPUTime()
             let start = monotonicNanoseconds()
             let threads = try loads.enumerated().map { (i, load) in
@@ -215,6 +216,7 @@ struct Bench: ParsableCommand {
             threads.forEach { $0.join() }
             let elapsed = Double(monotonicNanoseconds() - start) / 1e9
             let cpu = cpuTime(pid: process.processIdentifier) - cpuBefore
+            let user = userCPUTime(pid: process.processIdentifier) - userBefore
             let own = ownCPUTime() - ownBefore
             var latencies = loads.flatMap(\.latencies).sorted()
             if latencies.isEmpty { latencies = [0] }
@@ -225,7 +227,7 @@ struct Bench: ParsableCommand {
                 operation: op, opsPerSecond: Double(done) / elapsed,
                 megabytesPerSecond: Double(done * op.dataBytes) / elapsed / 1e6,
                 p50: Double(latencies[latencies.count / 2]) / 1000, p99: Double(latencies[latencies.count * 99 / 100]) / 1000,
-                cpuMicroseconds: cpu * 1e6 / Double(done), errors: errors, firstError: firstError, host: baseline,
+                cpuMicroseconds: cpu * 1e6 / Double(done), userMicroseconds: user * 1e6 / Double(done), errors: errors, firstError: firstError, host: baseline,
                 generatorMicroseconds: own * 1e6 / Double(done)))
             loads.forEach {
                 $0.latencies.removeAll(keepingCapacity: true)
@@ -297,14 +299,14 @@ struct Bench: ParsableCommand {
     /// round's ratio to its own baseline.
     func printTable(_ command: String, _ rounds: [[Result]]) {
         print("\(command):\n")
-        print("| operation | ops/s | MB/s | p50 µs | p99 µs | back-end CPU µs/op | generator CPU µs/op | errors |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| operation | ops/s | MB/s | p50 µs | p99 µs | back-end CPU µs/op | of it user-mode | generator CPU µs/op | errors |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for (i, first) in rounds[0].enumerated() {
             func m(_ field: (Result) -> Double) -> Double { median(rounds.map { field($0[i]) }) }
             let errors = rounds.reduce(0) { $0 + $1[i].errors }
             let firstError = rounds.first { $0[i].firstError != 0 }?[i].firstError ?? 0
             let errorText = errors == 0 ? "0" : "\(errors) (first: errno \(-firstError))"
-            print("| \(first.operation.rawValue) | \(format(m(\.opsPerSecond), 0)) | \(first.operation.dataBytes > 0 ? format(m(\.megabytesPerSecond), 0) : "-") | \(format(m(\.p50), 1)) | \(format(m(\.p99), 1)) | \(format(m(\.cpuMicroseconds), 2)) | \(format(m(\.generatorMicroseconds), 2)) | \(errorText) |")
+            print("| \(first.operation.rawValue) | \(format(m(\.opsPerSecond), 0)) | \(first.operation.dataBytes > 0 ? format(m(\.megabytesPerSecond), 0) : "-") | \(format(m(\.p50), 1)) | \(format(m(\.p99), 1)) | \(format(m(\.cpuMicroseconds), 2)) | \(format(m(\.userMicroseconds), 2)) | \(format(m(\.generatorMicroseconds), 2)) | \(errorText) |")
         }
         print()
         for (i, first) in rounds[0].enumerated() {
@@ -339,6 +341,8 @@ struct Result {
     var p50: Double
     var p99: Double
     var cpuMicroseconds: Double
+    /// Its user-mode part: the back-end's own code, without the kernel's work for its system calls.
+    var userMicroseconds: Double
     var errors: Int
     var firstError: Int32
     /// The host syscall's figure measured next to this operation: fstat ns (GETATTR), pread or pwrite MB/s.

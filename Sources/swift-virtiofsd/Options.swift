@@ -47,8 +47,8 @@ struct DaemonOptions: ParsableArguments {
     @Flag(name: .customLong("preserve-noatime"), help: "Keep the guest's O_NOATIME (stripped by default).")
     var preserveNoatime = false
 
-    @Flag(name: [.customLong("killpriv-v2")], inversion: .prefixedNo, help: "FUSE_HANDLE_KILLPRIV_V2: the daemon clears set-id bits on write and truncate (default off).")
-    var killprivV2 = false
+    @Flag(name: [.customLong("killpriv-v2")], inversion: .prefixedNo, help: "FUSE_HANDLE_KILLPRIV_V2: the daemon clears set-id bits on write, truncate and chown, by the rule a local file system keeps, and the guest no longer asks for a file's attributes before each chown (default on, except on NFS or SMB, whose server may refuse it; virtiofsd's default is off).")
+    var killprivV2: Bool? = nil
 
     @Flag(name: [.customLong("announce-submounts")], inversion: .prefixedNo, help: "Give each host submount its own device in the guest (default on).")
     var announceSubmounts = true
@@ -164,7 +164,8 @@ struct Configuration {
     var writeback: Bool
     var allowDirectIO: Bool
     var preserveNoatime: Bool
-    var killprivV2: Bool
+    /// nil: the file system decides (on, unless the shared directory is on a network file system).
+    var killprivV2: Bool?
     var announceSubmounts: Bool
     var inodeFileHandles: InodeFileHandles
     var posixACL: Bool

@@ -186,3 +186,7 @@ int cvfs_fuzz_reset_tree(const char *path);
 /// own: a fuzzed file server running as root cannot harm the host's files, nor fill its disk, whatever it is
 /// tricked into.
 int cvfs_fuzz_confine(const char *const *writable, size_t count, const char *scratch, unsigned scratch_mib);
+
+/// fstatfs(2)'s f_type (the file system's magic number) of `fd`'s file, or -1 with errno set. (Swift cannot name
+/// `struct statfs` apart from the function of the same name.)
+long long cvfs_fstatfs_type(int fd);
