@@ -123,6 +123,12 @@ public final class PassthroughFileSystem: FileSystem {
     /// File systems where the daemon does not clear set-id bits itself unless told to: NFS, CIFS and SMB2.
     static let networkFileSystems: Set<UInt64> = [0x6969, 0xFF53_4D42, 0xFE53_4D42]
 
+    /// Whether to offer FUSE_HANDLE_KILLPRIV_V2: as `setting` says, or when it says nothing, unless the shared
+    /// directory's file system (`fileSystemType`, fstatfs's magic; nil when unknown) is a network one.
+    static func offersKillprivV2(_ setting: Bool?, fileSystemType: UInt64?) -> Bool {
+        setting ?? !(fileSystemType.map { networkFileSystems.contains($0) } ?? false)
+    }
+
     /// Opens the shared directory and `/proc/self/fd`.
     public init(options: PassthroughOptions, logger: Logger) throws(Errno) {
         // SAFETY: the shared directory's C string lives for the open call.
@@ -130,9 +136,8 @@ public final class PassthroughFileSystem: FileSystem {
         self.logger = logger
         let root = try FileDescriptor.open(options.sharedDirectory, flags: [.path, .directory])
         let stat = try unsafe root.borrowed.statx("")
-        let onNetwork = (try? root.borrowed.fileSystemType()).map { Self.networkFileSystems.contains($0) } ?? false
-        killprivV2 = options.killprivV2 ?? !onNetwork
-        if options.killprivV2 == nil && onNetwork {
+        killprivV2 = Self.offersKillprivV2(options.killprivV2, fileSystemType: try? root.borrowed.fileSystemType())
+        if options.killprivV2 == nil && !killprivV2 {
             logger.info("--killpriv-v2 is off: the shared directory is on a network file system (--killpriv-v2 turns it on)")
         }
         inodes = InodeStore(root: root, stat: stat)

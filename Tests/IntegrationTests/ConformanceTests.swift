@@ -29,6 +29,8 @@ struct ConformanceTests {
          "--translate-gid=map:0:0:4294967295"],
         // Every xattr name kept under user.virtiofs. on the host: the guest sees its own names as before.
         ["--kernel", "6.12", "--xattrmap=:map::user.virtiofs.:"],
+        // QEMU 10 as the front-end (qemu/prepare-peers).
+        ["--kernel", "6.12", "--qemu", "10"],
     ])
     func suiteMatchesLocal(options: [String]) throws {
         let result = try run(["\(repositoryRoot)/qemu/conformance/run", "--backend", backend] + options)

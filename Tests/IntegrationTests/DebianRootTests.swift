@@ -91,6 +91,8 @@ struct DebianRootTests {
             ["--cache", "auto"],
             ["--cache", "always", "--sandbox=none", "--seccomp=none"],
             ["--cache", "auto", "--sandbox=namespace", "--seccomp=kill", "--xattr"],
+            // QEMU 10 as the front-end (qemu/prepare-peers).
+            ["--cache", "auto", "--qemu", "10"],
         ])
     func bootAndWork(_ options: [String]) throws {
         let root = try DebianRoot()
@@ -98,6 +100,7 @@ struct DebianRootTests {
         let boot = try DebianBoot(root: root, ["--root", "share"] + options)
         #expect(boot.result.status == 0, "the job failed: \(boot.result.output)\n\(boot.result.errors)")
         #expect(boot.booted, "systemd did not finish booting: \(boot.result.errors)")
+        if options.contains("--qemu") { #expect(boot.result.errors.contains("run-debian: QEMU 10."), "not QEMU 10: \(boot.result.errors)") }
         let ext4Failed = try Self.ext4FailedUnits.get()
         #expect(boot.failedUnits.subtracting(ext4Failed).isEmpty,
             "failed on the share only: \(boot.failedUnits.subtracting(ext4Failed))")

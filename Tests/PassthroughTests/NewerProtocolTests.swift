@@ -5,7 +5,7 @@ import FUSE
 import FUSETestSupport
 import Glibc
 import Logging
-import Passthrough
+@testable import Passthrough
 import Testing
 import VFSSystem
 
@@ -130,6 +130,27 @@ struct NewerProtocolTests {
         // A group the caller is not given is not taken from another request.
         let (_, again) = Frame(request: creating(.mkdir, parent, "again", mode: 0o755, group: nil), replySegments: [16, 128]).run(session)
         #expect(outHeader(again).error == -EACCES)
+    }
+
+    @Test("killpriv-v2: on unless told otherwise, except on NFS and SMB; what the command line says wins")
+    func killprivV2Default() throws {
+        let ext4: UInt64 = 0xEF53, nfs: UInt64 = 0x6969, cifs: UInt64 = 0xFF53_4D42, smb2: UInt64 = 0xFE53_4D42
+        #expect(PassthroughFileSystem.offersKillprivV2(nil, fileSystemType: ext4))
+        #expect(PassthroughFileSystem.offersKillprivV2(nil, fileSystemType: nil))
+        for network in [nfs, cifs, smb2] {
+            #expect(!PassthroughFileSystem.offersKillprivV2(nil, fileSystemType: network))
+            #expect(PassthroughFileSystem.offersKillprivV2(true, fileSystemType: network))
+        }
+        #expect(!PassthroughFileSystem.offersKillprivV2(false, fileSystemType: ext4))
+        // On this tree (a local file system) the daemon's default offers it at INIT.
+        let tree = TemporaryTree()
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let byDefault = try PassthroughFileSystem(options: PassthroughOptions(sharedDirectory: tree.path, killprivV2: nil), logger: logger)
+        let request = InitRequest(major: 7, minor: 41, maxReadahead: 0, flags: [.handleKillprivV2])
+        #expect(try byDefault.initialize(request).contains(.handleKillprivV2))
+        let off = try PassthroughFileSystem(options: PassthroughOptions(sharedDirectory: tree.path, killprivV2: false), logger: logger)
+        #expect(try !off.initialize(request).contains(.handleKillprivV2))
     }
 
     @Test("a WRITE with KILL_SUIDGID clears set-group-id without group execution only for a writer outside the file's group",
