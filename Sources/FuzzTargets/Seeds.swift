@@ -129,9 +129,63 @@ public enum Seeds {
             "setup": memoryImage + setup,
             "setup-stop-reset": memoryImage + setup + message(.getVringBase, bytes(cvfs_vhost_vring_state(index: 1, num: 0)))
                 + message(.resetDevice) + message(.getFeatures),
+            // Dirty logging switched on while a queue runs, a request, then the state saved into the pipe (fd 1 of
+            // the others: its write end) once the queue stops, and checked.
+            "migration": memoryImage + setup
+                + message(.setLogBase, needReply: true, bytes(UInt64(16).littleEndian) + bytes(UInt64(0)), fds: [0])
+                + message(.setFeatures, needReply: true, bytes(UInt64(0x1_7400_0000)))
+                + message(.setVringAddr, needReply: true, bytes(cvfs_vhost_vring_addr(
+                    index: 1, flags: 1, descriptor: 0x7000_0000, used: 0x7000_0200, available: 0x7000_0100, log: 0x200)))
+                + message(.getVringBase, bytes(cvfs_vhost_vring_state(index: 1, num: 0)))
+                + message(.setDeviceStateFD, bytes(UInt64(0)), fds: [1]) + message(.checkDeviceState)
+                + message(.setDeviceStateFD, bytes(UInt32(1)) + bytes(UInt32(0)), fds: [0]) + message(.checkDeviceState),
             "memory-slots": memoryImage + message(.getFeatures) + message(.getMaxMemSlots)
                 + message(.addMemReg, bytes(cvfs_vhost_single_memory_region(padding: 0, region: table.regions.0)), fds: [0])
                 + message(.remMemReg, bytes(cvfs_vhost_single_memory_region(padding: 0, region: table.regions.0))),
         ]
+    }
+
+    /// Session states (the file system's part) naming the scratch tree's files by path and by a made-up handle,
+    /// with open handles.
+    public static var state: [String: [UInt8]] {
+        func node(_ writer: inout StateWriter, id: UInt64, type: UInt8, path: String?) {
+            writer.u64(id)
+            writer.u64(2)
+            writer.u8(type)
+            writer.u64(0)
+            writer.u64(0)
+            writer.u8(path == nil ? 0 : 1)
+            if let path { writer.data(Array(path.utf8)) }
+        }
+        var paths = StateWriter()
+        paths.u8(0)
+        paths.u64(0)
+        paths.u64(5)
+        node(&paths, id: 1 << 6 | 2, type: 0, path: "file")
+        node(&paths, id: 2 << 6 | 5, type: 1, path: "dir")
+        node(&paths, id: 3 << 6 | 9, type: 0, path: "dir/inner")
+        node(&paths, id: 4 << 6 | 1, type: 2, path: "link")
+        node(&paths, id: 5 << 6 | 3, type: 5, path: "fifo")
+        paths.u64(3)
+        for (handle, node, flags) in [(UInt64(17), UInt64(1 << 6 | 2), Int32(2)), (33, 2 << 6 | 5, 0), (49, 3 << 6 | 9, 0o2001)] {
+            paths.u64(handle)
+            paths.u64(node)
+            paths.i32(flags)
+        }
+        var handles = StateWriter()
+        handles.u8(1)
+        handles.u64(0)
+        handles.u64(1)
+        handles.u64(1 << 6 | 2)
+        handles.u64(1)
+        handles.u8(0)
+        handles.u64(0)
+        handles.u64(0)
+        handles.u8(1)
+        handles.i32(1)
+        handles.u64(0)
+        handles.data([UInt8](repeating: 7, count: 8))
+        handles.u64(0)
+        return ["paths": paths.bytes, "handles": handles.bytes]
     }
 }

@@ -59,6 +59,17 @@ public enum VhostUserFuzz {
     }
 
     static let pool = Pool()
+
+    /// Device state that saves a few hundred bytes and takes any, so that DEVICE_STATE is offered and its
+    /// messages reach the transfer.
+    final class FuzzState: DeviceStateTransfer {
+        var maxStateSize: Int { 1 << 16 }
+        func saveState() throws(DeviceStateError) -> [UInt8] { [UInt8](repeating: 0x5a, count: 300) }
+        func loadState(_ state: [UInt8]) throws(DeviceStateError) {
+            if state.first == 0 { throw DeviceStateError("refused") }
+        }
+    }
+    static let state = FuzzState()
     static let server = FUSEServer(fileSystem: AnsweringFileSystem(), logger: logger)
 
     public static func run(_ data: UnsafeRawBufferPointer) {
@@ -71,7 +82,11 @@ public enum VhostUserFuzz {
         let peer = pair.second
         _ = fcntl(peer.rawValue, F_SETFL, O_NONBLOCK)
         // Every other input with a tag, so that GET_CONFIG reaches a config space (and CONFIG is offered).
-        let backend = VirtioFSBackend(server: server, threadPoolSize: Int(data.count % 3), tag: data.count % 2 == 0 ? "fuzz" : nil, logger: logger)
+        // A front-end that never reads or writes its end of a state transfer: 10 ms, not 30 s.
+        VhostUserHandler.deviceStateStallMilliseconds = 10
+        let backend = VirtioFSBackend(
+            server: server, threadPoolSize: Int(data.count % 3), tag: data.count % 2 == 0 ? "fuzz" : nil,
+            deviceState: data.count % 3 == 0 ? nil : state, logger: logger)
         let handler = VhostUserHandler(backend: backend, logger: logger, procSelf: pool.proc)
         var count = 0
         while !input.isAtEnd && count < 48 {
@@ -83,7 +98,7 @@ public enum VhostUserFuzz {
             let descriptors = input.u8()
             var fds: [CInt] = []
             // Memory requests take memory files first, vring requests eventfds first, the rest the others.
-            let first = [5, 37, 38].contains(request) ? 0 : [12, 13, 14].contains(request) ? 3 : 5
+            let first = [5, 6, 37, 38].contains(request) ? 0 : [7, 12, 13, 14].contains(request) ? 3 : 5
             for i in 0..<Int(descriptors & 3) { fds.append(pool.descriptor(first + Int(descriptors >> (2 + 2 * i)) & 3)) }
             let payload = input.take(length)
             let message = VhostUserMessage(request: request, flags: flags, payload: payload, fds: ReceivedFDs(fds))
@@ -95,6 +110,9 @@ public enum VhostUserFuzz {
             // Replies are read and dropped, so the socket never fills.
             var sink = [UInt8](repeating: 0, count: 4096)
             while read(peer.rawValue, &sink, sink.count) > 0 {}
+            // And what a state transfer wrote into the shared pipe.
+            _ = fcntl(pool.pipeEnds[0].rawValue, F_SETFL, O_NONBLOCK)
+            while read(pool.pipeEnds[0].rawValue, &sink, sink.count) > 0 {}
             // Kick every queue once, so a queue that started runs over the memory it was given.
             for event in pool.events { event.signal() }
         }

@@ -70,6 +70,26 @@ public final class HandleTable: Sendable {
         shards.withLock(Int(handle & Self.shardMask)) { $0.handles.removeValue(forKey: handle) }
     }
 
+    /// Every open handle, with its number, in no order (a migration's snapshot).
+    public func snapshot() -> [(handle: UInt64, data: HandleData)] {
+        var all: [(handle: UInt64, data: HandleData)] = []
+        for i in 0..<shards.count { shards.withLock(i) { $0.handles.forEach { all.append(($0, $1)) } } }
+        return all
+    }
+
+    /// Adds a handle a migration brought, under the number the guest knows it by.
+    /// - Throws: `Errno.fileExists` when the number is 0, 2^48 or more, or taken.
+    public func restore(_ handle: UInt64, fd: consuming OwnedFD, writer: InodeData?, appending: Bool) throws(Errno) {
+        // Handle numbers this table makes stay far below 2^48: a larger one could wrap the counter onto taken ones.
+        guard handle != 0, handle < 1 << 48 else { throw .fileExists }
+        let data = HandleData(fd: fd, writer: writer, appending: appending)
+        try shards.withLock(Int(handle & Self.shardMask)) { (shard) throws(Errno) in
+            guard shard.handles[handle] == nil else { throw .fileExists }
+            shard.handles[handle] = data
+            shard.nextCounter = max(shard.nextCounter, (handle >> Self.shardBits) + 1)
+        }
+    }
+
     public func clear() {
         for i in 0..<shards.count { shards.withLock(i) { $0.handles.removeAll() } }
     }

@@ -96,6 +96,11 @@ struct IDTable<Value> {
         self = IDTable()
     }
 
+    /// Every id and its value, in no order (a migration's snapshot).
+    func forEach(_ body: (UInt64, Value) -> Void) {
+        for slot in slots where slot.key != 0 { body(slot.key, slot.value!) }
+    }
+
     private mutating func grow() { resize(to: slots.count * 2, shift: shift - 1) }
 
     private mutating func resize(to capacity: Int, shift newShift: UInt64) {

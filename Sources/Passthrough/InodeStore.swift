@@ -58,6 +58,20 @@ public final class InodeData: Sendable {
         self.mount = nil
     }
 
+    /// A node a migration brought whose file the destination could not find (`--migration-on-error
+    /// guest-error`): it holds nothing, and every request on it fails with EIO until the guest forgets it.
+    init(lostNodeID nodeID: UInt64, fileType: FileType) {
+        self.nodeID = nodeID
+        self.key = InodeKey(device: 0, inode: 0, mountID: 0, birth: nodeID)
+        self.fileType = fileType
+        self.descriptor = -1
+        self.handle = nil
+        self.mount = nil
+    }
+
+    /// Whether the node is one a migration could not find again (see `init(lostNodeID:fileType:)`).
+    public var isLost: Bool { descriptor < 0 && handle == nil }
+
     init(nodeID: UInt64, key: InodeKey, fileType: FileType, handle: KernelFileHandle, mount: MountTable.Mount) {
         self.nodeID = nodeID
         self.key = key
@@ -166,6 +180,11 @@ public final class InodeStore: Sendable {
     /// The shared directory; id 1, never forgotten.
     public let root: InodeData
     private let shards: Shards<Shard>
+    /// Nodes a migration brought whose id lies in another shard than their file's identity hashes to here
+    /// (the hash is seeded per process): found by identity through this map until the guest forgets them.
+    /// Empty, and never locked, unless a migration brought nodes.
+    private let aliases = Mutex<[InodeKey: UInt64]>([:])
+    private let aliasCount = Atomic<Int>(0)
 
     public init(root fd: consuming OwnedFD, stat: FileStat) {
         // The root is always held by its descriptor.
@@ -195,6 +214,7 @@ public final class InodeStore: Sendable {
         holding: (FileDescriptor) throws(Errno) -> NodeHolding = { _ in .descriptor }
     ) throws(Errno) -> InodeData {
         if key == root.key { return root }
+        if aliasCount.load(ordering: .relaxed) > 0, let known = aliased(key, addLookup: true) { return known }
         let shardIndex = Self.shard(of: key)
         var pending: OwnedFD? = fd
         let result = shards.withLock(shardIndex) { shard -> Result<InodeData, Errno> in
@@ -219,12 +239,14 @@ public final class InodeStore: Sendable {
     /// The node for `key` if the guest holds it, without adding a lookup.
     public func find(key: InodeKey) -> InodeData? {
         if key == root.key { return root }
+        if aliasCount.load(ordering: .relaxed) > 0, let known = aliased(key, addLookup: false) { return known }
         return shards.withLock(Self.shard(of: key)) { shard in shard.find(key).flatMap { shard.byID[$0]?.data } }
     }
 
     /// Adds one lookup to the node for `key` if the guest holds it already; nil otherwise.
     public func lookupExisting(key: InodeKey) -> InodeData? {
         if key == root.key { return root }
+        if aliasCount.load(ordering: .relaxed) > 0, let known = aliased(key, addLookup: true) { return known }
         return shards.withLock(Self.shard(of: key)) { $0.addLookup(key) }
     }
 
@@ -254,6 +276,7 @@ public final class InodeStore: Sendable {
             emptied = shard.byID.count == 0
             return true
         }
+        if gone && aliasCount.load(ordering: .relaxed) > 0 { removeAlias(nodeID) }
         // glibc keeps the pages of freed nodes (spread over every queue thread's arena) until asked: a guest
         // that forgets a large tree would leave the daemon at its peak size for good.
         guard gone else { return false }
@@ -267,6 +290,8 @@ public final class InodeStore: Sendable {
 
     /// Forgets every node except the root.
     public func clear() {
+        aliases.withLock { $0.removeAll() }
+        aliasCount.store(0, ordering: .relaxed)
         for i in 0..<shards.count {
             shards.withLock(i) { shard in
                 shard.byID.removeAll()
@@ -278,6 +303,74 @@ public final class InodeStore: Sendable {
     /// How many nodes the guest holds, besides the root.
     public var count: Int {
         (0..<shards.count).reduce(0) { total, i in total + shards.withLock(i) { $0.byID.count } }
+    }
+
+    // MARK: Migration
+
+    /// The node an alias names for `key`, with one more lookup when `addLookup`; nil when there is none.
+    private func aliased(_ key: InodeKey, addLookup: Bool) -> InodeData? {
+        guard let id = aliases.withLock({ $0[key] }) else { return nil }
+        return shards.withLock(Int(id & Self.shardMask)) { shard -> InodeData? in
+            guard var node = shard.byID[id], node.data.key == key else { return nil }
+            if addLookup {
+                node.lookups += 1
+                shard.byID[id] = node
+            }
+            return node.data
+        }
+    }
+
+    private func removeAlias(_ nodeID: UInt64) {
+        aliases.withLock { aliases in
+            guard let key = aliases.first(where: { $0.value == nodeID })?.key else { return }
+            aliases[key] = nil
+            aliasCount.store(aliases.count, ordering: .relaxed)
+        }
+    }
+
+    /// Every node the guest holds but the root, with its lookup count, in no order.
+    public func snapshot() -> [(node: InodeData, lookups: UInt64)] {
+        var nodes: [(node: InodeData, lookups: UInt64)] = []
+        for i in 0..<shards.count {
+            shards.withLock(i) { shard in shard.byID.forEach { _, node in nodes.append((node.data, node.lookups)) } }
+        }
+        return nodes
+    }
+
+    /// Adds a node a migration brought, under the id and lookup count the guest knows it by; `fd` is its file,
+    /// found again here (nil: lost, see `InodeData.init(lostNodeID:fileType:)`).
+    /// - Throws: `Errno.fileExists` when the id is the root's, 0, 2^48 or more, or taken, or when another node has that file.
+    public func restore(
+        nodeID: UInt64, lookups: UInt64, key: InodeKey, fileType: FileType, fd: consuming OwnedFD?,
+        holding: (FileDescriptor) throws(Errno) -> NodeHolding = { _ in .descriptor }
+    ) throws(Errno) {
+        // Ids this store makes stay below 2^48 (KeyIndex keeps a tag above them); a state's may not be larger.
+        guard nodeID != 0, nodeID != fuseRootID, nodeID < 1 << 48, lookups > 0 else { throw .fileExists }
+        let shardIndex = Int(nodeID & Self.shardMask)
+        let data: InodeData
+        if let fd = fd.take() {
+            guard key != root.key, find(key: key) == nil else { throw .fileExists }
+            switch try holding(fd.borrowed) {
+            case .descriptor: data = InodeData(nodeID: nodeID, key: key, fileType: fileType, fd: fd)
+            case .handle(let handle, let mount):
+                data = InodeData(nodeID: nodeID, key: key, fileType: fileType, handle: handle, mount: mount)
+            }
+        } else {
+            data = InodeData(lostNodeID: nodeID, fileType: fileType)
+        }
+        let indexedHere = !data.isLost && Self.shard(of: key) == shardIndex
+        try shards.withLock(shardIndex) { (shard) throws(Errno) in
+            guard shard.byID[nodeID] == nil else { throw .fileExists }
+            shard.byID[nodeID] = Node(data: data, lookups: lookups)
+            if indexedHere { shard.byKey.insert(key, id: nodeID) { shard.byID[$0]?.data.key } }
+            shard.nextCounter = max(shard.nextCounter, (nodeID >> Self.shardBits) + 1)
+        }
+        if !data.isLost && !indexedHere {
+            aliases.withLock { aliases in
+                aliases[key] = nodeID
+                aliasCount.store(aliases.count, ordering: .relaxed)
+            }
+        }
     }
 
     /// The lookup count of a node (tests).

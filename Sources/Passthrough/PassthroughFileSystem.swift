@@ -59,6 +59,8 @@ public struct PassthroughOptions: Sendable {
     public var procSelf: ProcSelfDirectory?
     /// Whether requests run as their guest user (nil: when the daemon runs as root).
     public var switchCredentials: Bool?
+    /// How the session moves in a live migration (`--migration-*`).
+    public var migration = MigrationOptions()
 
     public init(
         sharedDirectory: String, cache: CachePolicy = .auto, xattr: Bool = false, readOnly: Bool = false,
@@ -66,8 +68,9 @@ public struct PassthroughOptions: Sendable {
         announceSubmounts: Bool = true, killprivV2: Bool? = false, writeback: Bool = false,
         inodeFileHandles: InodeFileHandles = .never, posixACL: Bool = false, securityLabel: Bool = false,
         uidMap: UIDMap = UIDMap.identity, gidMap: GIDMap = GIDMap.identity, xattrMap: XattrMap? = nil, procSelf: ProcSelfDirectory? = nil,
-        switchCredentials: Bool? = nil
+        switchCredentials: Bool? = nil, migration: MigrationOptions = MigrationOptions()
     ) {
+        self.migration = migration
         self.switchCredentials = switchCredentials
         self.uidMap = uidMap
         self.gidMap = gidMap
@@ -244,6 +247,7 @@ public final class PassthroughFileSystem: FileSystem {
     /// so no rename can swap another file in between the check and the open.
     func reopen(_ data: InodeData, flags: CInt) throws(Errno) -> OwnedFD {
         guard data.fileType.canBeOpened else { throw .badFileDescriptor }
+        if data.isLost { throw .ioError }
         if let pinned = data.pinnedFD { return try reopen(path: pinned, flags: flags) }
         if let handle = data.handle, let mount = data.mount {
             return try mount.fd.borrowed.open(handle: handle, flags: OpenFlags(rawValue: flags))
@@ -264,7 +268,7 @@ public final class PassthroughFileSystem: FileSystem {
     func withPath<T: ~Copyable>(_ data: InodeData, _ body: (FileDescriptor) throws(Errno) -> T) throws(Errno) -> T {
         if data.descriptor >= 0 { return try body(FileDescriptor(rawValue: data.descriptor)) }
         if let pinned = data.pinnedFD { return try body(pinned) }
-        guard let handle = data.handle, let mount = data.mount else { throw .badFileDescriptor }
+        guard let handle = data.handle, let mount = data.mount else { throw data.isLost ? .ioError : .badFileDescriptor }
         let fd = try mount.fd.borrowed.open(handle: handle, flags: [.path, .noFollow])
         return try body(fd.borrowed)
     }

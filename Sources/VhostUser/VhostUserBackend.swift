@@ -20,10 +20,14 @@ public protocol VhostUserBackend: AnyObject, Sendable {
     /// The device's virtio config space, for a front-end that asks the back-end for it (GET_CONFIG); nil: the
     /// front-end keeps its own, and VHOST_USER_PROTOCOL_F_CONFIG is not offered.
     var configSpace: [UInt8]? { get }
+    /// The device's internal state for a live migration; nil: it has none to move, and
+    /// VHOST_USER_PROTOCOL_F_DEVICE_STATE is not offered.
+    var deviceState: (any DeviceStateTransfer)? { get }
 }
 
 extension VhostUserBackend {
     public var configSpace: [UInt8]? { nil }
+    public var deviceState: (any DeviceStateTransfer)? { nil }
 }
 
 /// Serves the descriptor chains of one queue, on that queue's worker thread.

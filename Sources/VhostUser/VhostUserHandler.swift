@@ -12,13 +12,13 @@ public final class VhostUserHandler {
     /// Virtio features every vhost-user device here offers.
     public static let genericFeatures: UInt64 =
         VirtioFeatures.version1 | VirtioFeatures.ringIndirectDescriptors | VirtioFeatures.ringEventIndex
-        | VirtioFeatures.protocolFeatures
+        | VirtioFeatures.protocolFeatures | VirtioFeatures.logAll
     /// Protocol features offered whatever the device. CONFIG only comes with a device config space
     /// (`offeredProtocolFeatures`): QEMU 7.1 to 8.0 crash when a back-end offers it.
     public static let supportedProtocolFeatures: UInt64 =
         VhostUserProtocolFeatures.multipleQueues | VhostUserProtocolFeatures.replyAck
         | VhostUserProtocolFeatures.backendRequests | VhostUserProtocolFeatures.resetDevice
-        | VhostUserProtocolFeatures.configureMemSlots
+        | VhostUserProtocolFeatures.configureMemSlots | VhostUserProtocolFeatures.logSharedMemory
     /// Memory slots offered with CONFIGURE_MEM_SLOTS.
     public static let maxMemorySlots: UInt64 = 509
 
@@ -32,6 +32,9 @@ public final class VhostUserHandler {
         var errorFD: OwnedFD?
         var worker: VringWorker?
         var shared: VringShared?
+        /// SET_VRING_ADDR's VHOST_VRING_F_LOG and log address: where the used ring is logged while migrating.
+        var logsUsed = false
+        var usedLogAddress: UInt64 = 0
     }
 
     static func freshVrings(_ count: Int) -> [Vring] { (0..<count).map { _ in Vring() } }
@@ -46,10 +49,24 @@ public final class VhostUserHandler {
     var vrings: [Vring]
     var backendRequestFD: OwnedFD?
     var memoryGeneration: UInt64 = 0
+    /// The dirty-page log of SET_LOG_BASE; written only while VHOST_F_LOG_ALL is on.
+    var dirtyLog: DirtyLog?
+    /// SET_LOG_FD's eventfd: kept, never signalled (QEMU reads the log at its own pace).
+    var logFD: OwnedFD?
+    /// Counts changes of the logging settings given to the queues.
+    var loggingGeneration: UInt64 = 0
+    /// The device-state transfer under way (SET_DEVICE_STATE_FD until CHECK_DEVICE_STATE).
+    var stateJob: DeviceStateJob?
+    /// How long a device-state transfer waits for a front-end that neither reads nor writes its end before it
+    /// fails (tests and the fuzzer shorten it).
+    public nonisolated(unsafe) static var deviceStateStallMilliseconds: CInt = 30_000
+    /// How long a change of logging settings waits for a queue that is busy with one long request.
+    static var loggingWaitMilliseconds: Int { 10_000 }
 
     /// The protocol features this back-end offers: CONFIG too when the device has a config space to give.
     public var offeredProtocolFeatures: UInt64 {
         Self.supportedProtocolFeatures | (backend.configSpace != nil ? VhostUserProtocolFeatures.config : 0)
+            | (backend.deviceState != nil ? VhostUserProtocolFeatures.deviceState : 0)
     }
 
     public init(backend: any VhostUserBackend, logger: Logger, procSelf: ProcSelfDirectory? = nil) {
@@ -61,6 +78,7 @@ public final class VhostUserHandler {
 
     deinit {
         stopAll()
+        _ = stateJob?.finish()
     }
 
     /// Serves the connection until the front-end closes it (returns) or breaks the protocol (throws).
@@ -121,11 +139,14 @@ public final class VhostUserHandler {
             guard wanted & ~offered == 0 else {
                 throw .invalid(request, "features 0x\(String(wanted & ~offered, radix: 16)) were not offered")
             }
+            let loggingChanged = (features ^ wanted) & VirtioFeatures.logAll != 0
             features = wanted
             // Without VHOST_USER_F_PROTOCOL_FEATURES rings are enabled as soon as they start.
             if features & VirtioFeatures.protocolFeatures == 0 {
                 for i in vrings.indices { setEnabled(i, true) }
             }
+            // QEMU waits for the ack of the SET_FEATURES that starts logging: by then every queue logs.
+            if loggingChanged { updateLogging() }
             return nil
         case .getProtocolFeatures:
             try expectNoDescriptors(message, request)
@@ -146,6 +167,7 @@ public final class VhostUserHandler {
             stopAll()
             vrings = Self.freshVrings(backend.maxQueues)
             features = 0
+            dirtyLog = nil
             backend.reset()
             return nil
         case .getQueueNum:
@@ -184,6 +206,13 @@ public final class VhostUserHandler {
                 throw .invalid(request, "queue \(index): ring addresses are not aligned (descriptors on 16, available on 2, used on 4 bytes)")
             }
             vrings[index].addresses = addresses
+            let logsUsed = UInt32(littleEndian: address.flags) & VringAddressFlags.log != 0
+            let usedLogAddress = UInt64(littleEndian: address.log)
+            if logsUsed != vrings[index].logsUsed || usedLogAddress != vrings[index].usedLogAddress {
+                vrings[index].logsUsed = logsUsed
+                vrings[index].usedLogAddress = usedLogAddress
+                updateLogging()
+            }
             return nil
         case .setVringBase:
             try expectNoDescriptors(message, request)
@@ -236,6 +265,21 @@ public final class VhostUserHandler {
         case .setConfig:
             // virtio-fs's config space is the device's to say; the driver never writes it.
             throw .invalid(request, "the config space is read-only")
+        case .setLogBase:
+            try setLogBase(message)
+            return payloadBytes(of: UInt64(0).littleEndian)
+        case .setLogFD:
+            guard message.fds.count == 1 else { throw .badDescriptorCount(request, message.fds.count) }
+            guard let fd = message.fds.take(0), fd.borrowed.isEventFD(proc: procSelf) else {
+                throw .invalid(request, "the descriptor is not an eventfd")
+            }
+            logFD = consume fd
+            return nil
+        case .setDeviceStateFD:
+            return payloadBytes(of: setDeviceStateFD(message).littleEndian)
+        case .checkDeviceState:
+            try expectNoDescriptors(message, request)
+            return payloadBytes(of: checkDeviceState().littleEndian)
         default:
             throw .unknownRequest(request.rawValue)
         }
@@ -300,7 +344,8 @@ public final class VhostUserHandler {
         guard vrings[index].size > 0, let addresses = vrings[index].addresses else {
             throw .invalid(.setVringKick, "queue \(index): kick before its size and addresses")
         }
-        let shared = VringShared(memory: memory, enabled: vrings[index].enabled, callFD: vrings[index].callFD.take())
+        let shared = VringShared(
+            memory: memory, enabled: vrings[index].enabled, callFD: vrings[index].callFD.take(), logging: logging(index))
         let worker: VringWorker
         do {
             worker = try VringWorker(
@@ -344,6 +389,136 @@ public final class VhostUserHandler {
     /// Stops every queue, as when the front-end goes away: each answers what it handed out first.
     public func stopAll() {
         for i in vrings.indices { stopVring(i) }
+    }
+
+    // MARK: Migration
+
+    /// The logging settings of queue `index` now: the log while VHOST_F_LOG_ALL is on, and the used ring's
+    /// log address when its flag asks for it.
+    func logging(_ index: Int) -> VringLogging {
+        guard features & VirtioFeatures.logAll != 0, let dirtyLog else { return VringLogging(generation: loggingGeneration) }
+        return VringLogging(
+            log: dirtyLog, usedAt: vrings[index].logsUsed ? vrings[index].usedLogAddress : nil, generation: loggingGeneration)
+    }
+
+    /// Gives every running queue its logging settings and waits until each applies them, so that every
+    /// completion after this returns is logged as the front-end asked.
+    func updateLogging() {
+        loggingGeneration += 1
+        for i in vrings.indices {
+            guard let shared = vrings[i].shared else { continue }
+            shared.setLogging(logging(i))
+            vrings[i].worker?.poke()
+        }
+        for i in vrings.indices {
+            guard let shared = vrings[i].shared else { continue }
+            if !shared.waitApplied(loggingGeneration, milliseconds: Self.loggingWaitMilliseconds) {
+                logger.warning("queue \(i): busy for \(Self.loggingWaitMilliseconds / 1000) s; it logs from its next request on")
+            }
+        }
+    }
+
+    /// SET_LOG_BASE with VHOST_USER_PROTOCOL_F_LOG_SHMFD: maps the log (size and offset in the payload, the
+    /// memory file attached).
+    func setLogBase(_ message: VhostUserMessage) throws(VhostUserError) {
+        let request = VhostUserRequest.setLogBase
+        guard protocolFeatures & VhostUserProtocolFeatures.logSharedMemory != 0 else {
+            throw .invalid(request, "VHOST_USER_PROTOCOL_F_LOG_SHMFD was not agreed")
+        }
+        guard message.payload.count == 16 else { throw .badPayloadSize(request, UInt32(message.payload.count)) }
+        guard message.fds.count == 1, let fd = message.fds.take(0) else { throw .badDescriptorCount(request, message.fds.count) }
+        let (size, offset) = message.payload.withUnsafeBytes {
+            (UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)), UInt64(littleEndian: $0.loadUnaligned(fromByteOffset: 8, as: UInt64.self)))
+        }
+        let (length, overflow) = size.addingReportingOverflow(offset)
+        // One bit per 4 KiB page: 2^40 bytes of log would cover 2^55 bytes of guest memory, far past any guest.
+        guard size > 0, !overflow, length <= 1 << 40 else { throw .invalid(request, "a log of \(size) bytes at offset \(offset)") }
+        guard fd.borrowed.isRegularFile(atLeast: length) else {
+            throw .invalid(request, "a log of \(size) bytes at offset \(offset) is not inside its memory file")
+        }
+        do {
+            let mapping = try MemoryMapping(fd: fd.borrowed, length: Int(length))
+            dirtyLog = try DirtyLog(mapping: mapping, offset: offset, size: size)
+        } catch {
+            throw .invalid(request, "cannot map a log of \(size) bytes: \(error)")
+        }
+        logger.debug("dirty-page log: \(size) bytes")
+        updateLogging()
+    }
+
+    /// SET_DEVICE_STATE_FD: starts saving the device's state into the descriptor, or loading it from there.
+    /// Returns the reply: 0x100 (success, no descriptor of ours) or 0x101 (failure).
+    func setDeviceStateFD(_ message: VhostUserMessage) -> UInt64 {
+        let request = VhostUserRequest.setDeviceStateFD
+        let noDescriptor: UInt64 = 0x100
+        guard let transfer = backend.deviceState, protocolFeatures & VhostUserProtocolFeatures.deviceState != 0 else {
+            logger.error("vhost-user \(request): VHOST_USER_PROTOCOL_F_DEVICE_STATE was not agreed")
+            return noDescriptor | 1
+        }
+        guard message.payload.count == 8, message.fds.count == 1, let fd = message.fds.take(0) else {
+            logger.error("vhost-user \(request): \(message.payload.count) bytes and \(message.fds.count) descriptors")
+            return noDescriptor | 1
+        }
+        let (rawDirection, phase) = message.payload.withUnsafeBytes {
+            (UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self)), UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self)))
+        }
+        guard let direction = DeviceStateDirection(rawValue: rawDirection), phase == 0 else {
+            logger.error("vhost-user \(request): direction \(rawDirection), phase \(phase) (only 0 and 1, phase 0 \"stopped\")")
+            return noDescriptor | 1
+        }
+        // The phase "stopped": the device is suspended, every queue stopped.
+        guard vrings.allSatisfy({ $0.worker == nil }) else {
+            logger.error("vhost-user \(request): a queue still runs; the state moves only while the device is suspended")
+            return noDescriptor | 1
+        }
+        guard fd.borrowed.isPipeOrSocket else {
+            logger.error("vhost-user \(request): the descriptor is not a pipe or a socket")
+            return noDescriptor | 1
+        }
+        if let previous = stateJob.take() { _ = previous.finish() }
+        do {
+            switch direction {
+            case .save:
+                let state: [UInt8]
+                do {
+                    state = try transfer.saveState()
+                } catch {
+                    logger.error("migration: cannot save the device state: \(error)")
+                    return noDescriptor | 1
+                }
+                logger.info("migration: saving \(state.count) bytes of device state")
+                stateJob = try DeviceStateJob(writing: state, to: fd)
+            case .load:
+                stateJob = try DeviceStateJob(readingFrom: fd, limit: transfer.maxStateSize)
+            }
+        } catch {
+            logger.error("vhost-user \(request): cannot start the transfer: \(error)")
+            return noDescriptor | 1
+        }
+        return noDescriptor
+    }
+
+    /// CHECK_DEVICE_STATE: waits for the transfer to end and, when loading, takes the state up. 0 on success.
+    func checkDeviceState() -> UInt64 {
+        guard let job = stateJob.take(), let transfer = backend.deviceState else {
+            logger.error("vhost-user CHECK_DEVICE_STATE: no device state transfer under way")
+            return 1
+        }
+        switch job.finish() {
+        case .failure(let error):
+            logger.error("migration: the device state transfer failed: \(error)")
+            return 1
+        case .success(let bytes):
+            guard job.direction == .load else { return 0 }
+            do {
+                try transfer.loadState(bytes)
+                logger.info("migration: loaded \(bytes.count) bytes of device state")
+                return 0
+            } catch {
+                logger.error("migration: cannot load the device state: \(error)")
+                return 1
+            }
+        }
     }
 
     // MARK: Memory

@@ -42,6 +42,9 @@ public enum VhostUserRequest: UInt32, Sendable, CaseIterable {
     case remMemReg = 38
     case setStatus = 39
     case getStatus = 40
+    case getSharedObject = 41
+    case setDeviceStateFD = 42
+    case checkDeviceState = 43
 }
 
 /// Header flag bits.
@@ -57,6 +60,8 @@ public enum VhostUserFlags {
 
 /// Virtio and vhost-user feature bits this back-end deals with.
 public enum VirtioFeatures {
+    /// VHOST_F_LOG_ALL: the back-end logs every write into guest memory (live migration).
+    public static let logAll: UInt64 = 1 << 26
     public static let ringIndirectDescriptors: UInt64 = 1 << 28
     public static let ringEventIndex: UInt64 = 1 << 29
     /// VHOST_USER_F_PROTOCOL_FEATURES.
@@ -74,4 +79,10 @@ public enum VhostUserProtocolFeatures {
     public static let backendSendFD: UInt64 = 1 << 10
     public static let resetDevice: UInt64 = 1 << 13
     public static let configureMemSlots: UInt64 = 1 << 15
+    public static let deviceState: UInt64 = 1 << 19
+}
+
+/// VHOST_VRING_F_LOG, in SET_VRING_ADDR's flags: log writes to this ring's used ring at its `log` address.
+public enum VringAddressFlags {
+    public static let log: UInt32 = 1
 }

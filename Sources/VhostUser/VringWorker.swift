@@ -20,13 +20,39 @@ final class VringShared: Sendable {
         var callRaw: CInt = -1
         /// Where the worker stopped (GET_VRING_BASE).
         var stoppedAt: UInt16?
+        /// The dirty-page log while the front-end migrates (nil: not logging), and where the used ring is logged.
+        var logging: VringLogging = VringLogging()
+        /// The `logging.generation` the worker has applied: every completion after it is logged as `logging` says.
+        var appliedLogging: UInt64 = 0
     }
 
     let state: Mutex<State>
+    /// Bumped at every change of `logging`: the worker looks at it after each request, without the lock.
+    let loggingChanges = Atomic<UInt64>(0)
 
-    init(memory: GuestMemoryMap, enabled: Bool, callFD: consuming OwnedFD?) {
+    init(memory: GuestMemoryMap, enabled: Bool, callFD: consuming OwnedFD?, logging: VringLogging) {
         let raw = callFD?.rawValue ?? -1
-        state = Mutex(State(memory: memory, memoryGeneration: 0, enabled: enabled, callFD: callFD, callRaw: raw, stoppedAt: nil))
+        state = Mutex(State(memory: memory, memoryGeneration: 0, enabled: enabled, callFD: callFD, callRaw: raw,
+                            stoppedAt: nil, logging: logging, appliedLogging: logging.generation))
+    }
+
+    /// Gives the worker new logging settings; it applies them after the request it is serving, or at once when it
+    /// waits. `waitApplied` then waits for that.
+    func setLogging(_ logging: VringLogging) {
+        state.withLock { $0.logging = logging }
+        loggingChanges.add(1, ordering: .releasing)
+    }
+
+    /// Waits until the worker has applied `generation` (polling: a control-path call), up to `milliseconds`;
+    /// whether it did.
+    func waitApplied(_ generation: UInt64, milliseconds: Int) -> Bool {
+        var waited = 0
+        while state.withLock({ $0.appliedLogging }) != generation {
+            guard waited < milliseconds else { return false }
+            ProcessSettings.sleep(microseconds: 1000)
+            waited += 1
+        }
+        return true
     }
 
     /// Replaces the call eventfd (SET_VRING_CALL on a running queue), closing the old one.
@@ -41,6 +67,15 @@ final class VringShared: Sendable {
             if state.callRaw >= 0 { EventFD.signal(FileDescriptor(rawValue: state.callRaw)) }
         }
     }
+}
+
+/// Dirty-page logging of one queue: the log while the front-end has VHOST_F_LOG_ALL on, and the guest address
+/// of the used ring when its VHOST_VRING_F_LOG flag is set.
+struct VringLogging: Sendable {
+    var log: DirtyLog?
+    var usedAt: UInt64?
+    /// Which change this is (the handler counts them).
+    var generation: UInt64 = 0
 }
 
 /// The ring configuration that the front-end sends before starting a queue.
@@ -191,6 +226,8 @@ final class VringWorker: @unchecked Sendable {
         /// Completions taken from `completions`, reused.
         @exclusivity(unchecked) var taken: [(head: UInt16, length: UInt32)] = []
         @exclusivity(unchecked) var memoryGeneration: UInt64 = 0
+        /// `shared.loggingChanges` when logging was last applied.
+        @exclusivity(unchecked) var loggingSeen: UInt64 = ~0
         @exclusivity(unchecked) var broken = false
         let duplicateReported = OneTimeFlag()
         let malformedReported = OneTimeFlag()
@@ -295,6 +332,19 @@ final class VringWorker: @unchecked Sendable {
             if unsafe published && queue.needsNotification() { shared.signalGuest() }
         }
 
+        /// Takes up new logging settings, if the handler gave any since the last look (one relaxed load
+        /// otherwise), and tells the handler they apply from here on.
+        @inline(__always)
+        func applyLoggingIfChanged() {
+            // SAFETY: the queue belongs to this thread.
+            let changes = shared.loggingChanges.load(ordering: .acquiring)
+            guard unsafe changes != loggingSeen else { return }
+            unsafe loggingSeen = changes
+            let logging = shared.state.withLock { $0.logging }
+            unsafe queue.setLogging(logging.log, usedAt: logging.usedAt)
+            shared.state.withLock { $0.appliedLogging = logging.generation }
+        }
+
         /// Serves everything available, then re-arms notifications and signals the guest once.
         func process() {
             // SAFETY: chains point into memory the queue holds; the handler uses them during its call or holds
@@ -311,6 +361,7 @@ final class VringWorker: @unchecked Sendable {
                     unsafe broken = true
                 }
             }
+            applyLoggingIfChanged()
             guard enabled, unsafe !broken else { return }
             var completed = publishCompletions()
             // In a long batch the guest hears every `signalEvery` requests, not only at the end, so that it can
@@ -331,6 +382,7 @@ final class VringWorker: @unchecked Sendable {
                             }
                             continue
                         }
+                        defer { applyLoggingIfChanged() }
                         if let written = handler.handle(chain) {
                             unsafe queue.complete(head: head, length: written)
                             sinceSignal += 1

@@ -21,8 +21,15 @@ public final class VirtioFSBackend<FS: FileSystem>: VhostUserBackend {
     /// NUL-padded to 36 bytes, then the request queues, little-endian); nil without a tag.
     public let configSpace: [UInt8]?
 
-    public init(server: FUSEServer<FS>, threadPoolSize: Int = 0, tag: String? = nil, logger: Logger) {
+    /// The FUSE session's state for a live migration (nil: the device offers none).
+    public let deviceState: (any DeviceStateTransfer)?
+
+    public init(
+        server: FUSEServer<FS>, threadPoolSize: Int = 0, tag: String? = nil, deviceState: (any DeviceStateTransfer)? = nil,
+        logger: Logger
+    ) {
         self.server = server
+        self.deviceState = deviceState
         self.threadPoolSize = threadPoolSize
         self.logger = logger
         if let tag {
@@ -90,5 +97,22 @@ public final class VirtioFSBackend<FS: FileSystem>: VhostUserBackend {
         func stopDeferred() {
             deferred.cancelAll()
         }
+    }
+}
+
+/// Moves the FUSE session (the nodes and handles the guest holds) between daemons in a live migration.
+public final class SessionTransfer<FS: MigratableFileSystem>: DeviceStateTransfer {
+    let server: FUSEServer<FS>
+    /// 1 GiB: room for some ten million nodes with their paths.
+    public var maxStateSize: Int { 1 << 30 }
+
+    public init(server: FUSEServer<FS>) { self.server = server }
+
+    public func saveState() throws(DeviceStateError) -> [UInt8] {
+        do { return try server.saveState() } catch { throw DeviceStateError(error.description) }
+    }
+
+    public func loadState(_ state: [UInt8]) throws(DeviceStateError) {
+        do { try server.loadState(state) } catch { throw DeviceStateError(error.description) }
     }
 }

@@ -40,6 +40,11 @@ public struct SplitQueue {
     public private(set) var nextUsed: UInt16
     /// `used.idx` at the last time we decided whether to signal (EVENT_IDX), nil before the first time.
     var signalledUsed: UInt16?
+    /// The dirty-page log while the front-end migrates the guest (VHOST_F_LOG_ALL): every reply written into
+    /// the guest's buffers is marked in it; nil otherwise.
+    public private(set) var log: DirtyLog?
+    /// The guest address the used ring is logged at (VHOST_VRING_F_LOG), when it is.
+    public private(set) var usedLogAddress: UInt64?
 
     /// Byte sizes of the three parts of a split ring of `size` entries.
     public static func ringSizes(size: UInt16) -> (descriptors: UInt64, available: UInt64, used: UInt64) {
@@ -85,6 +90,13 @@ public struct SplitQueue {
     @inline(__always) func setAvailableEvent(_ value: UInt16) {
         // SAFETY: avail_event is inside the used ring, translated whole at init.
         unsafe cvfs_store_relaxed_u16(used + 4 + 8 * Int(size), value)
+        if let log, let usedLogAddress { log.mark(usedLogAddress &+ 4 &+ 8 &* UInt64(size), length: 2) }
+    }
+
+    /// Starts or stops logging: `log` for the reply buffers, and the used ring at `usedAt` too when given.
+    public mutating func setLogging(_ log: DirtyLog?, usedAt: UInt64?) {
+        self.log = log
+        usedLogAddress = log == nil ? nil : usedAt
     }
 
     /// Whether the guest has made buffers available that we have not consumed.
@@ -191,12 +203,56 @@ public struct SplitQueue {
     /// Puts `head` into the used ring with `length` bytes written and publishes it (release ordering).
     public mutating func complete(head: UInt16, length: UInt32) {
         // SAFETY: the slot is masked to the ring's size, inside the used ring translated at init.
+        // While migrating, the reply's bytes are marked before the guest can see them used.
+        if let log, length > 0 { logWritten(head: head, length: length, in: log) }
         let slot = Int(nextUsed & (size &- 1))
         let element = unsafe used + 4 + 8 * slot
         unsafe element.storeBytes(of: UInt32(head).littleEndian, as: UInt32.self)
         unsafe (element + 4).storeBytes(of: length.littleEndian, as: UInt32.self)
         nextUsed &+= 1
         unsafe cvfs_store_release_u16(used + 2, nextUsed.littleEndian)
+        if let log, let usedLogAddress {
+            log.mark(usedLogAddress &+ 4 &+ 8 &* UInt64(slot), length: 8)
+            log.mark(usedLogAddress &+ 2, length: 2)
+        }
+    }
+
+    /// Marks in `log` the guest pages of the first `length` bytes of the chain's writable buffers: what a reply
+    /// wrote (virtio 1.2 §2.7.8: the used length counts bytes written from the start of the writable part).
+    /// The chain is walked again from the ring, as a deferred request no longer has its buffers at hand; the
+    /// walk has the same bounds as `walk`, and stops at anything malformed.
+    func logWritten(head: UInt16, length: UInt32, in log: DirtyLog) {
+        // SAFETY: indexes are checked against the table's size; an indirect table is translated whole first.
+        guard head < size else { return }
+        var table = unsafe UnsafeRawPointer(descriptors)
+        var tableSize = Int(size)
+        var index = Int(head)
+        var ttl = Int(size)
+        var remaining = UInt64(length)
+        var inIndirect = false
+        while ttl > 0 && remaining > 0 {
+            ttl -= 1
+            let descriptor = unsafe Descriptor(table: table, index: index)
+            if descriptor.flags & Self.descriptorIndirect != 0 {
+                let bytes = UInt64(descriptor.length)
+                guard !inIndirect, bytes > 0, bytes % UInt64(Self.descriptorSize) == 0, bytes / 16 <= 32768,
+                      let indirect = unsafe memory.translate(GuestAddress(descriptor.address), length: bytes)
+                else { return }
+                unsafe table = UnsafeRawPointer(indirect)
+                tableSize = Int(bytes) / Self.descriptorSize
+                ttl = tableSize
+                index = 0
+                inIndirect = true
+                continue
+            }
+            if descriptor.flags & Self.descriptorWrite != 0 {
+                let written = min(remaining, UInt64(descriptor.length))
+                log.mark(descriptor.address, length: written)
+                remaining -= written
+            }
+            guard descriptor.flags & Self.descriptorNext != 0, Int(descriptor.next) < tableSize else { return }
+            index = Int(descriptor.next)
+        }
     }
 
     /// Whether the guest wants an interrupt for the chains completed since the last call (virtio 1.2 §2.7.10).
@@ -231,10 +287,13 @@ public struct SplitQueue {
         let next = nextAvailable
         let nextUsed = self.nextUsed
         let signalled = signalledUsed
+        let (log, usedLogAddress) = (self.log, self.usedLogAddress)
         self = try SplitQueue(
             size: size, descriptorsAt: descriptorsAt, availableAt: availableAt, usedAt: usedAt, memory: memory,
             eventIndex: eventIndex, nextAvailable: next)
         self.nextUsed = nextUsed
         self.signalledUsed = signalled
+        self.log = log
+        self.usedLogAddress = usedLogAddress
     }
 }

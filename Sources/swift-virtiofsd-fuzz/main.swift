@@ -13,6 +13,7 @@ let targets: [String: (UnsafeRawBufferPointer) -> Void] = [
     "passthrough": FUSEFuzz.passthroughFileSystem,
     "chain": ChainFuzz.run,
     "vhost-user": VhostUserFuzz.run,
+    "state": StateFuzz.run,
 ]
 
 nonisolated(unsafe) var current: ((UnsafeRawBufferPointer) -> Void)? = nil
@@ -20,7 +21,7 @@ nonisolated(unsafe) var current: ((UnsafeRawBufferPointer) -> Void)? = nil
 // `seeds DIR`: writes the seed corpus, DIR/TARGET/NAME for each target.
 if CommandLine.arguments.count == 3 && CommandLine.arguments[1] == "seeds" {
     let root = CommandLine.arguments[2]
-    for (target, seeds) in [("fuse", Seeds.fuse), ("passthrough", Seeds.fuse), ("chain", Seeds.chain), ("vhost-user", Seeds.vhostUser)] {
+    for (target, seeds) in [("fuse", Seeds.fuse), ("passthrough", Seeds.fuse), ("chain", Seeds.chain), ("vhost-user", Seeds.vhostUser), ("state", Seeds.state)] {
         FileManagerless.makeDirectory(root)
         FileManagerless.makeDirectory("\(root)/\(target)")
         for (name, data) in seeds { FileManagerless.write(data, to: "\(root)/\(target)/seed-\(name)") }
@@ -40,7 +41,7 @@ let rest = CommandLine.arguments.dropFirst(2).map { argument in
     argument.hasPrefix("-") || argument.hasPrefix("/") ? argument : FileManagerless.currentDirectory() + "/" + argument
 }
 
-if CommandLine.arguments[1] == "passthrough" {
+if CommandLine.arguments[1] == "passthrough" || CommandLine.arguments[1] == "state" {
     // The passthrough target runs as root on a scratch tree (a small tmpfs of its own): everything else is made
     // read-only first.
     var writable = [FileManagerless.currentDirectory()]

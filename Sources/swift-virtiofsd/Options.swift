@@ -113,16 +113,16 @@ struct DaemonOptions: ParsableArguments {
     @Flag(name: .customLong("daemonize"), help: .hidden)
     var daemonize = false
 
-    @Option(name: .customLong("migration-mode"), help: .hidden)
+    @Option(name: .customLong("migration-mode"), help: ArgumentHelp("How a live migration's destination finds the files the guest holds: find-paths (their paths under the shared directory, as the source sees them at switch-over) or file-handles (kernel file handles: the same file system on both sides, and CAP_DAC_READ_SEARCH).", valueName: "find-paths|file-handles"))
     var migrationMode: String?
 
-    @Option(name: .customLong("migration-on-error"), help: .hidden)
+    @Option(name: .customLong("migration-on-error"), help: ArgumentHelp("What a file that cannot be found again in a migration does: abort (the migration fails, the guest goes on at the source) or guest-error (the migration goes on; requests on that file fail with EIO).", valueName: "abort|guest-error"))
     var migrationOnError: String?
 
-    @Flag(name: .customLong("migration-verify-handles"), help: .hidden)
+    @Flag(name: .customLong("migration-verify-handles"), help: "In a migration, the destination checks that every file it finds is the source's (device and inode number): only where both sides see the same file system.")
     var migrationVerifyHandles = false
 
-    @Flag(name: .customLong("migration-confirm-paths"), help: .hidden)
+    @Flag(name: .customLong("migration-confirm-paths"), help: "In a migration with find-paths, the source opens every path it found and checks it still names the file, against others renaming files meanwhile.")
     var migrationConfirmPaths = false
 
     @Option(name: .customShort("o", allowingJoined: true), help: ArgumentHelp("""
@@ -186,6 +186,8 @@ struct Configuration {
     var gidTranslation: GIDMap
     /// Set the open-file limit to exactly `openFileLimit` (it was given), rather than only raise it.
     var exactOpenFileLimit: Bool
+    /// `--migration-*`.
+    var migration: MigrationOptions
 
     enum Listen {
         case path(String)
@@ -291,9 +293,15 @@ struct Configuration {
         if options.daemonize {
             throw Invalid(description: "--daemonize: not supported; the daemon stays in the foreground for its supervisor (systemd, libvirt) to watch")
         }
-        if options.migrationMode != nil || options.migrationOnError != nil || options.migrationVerifyHandles || options.migrationConfirmPaths {
-            throw Invalid(description: "--migration-*: migration is not supported (QEMU 7.2 cannot migrate a vhost-user-fs device)")
+        guard let migrationMode = MigrationOptions.Mode(rawValue: options.migrationMode ?? "find-paths") else {
+            throw Invalid(description: "--migration-mode takes find-paths or file-handles, not '\(options.migrationMode ?? "")'")
         }
+        guard let migrationOnError = MigrationOptions.OnError(rawValue: options.migrationOnError ?? "abort") else {
+            throw Invalid(description: "--migration-on-error takes abort or guest-error, not '\(options.migrationOnError ?? "")'")
+        }
+        migration = MigrationOptions(
+            mode: migrationMode, onError: migrationOnError, verifyHandles: options.migrationVerifyHandles,
+            confirmPaths: options.migrationConfirmPaths)
         switch logLevelText.lowercased() {
         case "off": logLevel = nil
         case "error", "err": logLevel = .error
@@ -320,7 +328,8 @@ struct Configuration {
             throw Invalid(description: "--seccomp takes kill, log, trap or none, not '\(options.seccomp)'")
         }
         do {
-            capabilities = try Capabilities.set(fileHandles: inodeFileHandles != .never, modifications: modcaps)
+            capabilities = try Capabilities.set(
+                fileHandles: inodeFileHandles != .never || migration.mode == .fileHandles, modifications: modcaps)
             uidMaps = try options.uidMap.map { (text) throws(NamespaceIDMap.Invalid) in try NamespaceIDMap(parsing: text) }
             gidMaps = try options.gidMap.map { (text) throws(NamespaceIDMap.Invalid) in try NamespaceIDMap(parsing: text) }
         } catch let error as Capabilities.Invalid {

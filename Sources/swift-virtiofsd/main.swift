@@ -35,7 +35,7 @@ struct SwiftVirtiofsd: ParsableCommand {
         if options.printCapabilities {
             // vhost-user.json's back-end capabilities: the long options work as libvirt passes them. Not
             // migrate-precopy: there is no migration here.
-            print(#"{"type": "fs", "features": ["separate-options"]}"#)
+            print(#"{"type": "fs", "features": ["migrate-precopy", "separate-options"]}"#)
             return
         }
         let config: Configuration
@@ -150,7 +150,8 @@ struct Daemon {
                     inodeFileHandles: config.inodeFileHandles, posixACL: config.posixACL,
                     securityLabel: config.securityLabel, uidMap: config.uidTranslation, gidMap: config.gidTranslation,
                     xattrMap: config.xattrMap,
-                    procSelf: sandbox.procSelf, switchCredentials: sandbox.canSwitchCredentials),
+                    procSelf: sandbox.procSelf, switchCredentials: sandbox.canSwitchCredentials,
+                    migration: config.migration),
                 logger: logger)
         } catch {
             logger.error("cannot open shared directory \(config.sharedDirectory): \(error)")
@@ -181,7 +182,9 @@ struct Daemon {
         }
         let server = FUSEServer(
             fileSystem: fileSystem, options: FUSEServerOptions(readdirplus: config.readdirplus), logger: logger)
-        let backend = VirtioFSBackend(server: server, threadPoolSize: config.threadPoolSize, tag: config.tag, logger: logger)
+        let backend = VirtioFSBackend(
+            server: server, threadPoolSize: config.threadPoolSize, tag: config.tag, deviceState: SessionTransfer(server: server),
+            logger: logger)
 
         // Logged once sandbox, capabilities and filter are in place (a front-end may connect earlier: it waits).
         logger.info("waiting for the front-end on \(place) (sandbox \(config.sandbox.rawValue), seccomp \(config.seccomp.rawValue))")

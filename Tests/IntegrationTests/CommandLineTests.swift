@@ -45,6 +45,8 @@ struct CommandLineTests {
         ["--shared-dir=SHARE", "--xattrmap=/prefix/all/trusted./user.virtiofs./ /bad/server//trusted./ /ok/all///"],
         ["-o", "source=SHARE,xattrmap=:map::user.virtiofs.:"],
         ["--shared-dir=SHARE", "--tag=myfs"],
+        ["--shared-dir=SHARE", "--migration-mode=file-handles", "--migration-on-error=guest-error", "--migration-verify-handles",
+         "--migration-confirm-paths"],
     ])
     func accepted(arguments: [String]) throws {
         let (status, log) = try start(arguments)
@@ -57,7 +59,8 @@ struct CommandLineTests {
     @Test("what it cannot honour is refused with one line naming the option (status 64)", arguments: [
         (["--shared-dir=SHARE", "--tag=a-tag-longer-than-thirty-six-bytes-long"], "--tag"),
         (["--shared-dir=SHARE", "--xattrmap=:nonsense:all:::"], "--xattrmap"),
-        (["--shared-dir=SHARE", "--migration-mode=find-paths"], "--migration"),
+        (["--shared-dir=SHARE", "--migration-mode=paths"], "--migration-mode"),
+        (["--shared-dir=SHARE", "--migration-on-error=ignore"], "--migration-on-error"),
         (["--shared-dir=SHARE", "--daemonize"], "--daemonize"),
         (["--shared-dir=SHARE", "--log-level=loud"], "--log-level"),
         (["-o", "source=SHARE,nonsense"], "nonsense"),
@@ -107,10 +110,10 @@ struct CommandLineTests {
         #expect(log.contains("waiting for the front-end") && log.contains("SIGTERM before a front-end connected"), "\(log)")
     }
 
-    @Test("--print-capabilities: separate options, and no migration")
+    @Test("--print-capabilities: separate options and precopy migration")
     func capabilities() throws {
         let result = try run([backend, "--print-capabilities"])
         #expect(result.status == 0)
-        #expect(result.output.contains("\"separate-options\"") && !result.output.contains("migrate"), "\(result.output)")
+        #expect(result.output.contains("\"separate-options\"") && result.output.contains("\"migrate-precopy\""), "\(result.output)")
     }
 }

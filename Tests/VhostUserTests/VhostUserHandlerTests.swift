@@ -14,6 +14,8 @@ import VirtqueueDriver
 /// A device whose queues answer each request with its bytes reversed.
 final class ReversingBackend: VhostUserBackend {
     let resets = Atomic<Int>(0)
+    let deviceState: (any DeviceStateTransfer)?
+    init(deviceState: (any DeviceStateTransfer)? = nil) { self.deviceState = deviceState }
     var maxQueues: Int { 3 }
     var maxQueueSize: Int { 1024 }
     var deviceFeatures: UInt64 { 0 }
@@ -45,9 +47,10 @@ final class TestFrontend {
         let value = Mutex<VhostUserError??>(nil)
     }
     let result = Outcome()
-    let backend = ReversingBackend()
+    let backend: ReversingBackend
 
-    init() throws {
+    init(deviceState: (any DeviceStateTransfer)? = nil) throws {
+        backend = ReversingBackend(deviceState: deviceState)
         let pair = try UnixSocket.pair()
         connection = VhostUserConnection(socket: pair.first)
         let serverSide = pair.second.release()

@@ -31,4 +31,10 @@ static inline void cvfs_fence_seq_cst(void) {
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
 }
 
+/// Sets bits in a byte of the dirty-page log, which the front-end reads and clears concurrently
+/// (vhost-user.rst, "Migration": "Use atomic operations").
+static inline void cvfs_atomic_or_u8(void *p, uint8_t bits) {
+    __atomic_fetch_or((uint8_t *)p, bits, __ATOMIC_RELAXED);
+}
+
 #endif
