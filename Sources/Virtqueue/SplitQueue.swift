@@ -45,6 +45,9 @@ public struct SplitQueue {
     public private(set) var log: DirtyLog?
     /// The guest address the used ring is logged at (VHOST_VRING_F_LOG), when it is.
     public private(set) var usedLogAddress: UInt64?
+    /// Whether `log` is set: tested on every completion instead of binding the optional, which costs a
+    /// retain and a release of the log per request.
+    var isLogging = false
 
     /// Byte sizes of the three parts of a split ring of `size` entries.
     public static func ringSizes(size: UInt16) -> (descriptors: UInt64, available: UInt64, used: UInt64) {
@@ -90,12 +93,13 @@ public struct SplitQueue {
     @inline(__always) func setAvailableEvent(_ value: UInt16) {
         // SAFETY: avail_event is inside the used ring, translated whole at init.
         unsafe cvfs_store_relaxed_u16(used + 4 + 8 * Int(size), value)
-        if let log, let usedLogAddress { log.mark(usedLogAddress &+ 4 &+ 8 &* UInt64(size), length: 2) }
+        if isLogging, let log, let usedLogAddress { log.mark(usedLogAddress &+ 4 &+ 8 &* UInt64(size), length: 2) }
     }
 
     /// Starts or stops logging: `log` for the reply buffers, and the used ring at `usedAt` too when given.
     public mutating func setLogging(_ log: DirtyLog?, usedAt: UInt64?) {
         self.log = log
+        isLogging = log != nil
         usedLogAddress = log == nil ? nil : usedAt
     }
 
@@ -204,14 +208,23 @@ public struct SplitQueue {
     public mutating func complete(head: UInt16, length: UInt32) {
         // SAFETY: the slot is masked to the ring's size, inside the used ring translated at init.
         // While migrating, the reply's bytes are marked before the guest can see them used.
-        if let log, length > 0 { logWritten(head: head, length: length, in: log) }
+        if isLogging { logCompletion(head: head, length: length, slot: Int(nextUsed & (size &- 1)), published: false) }
         let slot = Int(nextUsed & (size &- 1))
         let element = unsafe used + 4 + 8 * slot
         unsafe element.storeBytes(of: UInt32(head).littleEndian, as: UInt32.self)
         unsafe (element + 4).storeBytes(of: length.littleEndian, as: UInt32.self)
         nextUsed &+= 1
         unsafe cvfs_store_release_u16(used + 2, nextUsed.littleEndian)
-        if let log, let usedLogAddress {
+        if isLogging { logCompletion(head: head, length: length, slot: slot, published: true) }
+    }
+
+    /// Marks a completion in the log: the reply's bytes before it is published, the used element and index after.
+    @inline(never)
+    func logCompletion(head: UInt16, length: UInt32, slot: Int, published: Bool) {
+        guard let log else { return }
+        if !published {
+            if length > 0 { logWritten(head: head, length: length, in: log) }
+        } else if let usedLogAddress {
             log.mark(usedLogAddress &+ 4 &+ 8 &* UInt64(slot), length: 8)
             log.mark(usedLogAddress &+ 2, length: 2)
         }
@@ -294,6 +307,7 @@ public struct SplitQueue {
         self.nextUsed = nextUsed
         self.signalledUsed = signalled
         self.log = log
+        self.isLogging = log != nil
         self.usedLogAddress = usedLogAddress
     }
 }
