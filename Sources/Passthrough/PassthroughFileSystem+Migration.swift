@@ -64,13 +64,11 @@ extension PassthroughFileSystem: MigratableFileSystem {
         writer.u64(rootMount)
         let nodes = inodes.snapshot()
         writer.u64(UInt64(nodes.count))
+        let (saved, handleCount) = try openHandles()
         // The files the guest has open: a node without one whose file was deleted (a name the guest looked up,
         // then replaced by a rename) goes as lost whatever --migration-on-error says, as nothing can reach it
         // again but a FORGET.
-        let open = Set(handles.snapshot().compactMap { (_, data) -> UInt64? in
-            guard let stat = try? data.withDescriptor({ (fd) throws(Errno) in try unsafe fd.statx("") }) else { return nil }
-            return inodes.find(key: InodeKey(stat))?.nodeID
-        })
+        let open = Set(saved.map(\.node))
         var lost = 0
         for (node, lookups) in nodes {
             writer.u64(node.nodeID)
@@ -106,8 +104,19 @@ extension PassthroughFileSystem: MigratableFileSystem {
                 writer.u8(0)
             }
         }
+        writer.u64(UInt64(saved.count))
+        for (handle, node, flags) in saved {
+            writer.u64(handle)
+            writer.u64(node)
+            writer.i32(flags)
+        }
+        logger.info("migration: saved \(nodes.count) nodes (\(lost) lost) and \(saved.count) of \(handleCount) handles, \(options.migration.mode.rawValue)")
+    }
+
+    /// Every open handle the state carries, with its node and open flags; and how many handles there are.
+    func openHandles() throws(MigrationError) -> (saved: [(handle: UInt64, node: UInt64, flags: Int32)], count: Int) {
         let handles = handles.snapshot()
-        var saved: [(UInt64, UInt64, Int32)] = []
+        var saved: [(handle: UInt64, node: UInt64, flags: Int32)] = []
         for (handle, data) in handles {
             let stat: FileStat
             let flags: CInt
@@ -126,13 +135,7 @@ extension PassthroughFileSystem: MigratableFileSystem {
             }
             saved.append((handle, node.nodeID, flags))
         }
-        writer.u64(UInt64(saved.count))
-        for (handle, node, flags) in saved {
-            writer.u64(handle)
-            writer.u64(node)
-            writer.i32(flags)
-        }
-        logger.info("migration: saved \(nodes.count) nodes (\(lost) lost) and \(saved.count) of \(handles.count) handles, \(options.migration.mode.rawValue)")
+        return (saved, handles.count)
     }
 
     /// The node's path relative to the shared directory, from `/proc/self/fd` (the kernel's own name for the
@@ -205,8 +208,7 @@ extension PassthroughFileSystem: MigratableFileSystem {
         let modeByte = try reader.u8()
         guard modeByte <= 1 else { throw MigrationError("unknown migration mode \(modeByte)") }
         let byHandle = modeByte == 1
-        let sourceRootMount = try reader.u64()
-        _ = sourceRootMount
+        _ = try reader.u64()  // the source's root mount id: not needed here
         let nodeCount = try reader.count(minimumSize: Self.nodeRecordMinimum)
         var lost = 0
         for _ in 0..<nodeCount {
@@ -220,6 +222,7 @@ extension PassthroughFileSystem: MigratableFileSystem {
             let found = try reader.u8()
             guard found <= 1 else { throw MigrationError("node \(id): bad found flag \(found)") }
             var restored: OwnedFD? = nil
+            var restoredStat = FileStat(mode: 0)
             var key = InodeKey(device: 0, inode: 0, mountID: 0)
             var failure = "lost on the source"
             if found == 1 {
@@ -238,6 +241,7 @@ extension PassthroughFileSystem: MigratableFileSystem {
                     if let stat = try? unsafe fd.borrowed.statx(""), stat.fileType == fileType,
                        !options.migration.verifyHandles || (stat.device == device && stat.inode == inode) {
                         key = InodeKey(stat)
+                        restoredStat = stat
                         restored = consume fd
                     } else {
                         failure = options.migration.verifyHandles
@@ -252,11 +256,8 @@ extension PassthroughFileSystem: MigratableFileSystem {
                 lost += 1
             }
             do throws(Errno) {
-                let stat = FileStat(mode: 0)
                 try inodes.restore(nodeID: id, lookups: lookups, key: key, fileType: fileType, fd: restored.take()) {
-                    (fd) throws(Errno) -> NodeHolding in
-                    let now = (try? unsafe fd.statx("")) ?? stat
-                    return try holding(fd, now)
+                    (fd) throws(Errno) -> NodeHolding in try holding(fd, restoredStat)
                 }
             } catch {
                 throw MigrationError("node \(id): \(error == .fileExists ? "its id is taken, or another node has its file" : "\(error)")")

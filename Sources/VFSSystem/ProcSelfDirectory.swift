@@ -33,20 +33,7 @@ public final class ProcSelfDirectory: Sendable {
 
     /// What `/proc/self/fd/N` says descriptor N is ("anon_inode:[eventfd]", "pipe:[123]", a path), or nil.
     public func linkTarget(of descriptor: FileDescriptor) -> String? {
-        // SAFETY: readlinkat reads the local NUL-terminated name and writes at most buffer.count bytes into the local
-        // buffer.
-        var name = [CChar](repeating: 0, count: 16)
-        var value = descriptor.rawValue
-        var digits: [CChar] = []
-        repeat {
-            digits.append(CChar(UInt8(ascii: "0") + UInt8(value % 10)))
-            value /= 10
-        } while value > 0
-        for (i, digit) in digits.reversed().enumerated() { name[i] = digit }
-        var buffer = [CChar](repeating: 0, count: 256)
-        let n = unsafe readlinkat(fd.rawValue, name, &buffer, buffer.count)
-        guard n > 0, n < buffer.count else { return nil }
-        return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        path(of: descriptor).map { String(decoding: $0, as: UTF8.self) }
     }
 }
 
