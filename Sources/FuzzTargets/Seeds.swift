@@ -103,6 +103,34 @@ public enum Seeds {
         ]
     }
 
+    /// Ring images for the packed target: a chain of two, an indirect one, and a ring that wraps.
+    public static var packed: [String: [UInt8]] {
+        let base: UInt64 = 0x10000
+        let firstLap: UInt16 = 1 << 7
+        func descriptor(_ address: UInt64, _ length: UInt32, _ id: UInt16, _ flags: UInt16) -> [UInt8] {
+            bytes(address.littleEndian) + bytes(length.littleEndian) + bytes(id.littleEndian) + bytes(flags.littleEndian)
+        }
+        func image(size: UInt16, flags: UInt8, state: UInt32, _ descriptors: [(Int, [UInt8])], extra: [(Int, [UInt8])] = []) -> [UInt8] {
+            var memory = [UInt8](repeating: 0, count: 8192)
+            for (position, d) in descriptors { memory.replaceSubrange(16 * position..<16 * position + 16, with: d) }
+            for (offset, data) in extra { memory.replaceSubrange(offset..<offset + data.count, with: data) }
+            return [UInt8(size - 1), flags] + bytes(state.littleEndian) + memory
+        }
+        return [
+            "pair": image(size: 16, flags: 1, state: 0x8000_8000, [
+                (0, descriptor(base + 4096, 56, 3, firstLap | 1)), (1, descriptor(base + 5000, 128, 3, firstLap | 2)),
+                (2, descriptor(base + 4096, 40, 4, firstLap)),
+            ]),
+            "indirect-logged": image(size: 10, flags: 3, state: 0x8000_8000, [(0, descriptor(base + 4096, 32, 7, firstLap | 4))],
+                extra: [(4096, descriptor(base + 5000, 40, 0, 0) + descriptor(base + 6000, 64, 0, 2))]),
+            // Positions 6 and 7 of the first lap, then 0 of the second (AVAIL clear, USED set), completed out of order.
+            "wrap": image(size: 8, flags: 5, state: 0x8006_8006, [
+                (6, descriptor(base + 4096, 56, 1, firstLap | 1)), (7, descriptor(base + 5000, 64, 1, firstLap | 2)),
+                (0, descriptor(base + 4096, 56, 2, 1 << 15)),
+            ]),
+        ]
+    }
+
     /// Message sequences for the vhost-user target: QEMU's set-up of a queue, then a stop and a reset.
     public static var vhostUser: [String: [UInt8]] {
         func message(_ request: VhostUserRequest, needReply: Bool = false, _ payload: [UInt8] = [], fds: [Int] = []) -> [UInt8] {
@@ -116,6 +144,25 @@ public enum Seeds {
         let tablePayload = Array(bytes(table).prefix(8 + 32))
         let ring = cvfs_vhost_vring_addr(index: 1, flags: 0, descriptor: 0x7000_0000, used: 0x7000_0200, available: 0x7000_0100, log: 0)
         let memoryImage = [UInt8](repeating: 0, count: 4096)
+        var packedImage = memoryImage
+        // Packed descriptors (addr, len, id, flags with AVAIL set), a GETATTR request and room for its reply.
+        let header = bytes(UInt32(56).littleEndian) + bytes(UInt32(3).littleEndian) + bytes(UInt64(1).littleEndian)
+            + bytes(UInt64(1).littleEndian) + [UInt8](repeating: 0, count: 16)
+        packedImage.replaceSubrange(0..<32, with: bytes(UInt64(0x800).littleEndian) + bytes(UInt32(56).littleEndian)
+            + bytes(UInt16(5).littleEndian) + bytes(UInt16(0x81).littleEndian) + bytes(UInt64(0x900).littleEndian)
+            + bytes(UInt32(256).littleEndian) + bytes(UInt16(5).littleEndian) + bytes(UInt16(0x82).littleEndian))
+        packedImage.replaceSubrange(0x800..<0x800 + 56, with: header + [UInt8](repeating: 0, count: 16))
+        func queueSetup(features: UInt64, size: UInt32, base: UInt32) -> [UInt8] {
+            message(.getFeatures) + message(.getProtocolFeatures) + message(.setProtocolFeatures, bytes(UInt64(0x8009)))
+            + message(.setOwner) + message(.setFeatures, bytes(features))
+            + message(.setMemTable, needReply: true, tablePayload, fds: [0])
+            + message(.setVringNum, bytes(cvfs_vhost_vring_state(index: 1, num: size)))
+            + message(.setVringBase, bytes(cvfs_vhost_vring_state(index: 1, num: base)))
+            + message(.setVringAddr, bytes(ring))
+            + message(.setVringCall, bytes(UInt64(1)), fds: [1])
+            + message(.setVringKick, bytes(UInt64(1)), fds: [0])
+            + message(.setVringEnable, bytes(cvfs_vhost_vring_state(index: 1, num: 1)))
+        }
         let setup = message(.getFeatures) + message(.getProtocolFeatures) + message(.setProtocolFeatures, bytes(UInt64(0x8009)))
             + message(.setOwner) + message(.setFeatures, bytes(UInt64(0x1_7000_0000)))
             + message(.setMemTable, needReply: true, tablePayload, fds: [0])
@@ -139,6 +186,12 @@ public enum Seeds {
                 + message(.getVringBase, bytes(cvfs_vhost_vring_state(index: 1, num: 0)))
                 + message(.setDeviceStateFD, bytes(UInt64(0)), fds: [1]) + message(.checkDeviceState)
                 + message(.setDeviceStateFD, bytes(UInt32(1)) + bytes(UInt32(0)), fds: [0]) + message(.checkDeviceState),
+            // The same queue as a packed ring (VIRTIO_F_RING_PACKED, any size), with a GETATTR in positions 0
+            // and 1 of the first lap; then stopped (GET_VRING_BASE gives both positions) and started again.
+            "packed": packedImage + queueSetup(features: 0x5_7000_0000, size: 10, base: 0x8000_8000)
+                + message(.getVringBase, bytes(cvfs_vhost_vring_state(index: 1, num: 0)))
+                + message(.setVringBase, bytes(cvfs_vhost_vring_state(index: 1, num: 0x8002_8002)))
+                + message(.setVringKick, bytes(UInt64(1)), fds: [0]),
             "memory-slots": memoryImage + message(.getFeatures) + message(.getMaxMemSlots)
                 + message(.addMemReg, bytes(cvfs_vhost_single_memory_region(padding: 0, region: table.regions.0)), fds: [0])
                 + message(.remMemReg, bytes(cvfs_vhost_single_memory_region(padding: 0, region: table.regions.0))),

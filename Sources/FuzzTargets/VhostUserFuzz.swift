@@ -20,7 +20,7 @@ import VirtioFSDevice
 public enum VhostUserFuzz {
     static let logger: Logger = {
         var logger = Logger(label: "fuzz")
-        logger.logLevel = .critical
+        logger.logLevel = getenv("FUZZ_VERBOSE") != nil ? .debug : .critical
         return logger
     }()
 

@@ -12,7 +12,7 @@ public final class VhostUserHandler {
     /// Virtio features every vhost-user device here offers.
     public static let genericFeatures: UInt64 =
         VirtioFeatures.version1 | VirtioFeatures.ringIndirectDescriptors | VirtioFeatures.ringEventIndex
-        | VirtioFeatures.protocolFeatures | VirtioFeatures.logAll
+        | VirtioFeatures.protocolFeatures | VirtioFeatures.logAll | VirtioFeatures.ringPacked
     /// Protocol features offered whatever the device. CONFIG only comes with a device config space
     /// (`offeredProtocolFeatures`): QEMU 7.1 to 8.0 crash when a back-end offers it.
     public static let supportedProtocolFeatures: UInt64 =
@@ -26,7 +26,8 @@ public final class VhostUserHandler {
     final class Vring {
         var size: UInt16 = 0
         var addresses: VringAddresses?
-        var base: UInt16 = 0
+        /// SET_VRING_BASE's value: the next available index (split), or both positions and wrap counters (packed).
+        var base: UInt32 = 0
         var enabled = false
         var callFD: OwnedFD?
         var errorFD: OwnedFD?
@@ -188,8 +189,15 @@ public final class VhostUserHandler {
         case .setVringNum:
             try expectNoDescriptors(message, request)
             let (index, size) = try vringState(message, request)
-            guard size > 0, size <= UInt32(backend.maxQueueSize), size & (size - 1) == 0 else {
-                throw .invalid(request, "queue \(index): size \(size) is not a power of two up to \(backend.maxQueueSize)")
+            // A packed ring may have any size (virtio 1.2 §2.8: up to 2^15); a split one a power of two.
+            if isPacked {
+                guard size > 0, size <= UInt32(backend.maxQueueSize) else {
+                    throw .invalid(request, "queue \(index): size \(size) is not 1 to \(backend.maxQueueSize)")
+                }
+            } else {
+                guard size > 0, size <= UInt32(backend.maxQueueSize), size & (size - 1) == 0 else {
+                    throw .invalid(request, "queue \(index): size \(size) is not a power of two up to \(backend.maxQueueSize)")
+                }
             }
             vrings[index].size = UInt16(truncatingIfNeeded: size == 32768 ? 32768 : size)
             return nil
@@ -201,9 +209,10 @@ public final class VhostUserHandler {
                 descriptors: UInt64(littleEndian: address.descriptor), available: UInt64(littleEndian: address.available),
                 used: UInt64(littleEndian: address.used))
             // virtio 1.2 §2.7, "Alignment": the descriptor table on 16 bytes, the available ring on 2, the used
-            // ring on 4. The ring indexes are read and written atomically; misaligned they could tear.
-            guard addresses.descriptors % 16 == 0, addresses.available % 2 == 0, addresses.used % 4 == 0 else {
-                throw .invalid(request, "queue \(index): ring addresses are not aligned (descriptors on 16, available on 2, used on 4 bytes)")
+            // ring on 4; §2.8.2 for a packed ring: the ring on 16, both event structures on 4. The ring indexes
+            // and event structures are read and written atomically; misaligned they could tear.
+            guard addresses.descriptors % 16 == 0, addresses.available % (isPacked ? 4 : 2) == 0, addresses.used % 4 == 0 else {
+                throw .invalid(request, "queue \(index): ring addresses are not aligned (descriptors on 16, available on \(isPacked ? 4 : 2), used on 4 bytes)")
             }
             vrings[index].addresses = addresses
             let logsUsed = UInt32(littleEndian: address.flags) & VringAddressFlags.log != 0
@@ -217,7 +226,8 @@ public final class VhostUserHandler {
         case .setVringBase:
             try expectNoDescriptors(message, request)
             let (index, base) = try vringState(message, request)
-            vrings[index].base = UInt16(truncatingIfNeeded: base)
+            // Split: bits 16-31 are reserved; packed: checked against the size when the ring starts.
+            vrings[index].base = isPacked ? base : base & 0xffff
             return nil
         case .getVringBase:
             try expectNoDescriptors(message, request)
@@ -226,7 +236,7 @@ public final class VhostUserHandler {
             // A stopped ring is disabled again until the front-end enables it (with protocol features).
             if features & VirtioFeatures.protocolFeatures != 0 { vrings[index].enabled = false }
             vrings[index].callFD = nil
-            return payloadBytes(of: cvfs_vhost_vring_state(index: UInt32(index).littleEndian, num: UInt32(next).littleEndian))
+            return payloadBytes(of: cvfs_vhost_vring_state(index: UInt32(index).littleEndian, num: next.littleEndian))
         case .setVringKick:
             let index = try vringDescriptor(message, request)
             guard let fd = try eventFD(message, request, index) else {
@@ -303,6 +313,9 @@ public final class VhostUserHandler {
 
     // MARK: Queues
 
+    /// Whether the queues are packed rings (VIRTIO_F_RING_PACKED agreed).
+    var isPacked: Bool { features & VirtioFeatures.ringPacked != 0 }
+
     func queueIndex(_ raw: UInt32, _ request: VhostUserRequest) throws(VhostUserError) -> Int {
         guard raw < UInt32(vrings.count) else { throw .badQueueIndex(request, raw) }
         return Int(raw)
@@ -350,7 +363,7 @@ public final class VhostUserHandler {
         do {
             worker = try VringWorker(
                 index: index, size: vrings[index].size, addresses: addresses, base: vrings[index].base,
-                eventIndex: features & VirtioFeatures.ringEventIndex != 0, kick: kick, shared: shared,
+                eventIndex: features & VirtioFeatures.ringEventIndex != 0, packed: isPacked, kick: kick, shared: shared,
                 makeHandler: { [backend] completions in backend.makeRequestHandler(queue: index, completions: completions) },
                 logger: logger)
         } catch {
@@ -360,12 +373,12 @@ public final class VhostUserHandler {
         }
         vrings[index].shared = shared
         vrings[index].worker = worker
-        logger.debug("queue \(index): started, size \(vrings[index].size), base \(vrings[index].base)")
+        logger.debug("queue \(index): started, size \(vrings[index].size), base 0x\(String(vrings[index].base, radix: 16))")
     }
 
-    /// Stops the queue's worker if it runs; returns the next available index (the base a restart continues from).
+    /// Stops the queue's worker if it runs; returns where it stands (the base a restart continues from).
     @discardableResult
-    func stopVring(_ index: Int) -> UInt16 {
+    func stopVring(_ index: Int) -> UInt32 {
         guard let worker = vrings[index].worker else { return vrings[index].base }
         let next = worker.stopAndJoin()
         vrings[index].worker = nil
@@ -374,7 +387,7 @@ public final class VhostUserHandler {
         }
         vrings[index].shared = nil
         vrings[index].base = next
-        logger.debug("queue \(index): stopped at \(next)")
+        logger.debug("queue \(index): stopped at 0x\(String(next, radix: 16))")
         return next
     }
 

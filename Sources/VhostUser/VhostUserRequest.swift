@@ -67,6 +67,8 @@ public enum VirtioFeatures {
     /// VHOST_USER_F_PROTOCOL_FEATURES.
     public static let protocolFeatures: UInt64 = 1 << 30
     public static let version1: UInt64 = 1 << 32
+    /// VIRTIO_F_RING_PACKED: the queues are packed rings (virtio 1.2 §2.8).
+    public static let ringPacked: UInt64 = 1 << 34
 }
 
 /// VHOST_USER_PROTOCOL_F_* bits.

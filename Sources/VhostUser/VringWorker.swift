@@ -18,8 +18,8 @@ final class VringShared: Sendable {
             didSet { callRaw = callFD?.rawValue ?? -1 }
         }
         var callRaw: CInt = -1
-        /// Where the worker stopped (GET_VRING_BASE).
-        var stoppedAt: UInt16?
+        /// Where the worker stopped (GET_VRING_BASE), as the queue reports it (`DeviceQueue.ringState`).
+        var stoppedAt: UInt32?
         /// The dirty-page log while the front-end migrates (nil: not logging), and where the used ring is logged.
         var logging: VringLogging = VringLogging()
         /// The `logging.generation` the worker has applied: every completion after it is logged as `logging` says.
@@ -158,8 +158,10 @@ final class VringWorker: @unchecked Sendable {
     /// - Parameters:
     ///   - kick: the kick eventfd; the worker owns it from now on.
     ///   - handler: used by the worker thread only.
+    ///   - packed: the ring is packed (VIRTIO_F_RING_PACKED): `addresses` are the descriptor ring, the driver's
+    ///     and the device's event suppression structures, and `base` carries both positions.
     init(
-        index: Int, size: UInt16, addresses: VringAddresses, base: UInt16, eventIndex: Bool,
+        index: Int, size: UInt16, addresses: VringAddresses, base: UInt32, eventIndex: Bool, packed: Bool = false,
         kick: consuming OwnedFD, shared: VringShared, makeHandler: (DeferredCompletions) -> any VringRequestHandler,
         logger: Logger
     ) throws(VhostUserError) {
@@ -173,31 +175,53 @@ final class VringWorker: @unchecked Sendable {
             throw .io(error)
         }
         let memory = shared.state.withLock { $0.memory }
-        let queue: SplitQueue
         do {
-            queue = try SplitQueue(
-                size: size, descriptorsAt: addresses.descriptors, availableAt: addresses.available,
-                usedAt: addresses.used, memory: memory, eventIndex: eventIndex, nextAvailable: base)
-        } catch {
+            // Each layout gets its own specialised worker: the request loop calls the queue directly.
+            if packed {
+                let queue = try PackedQueue(
+                    size: size, descriptorsAt: addresses.descriptors, driverEventAt: addresses.available,
+                    deviceEventAt: addresses.used, memory: memory, eventIndex: eventIndex, state: base)
+                thread = try Self.start(
+                    index: index, queue: queue, addresses: addresses, kick: kick, stop: stop, wake: wake, shared: shared,
+                    handler: makeHandler(completions), completions: completions, logger: logger)
+            } else {
+                let queue = try SplitQueue(
+                    size: size, descriptorsAt: addresses.descriptors, availableAt: addresses.available,
+                    usedAt: addresses.used, memory: memory, eventIndex: eventIndex,
+                    nextAvailable: UInt16(truncatingIfNeeded: base))
+                thread = try Self.start(
+                    index: index, queue: queue, addresses: addresses, kick: kick, stop: stop, wake: wake, shared: shared,
+                    handler: makeHandler(completions), completions: completions, logger: logger)
+            }
+        } catch let error as VirtqueueError {
+            if case .ringStateOutOfRange(let state) = error {
+                throw .invalid(.setVringKick, "queue \(index): base 0x\(String(state, radix: 16)) is past a ring of \(size)")
+            }
             throw .invalid(.setVringKick, "queue \(index): the rings are not in guest memory")
+        } catch let error as Errno {
+            throw .io(error)
+        } catch {
+            throw .invalid(.setVringKick, "queue \(index): \(error)")
         }
-        let handler = makeHandler(completions)
+    }
+
+    private static func start<Queue: DeviceQueue>(
+        index: Int, queue: Queue, addresses: VringAddresses, kick: consuming OwnedFD, stop: SharedEventFD,
+        wake: SharedEventFD, shared: VringShared, handler: any VringRequestHandler, completions: DeferredCompletions,
+        logger: Logger
+    ) throws(Errno) -> SystemThread {
         let body = WorkerBody(
             index: index, queue: queue, addresses: addresses, kick: kick, stop: stop, wake: wake, shared: shared,
             handler: handler, completions: completions, logger: logger)
-        do {
-            thread = try SystemThread(name: "vring-\(index)") { body.run() }
-        } catch {
-            throw .io(error)
-        }
+        return try SystemThread(name: "vring-\(index)") { body.run() }
     }
 
     /// Wakes the worker so it picks up a new memory table or enable state.
     func poke() { wake.signal() }
 
-    /// Stops the worker once every request it handed out has its reply, and waits for it; returns the next
-    /// available index, for GET_VRING_BASE.
-    func stopAndJoin() -> UInt16 {
+    /// Stops the worker once every request it handed out has its reply, and waits for it; returns where the
+    /// queue stands, for GET_VRING_BASE.
+    func stopAndJoin() -> UInt32 {
         stop.signal()
         thread?.join()
         thread = nil
@@ -210,9 +234,9 @@ final class VringWorker: @unchecked Sendable {
 
     /// What runs on the worker thread. Everything in it belongs to that thread alone, so its mutable state
     /// opts out of dynamic exclusivity checks, which would otherwise run on every request.
-    private final class WorkerBody: @unchecked Sendable {
+    private final class WorkerBody<Queue: DeviceQueue>: @unchecked Sendable {
         let index: Int
-        @exclusivity(unchecked) var queue: SplitQueue
+        @exclusivity(unchecked) var queue: Queue
         let addresses: VringAddresses
         let kick: OwnedFD
         let stop: SharedEventFD
@@ -236,7 +260,7 @@ final class VringWorker: @unchecked Sendable {
 
         // SAFETY: the kick descriptor is owned from here on; the chain's capacity covers a queue's longest chain.
         init(
-            index: Int, queue: SplitQueue, addresses: VringAddresses, kick: consuming OwnedFD, stop: SharedEventFD,
+            index: Int, queue: Queue, addresses: VringAddresses, kick: consuming OwnedFD, stop: SharedEventFD,
             wake: SharedEventFD, shared: VringShared, handler: any VringRequestHandler, completions: DeferredCompletions,
             logger: Logger
         ) {
@@ -259,7 +283,7 @@ final class VringWorker: @unchecked Sendable {
         func run() {
             // SAFETY: epoll watches descriptors this body or its shared objects own for as long as it runs.
             defer {
-                let next = unsafe queue.nextAvailable
+                let next = unsafe queue.ringState
                 shared.state.withLock { $0.stoppedAt = next }
             }
             do {

@@ -19,6 +19,8 @@ public final class Frontend {
     public let calls: [EventFD.Box]
     /// Whether VIRTIO_RING_F_EVENT_IDX was agreed.
     public private(set) var eventIndex = false
+    /// Whether the queues are packed rings (VIRTIO_F_RING_PACKED asked for and agreed).
+    public let packed: Bool
     /// The virtio features agreed.
     public private(set) var features: UInt64 = 0
     /// The protocol features agreed.
@@ -32,14 +34,16 @@ public final class Frontend {
     /// Connects and, unless `start` is false, negotiates, sends the memory table and starts every queue.
     public init(
         socketPath: String, requestQueues: Int, queueSize: UInt16, memoryPerQueue: Int, start: Bool = true,
-        protocolFeatures wantedProtocolFeatures: UInt64 = VhostUserProtocolFeatures.multipleQueues | VhostUserProtocolFeatures.replyAck
+        protocolFeatures wantedProtocolFeatures: UInt64 = VhostUserProtocolFeatures.multipleQueues | VhostUserProtocolFeatures.replyAck,
+        packed: Bool = false
     ) throws {
         connection = VhostUserConnection(socket: try UnixSocket.connect(path: socketPath))
+        self.packed = packed
         var drivers: [VirtqueueDriver] = []
         for q in 0...requestQueues {
             drivers.append(try VirtqueueDriver(
                 size: q == 0 ? 64 : queueSize, memorySize: q == 0 ? 1 << 20 : memoryPerQueue,
-                guestBase: UInt64(q + 1) << 36, userBase: 0x7f00_0000_0000 + UInt64(q) << 36))
+                guestBase: UInt64(q + 1) << 36, userBase: 0x7f00_0000_0000 + UInt64(q) << 36, packed: packed))
         }
         self.drivers = drivers
         kicks = try drivers.map { _ in try EventFD.Box() }
@@ -74,6 +78,10 @@ public final class Frontend {
         // next wants to hear (used_event, avail_event), so a busy side is neither kicked nor interrupted.
         eventIndex = offered & VirtioFeatures.ringEventIndex != 0
         features = VirtioFeatures.version1 | (offered & (VirtioFeatures.protocolFeatures | VirtioFeatures.ringEventIndex | VirtioFeatures.ringIndirectDescriptors))
+        if packed {
+            guard offered & VirtioFeatures.ringPacked != 0 else { throw Failure(description: "back-end lacks RING_PACKED") }
+            features |= VirtioFeatures.ringPacked
+        }
         try send(.setFeatures, payloadBytes(of: features))
     }
 
@@ -98,11 +106,13 @@ public final class Frontend {
     }
 
     /// SET_VRING_NUM, _BASE, _ADDR, _CALL and _KICK for queue `q`: the back-end starts serving it.
+    /// A packed ring starts from its driver's positions and wrap counters.
     public func startQueue(_ q: Int, base: UInt16 = 0) throws {
         let d = drivers[q]
         let index = UInt32(q)
+        let state = d.packed ? d.packedState : UInt32(base)
         try send(.setVringNum, payloadBytes(of: cvfs_vhost_vring_state(index: index, num: UInt32(d.size))))
-        try send(.setVringBase, payloadBytes(of: cvfs_vhost_vring_state(index: index, num: UInt32(base))))
+        try send(.setVringBase, payloadBytes(of: cvfs_vhost_vring_state(index: index, num: state)))
         try send(.setVringAddr, vringAddressPayload(q))
         try send(.setVringCall, payloadBytes(of: UInt64(q)), fds: [calls[q].fd])
         try send(.setVringKick, payloadBytes(of: UInt64(q)), fds: [kicks[q].fd])
@@ -123,12 +133,17 @@ public final class Frontend {
 
     /// GET_VRING_BASE: stops queue `q` and returns where the back-end stopped.
     public func stopQueue(_ q: Int) throws -> UInt16 {
+        UInt16(truncatingIfNeeded: try stopQueueState(q))
+    }
+
+    /// GET_VRING_BASE: stops queue `q` and returns the whole state (a packed ring's two positions).
+    public func stopQueueState(_ q: Int) throws -> UInt32 {
         // SAFETY: the payload is checked to be 8 bytes before it is read.
         try send(.getVringBase, payloadBytes(of: cvfs_vhost_vring_state(index: UInt32(q), num: 0)))
         guard let reply = try connection.receive(), reply.request == VhostUserRequest.getVringBase.rawValue,
               reply.payload.count == 8
         else { throw Failure(description: "no reply to GET_VRING_BASE") }
-        return unsafe reply.payload.withUnsafeBytes { unsafe UInt16(truncatingIfNeeded: $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self)) }
+        return unsafe reply.payload.withUnsafeBytes { unsafe UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self)) }
     }
 
     public func send(_ request: VhostUserRequest, _ payload: [UInt8] = [], fds: [CInt] = [], needReply: Bool = false) throws {

@@ -8,6 +8,8 @@ public enum VirtqueueError: Error, Equatable, Sendable {
     case availableIndexOutOfRange(available: UInt16, next: UInt16)
     /// A head index in the available ring is not a descriptor index.
     case headOutOfRange(UInt16)
+    /// A packed ring's SET_VRING_BASE state names a position past the ring.
+    case ringStateOutOfRange(UInt32)
     /// The chain starting at `head` is malformed; `reason` says how. The head is still returned to the guest.
     case invalidChain(head: UInt16, reason: ChainFault)
 }

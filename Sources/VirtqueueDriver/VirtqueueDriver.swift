@@ -4,8 +4,13 @@ import CVirtioFS
 import GuestMemory
 import VFSSystem
 
-/// The driver's side of a split virtqueue over memory we own: what a guest kernel does, for tests and for the
-/// host-side load generator. It lays out the rings, fills descriptors, publishes heads and reads completions.
+/// The driver's side of a virtqueue over memory we own, split or packed: what a guest kernel does, for tests and
+/// for the host-side load generator. It lays out the rings, fills descriptors, publishes heads and reads
+/// completions.
+///
+/// Packed (`packed: true`): the "available" and "used" addresses are the driver's and the device's event
+/// suppression structures; a head is a buffer id, written into the ring only when it is published;
+/// `availableIndex` counts descriptors made available (wrapping), not chains.
 public final class VirtqueueDriver {
     /// A buffer to put in a chain.
     public struct Buffer: Sendable {
@@ -54,13 +59,31 @@ public final class VirtqueueDriver {
     /// The used.idx we have consumed up to.
     public private(set) var lastUsed: UInt16
 
+    /// Whether this is a packed ring.
+    public let packed: Bool
+    /// Packed: the next ring position to fill and its wrap counter; the next position to read a used
+    /// descriptor at and its wrap counter; per buffer id, the buffers of a chain made and not yet published,
+    /// and the ring positions of a published one.
+    public private(set) var availablePosition: UInt16 = 0
+    public private(set) var availableWrap = true
+    public private(set) var usedPosition: UInt16 = 0
+    public private(set) var usedWrap = true
+    private var pending: [UInt16: [(address: UInt64, length: UInt32, flags: UInt16)]] = [:]
+    private var positions: [UInt16]
+    private var freeIDs: [UInt16]
+    /// Packed chains whose flags are used as given (no NEXT added).
+    private var rawChains: Set<UInt16> = []
+
     /// Lays out a queue of `size` entries in `memorySize` bytes of fresh shared memory.
     /// - Parameter startIndex: the avail and used indexes to start from (to test wrap-around).
     public init(
         size: UInt16, memorySize: Int = 8 << 20, guestBase: UInt64 = 0x1_0000, userBase: UInt64 = 0x7f00_0000_0000,
-        startIndex: UInt16 = 0
+        startIndex: UInt16 = 0, packed: Bool = false
     ) throws {
         self.size = size
+        self.packed = packed
+        positions = [UInt16](repeating: 0, count: Int(size))
+        freeIDs = (0..<size).reversed()
         self.guestBase = guestBase
         self.userBase = userBase
         memoryFile = try makeMemoryFile(name: "virtqueue-driver", size: memorySize)
@@ -72,14 +95,30 @@ public final class VirtqueueDriver {
         func align(_ value: UInt64, _ to: UInt64) -> UInt64 { (value + to - 1) / to * to }
         descriptorsAddress = guestBase
         availableAddress = align(descriptorsAddress + 16 * n, 64)
-        usedAddress = align(availableAddress + 6 + 2 * n, 4096)
-        dataStart = align(usedAddress + 6 + 8 * n, 4096)
+        usedAddress = packed ? availableAddress + 64 : align(availableAddress + 6 + 2 * n, 4096)
+        dataStart = align(usedAddress + (packed ? 4 : 6 + 8 * n), 4096)
         dataNext = dataStart
         freeDescriptors = (0..<size).reversed()
         availableIndex = startIndex
         lastUsed = startIndex
-        storeU16(availableAddress + 2, startIndex)
-        storeU16(usedAddress + 2, startIndex)
+        if packed {
+            // Where a ring restarted from state `startIndex` stands: that position in the first lap.
+            availablePosition = startIndex % size
+            usedPosition = startIndex % size
+        } else {
+            storeU16(availableAddress + 2, startIndex)
+            storeU16(usedAddress + 2, startIndex)
+        }
+    }
+
+    /// Whether the device has returned everything published (nothing in flight).
+    public var allReturned: Bool {
+        packed ? availablePosition == usedPosition && availableWrap == usedWrap : usedIndex == availableIndex
+    }
+
+    /// Packed: the state SET_VRING_BASE gives the device for this driver's positions and wrap counters.
+    public var packedState: UInt32 {
+        UInt32(availablePosition | (availableWrap ? 0x8000 : 0)) | UInt32(usedPosition | (usedWrap ? 0x8000 : 0)) << 16
     }
 
     // MARK: Memory
@@ -144,6 +183,11 @@ public final class VirtqueueDriver {
 
     /// Builds a chain of `buffers` in the descriptor table and returns its head (not yet published).
     public func makeChain(_ buffers: [Buffer]) -> UInt16 {
+        if packed {
+            let id = freeIDs.removeLast()
+            pending[id] = buffers.map { ($0.address.rawValue, $0.length, $0.writable ? 2 : 0) }
+            return id
+        }
         precondition(!buffers.isEmpty && buffers.count <= freeDescriptors.count, "no free descriptors")
         let ids = (0..<buffers.count).map { _ in freeDescriptors.removeLast() }
         for (i, buffer) in buffers.enumerated() {
@@ -159,6 +203,17 @@ public final class VirtqueueDriver {
     /// Builds a one-descriptor chain pointing to an indirect table that holds `buffers`.
     public func makeIndirectChain(_ buffers: [Buffer]) -> UInt16 {
         let table = allocate(16 * buffers.count, alignment: 16)
+        if packed {
+            // In a packed indirect table only WRITE counts; entries follow one another.
+            for (i, buffer) in buffers.enumerated() {
+                setPackedDescriptor(
+                    at: table.rawValue + 16 * UInt64(i), address: buffer.address.rawValue, length: buffer.length, id: 0,
+                    flags: buffer.writable ? 2 : 0)
+            }
+            let id = freeIDs.removeLast()
+            pending[id] = [(table.rawValue, UInt32(16 * buffers.count), 4)]
+            return id
+        }
         for (i, buffer) in buffers.enumerated() {
             let last = i == buffers.count - 1
             setDescriptor(
@@ -174,6 +229,24 @@ public final class VirtqueueDriver {
     /// Fast path for a load generator: publishes a fixed pair of descriptors `2 * slot` and `2 * slot + 1`
     /// (a readable request and a writable reply) without allocating. Do not mix with `makeChain` on one queue.
     public func publishPair(slot: Int, request: GuestAddress, requestLength: UInt32, reply: GuestAddress, replyLength: UInt32) -> UInt16 {
+        if packed {
+            // Buffer id `slot`, in the next one or two ring positions, the head's flags last.
+            let id = UInt16(slot)
+            let start = availablePosition
+            let startFlags = availabilityFlags(availableWrap) | (replyLength > 0 ? 1 : 0)
+            let headAddress = descriptorsAddress + 16 * UInt64(start)
+            advanceAvailable()
+            setPackedDescriptor(at: headAddress, address: request.rawValue, length: requestLength, id: id, flags: nil)
+            if replyLength > 0 {
+                setPackedDescriptor(
+                    at: descriptorsAddress + 16 * UInt64(availablePosition), address: reply.rawValue, length: replyLength,
+                    id: id, flags: 2 | availabilityFlags(availableWrap))
+                advanceAvailable()
+            }
+            positions[Int(id)] = replyLength > 0 ? 2 : 1
+            publishPackedHead(at: headAddress, flags: startFlags)
+            return id
+        }
         let head = UInt16(2 * slot)
         if replyLength > 0 {
             setDescriptor(index: head, address: request.rawValue, length: requestLength, flags: 1, next: head + 1)
@@ -188,6 +261,10 @@ public final class VirtqueueDriver {
     /// Calls `body` with each completion published since the last call, without allocating (pairs only).
     public func drainUsed(_ body: (Completion) -> Void) {
         // SAFETY: slots are masked to the ring's size, inside the used ring the driver laid out.
+        if packed {
+            while let (id, length) = takePackedUsed() { body(Completion(head: id, length: length)) }
+            return
+        }
         let end = usedIndex
         while lastUsed != end {
             let slot = UInt64(lastUsed & (size - 1))
@@ -202,12 +279,20 @@ public final class VirtqueueDriver {
     /// Makes all of `heads` available at once: every ring slot first, then avail.idx once (release), so the
     /// device sees them as one batch.
     public func publish(_ heads: [UInt16]) {
+        if packed {
+            for head in heads { publishPacked(head) }
+            return
+        }
         for head in heads { fillSlot(head) }
         publishAvailableIndex()
     }
 
     /// Makes `head` available to the device: writes the ring slot, then publishes avail.idx (release).
     public func publish(_ head: UInt16) {
+        if packed {
+            publishPacked(head)
+            return
+        }
         fillSlot(head)
         publishAvailableIndex()
     }
@@ -238,6 +323,12 @@ public final class VirtqueueDriver {
     /// EVENT_IDX, as a Linux guest re-arms its interrupt before it sleeps: asks for an interrupt at the next
     /// completion, then reports whether completions arrived meanwhile (if so, drain them instead of sleeping).
     public func armUsedEvent() -> Bool {
+        if packed {
+            // The driver's event structure: interrupt when the device writes at our next used position.
+            storeU32(availableAddress, UInt32(usedPosition | (usedWrap ? 0x8000 : 0)) | 2 << 16)
+            cvfs_fence_seq_cst()
+            return !hasPackedUsed
+        }
         setUsedEvent(lastUsed)
         // used_event must be visible before we look at used.idx again (the device does the converse).
         cvfs_fence_seq_cst()
@@ -248,6 +339,18 @@ public final class VirtqueueDriver {
     /// (virtio 1.2 §2.7.10: it wants a kick once avail.idx passes its avail_event).
     public func needsKick(since old: UInt16) -> Bool {
         cvfs_fence_seq_cst()
+        if packed {
+            let event = deviceEvent
+            switch event >> 16 {
+            case 0: return true
+            case 1: return false
+            default:
+                let offWrap = UInt16(truncatingIfNeeded: event)
+                var offset = offWrap & 0x7fff
+                if (offWrap & 0x8000 != 0) != availableWrap { offset &-= size }
+                return availablePosition &- offset &- 1 < availableIndex &- old
+            }
+        }
         let event = availableEvent
         return availableIndex &- event &- 1 < availableIndex &- old
     }
@@ -267,8 +370,110 @@ public final class VirtqueueDriver {
         var result: [Completion] = []
         drainUsed { completion in
             result.append(completion)
+            if packed {
+                if completion.head < size && !freeIDs.contains(completion.head) { freeIDs.append(completion.head) }
+                return
+            }
             if let ids = chains.removeValue(forKey: completion.head) { freeDescriptors.append(contentsOf: ids.reversed()) }
         }
         return result
+    }
+
+    // MARK: Packed ring
+
+    func storeU32(_ address: UInt64, _ value: UInt32) {
+        // SAFETY: an event structure inside the driver's own mapping.
+        unsafe cvfs_store_relaxed_u32(pointer(GuestAddress(address)), value.littleEndian)
+    }
+
+    /// Packed: the device's event suppression structure (offset and wrap, flags in the high half).
+    public var deviceEvent: UInt32 {
+        // SAFETY: an event structure inside the driver's own mapping.
+        unsafe UInt32(littleEndian: cvfs_load_relaxed_u32(pointer(GuestAddress(usedAddress))))
+    }
+
+    /// Packed: sets the driver's event suppression structure (offset and wrap, flags) as a driver would.
+    public func setDriverEvent(offsetAndWrap: UInt16, flags: UInt16) {
+        storeU32(availableAddress, UInt32(offsetAndWrap) | UInt32(flags) << 16)
+    }
+
+    /// AVAIL and USED bits that make a descriptor available in the lap of `wrap`.
+    func availabilityFlags(_ wrap: Bool) -> UInt16 { wrap ? 1 << 7 : 1 << 15 }
+
+    func advanceAvailable() {
+        availablePosition += 1
+        availableIndex &+= 1
+        if availablePosition == size {
+            availablePosition = 0
+            availableWrap.toggle()
+        }
+    }
+
+    /// Writes a packed descriptor; `flags` nil leaves the flags as they are (a head, published last).
+    public func setPackedDescriptor(at address: UInt64, address buffer: UInt64, length: UInt32, id: UInt16, flags: UInt16?) {
+        // SAFETY: a descriptor inside the driver's own mapping.
+        let p = unsafe pointer(GuestAddress(address))
+        unsafe p.storeBytes(of: buffer.littleEndian, as: UInt64.self)
+        unsafe p.storeBytes(of: length.littleEndian, toByteOffset: 8, as: UInt32.self)
+        unsafe p.storeBytes(of: id.littleEndian, toByteOffset: 12, as: UInt16.self)
+        if let flags { unsafe p.storeBytes(of: flags.littleEndian, toByteOffset: 14, as: UInt16.self) }
+    }
+
+    /// Stores a head's flags with release ordering: the device sees the whole chain before it.
+    func publishPackedHead(at address: UInt64, flags: UInt16) {
+        // SAFETY: a descriptor inside the driver's own mapping.
+        unsafe cvfs_store_release_u16(pointer(GuestAddress(address + 14)), flags.littleEndian)
+    }
+
+    /// Packed: a chain of descriptors exactly as given (flags without the availability bits, NEXT included or
+    /// not), as a driver that does not follow the spec writes them; returns its id, to publish.
+    public func makeRawPackedChain(_ descriptors: [(address: UInt64, length: UInt32, flags: UInt16)]) -> UInt16 {
+        let id = freeIDs.removeLast()
+        pending[id] = descriptors
+        rawChains.insert(id)
+        return id
+    }
+
+    /// Writes the chain made under `id` into the next ring positions (its id in each), the head's flags last.
+    private func publishPacked(_ id: UInt16) {
+        guard let buffers = pending.removeValue(forKey: id), !buffers.isEmpty else { return }
+        let raw = rawChains.remove(id) != nil
+        let headAddress = descriptorsAddress + 16 * UInt64(availablePosition)
+        var headFlags: UInt16 = 0
+        for (i, buffer) in buffers.enumerated() {
+            let flags = buffer.flags | (raw || i == buffers.count - 1 ? 0 : 1) | availabilityFlags(availableWrap)
+            let address = descriptorsAddress + 16 * UInt64(availablePosition)
+            setPackedDescriptor(at: address, address: buffer.address, length: buffer.length, id: id, flags: i == 0 ? nil : flags)
+            if i == 0 { headFlags = flags }
+            advanceAvailable()
+        }
+        positions[Int(id)] = UInt16(buffers.count)
+        publishPackedHead(at: headAddress, flags: headFlags)
+    }
+
+    /// Packed: whether the device has written a used descriptor at our next used position.
+    var hasPackedUsed: Bool {
+        // SAFETY: a descriptor inside the driver's own mapping.
+        let flags = unsafe UInt16(littleEndian: cvfs_load_acquire_u16(pointer(GuestAddress(descriptorsAddress + 16 * UInt64(usedPosition) + 14))))
+        return (flags & (1 << 7) != 0) == usedWrap && (flags & (1 << 15) != 0) == usedWrap
+    }
+
+    /// Packed: the next used descriptor (buffer id, length), moving past its chain's positions; nil when none.
+    func takePackedUsed() -> (UInt16, UInt32)? {
+        // SAFETY: a descriptor inside the driver's own mapping.
+        guard hasPackedUsed else { return nil }
+        let p = unsafe pointer(GuestAddress(descriptorsAddress + 16 * UInt64(usedPosition)))
+        let length = unsafe UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt32.self))
+        let id = unsafe UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 12, as: UInt16.self))
+        let count = id < size ? max(positions[Int(id)], 1) : 1
+        for _ in 0..<count {
+            usedPosition += 1
+            if usedPosition == size {
+                usedPosition = 0
+                usedWrap.toggle()
+            }
+        }
+        lastUsed &+= 1
+        return (id, length)
     }
 }

@@ -43,6 +43,12 @@ struct Bench: ParsableCommand {
     @Option(help: "Queue size (descriptors per ring).")
     var queueSize: UInt16 = 1024
 
+    @Option(help: "The ring layout: split or packed (VIRTIO_F_RING_PACKED).")
+    var ring: String = "split"
+
+    @Option(help: "The second back-end's ring layout; alone (without --compare) it runs the first back-end again with it, for split against packed.")
+    var compareRing: String?
+
     @Option(help: "Rounds of the whole plan (back-ends alternating); tables show each figure's median.")
     var rounds: Int = 1
 
@@ -78,6 +84,14 @@ struct Bench: ParsableCommand {
         guard !queueCounts.isEmpty else { throw ValidationError("--queues takes at least one count") }
         let ours = backend ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
             .appendingPathComponent("swift-virtiofsd").path
+        for layout in [ring] + (compareRing.map { [$0] } ?? []) where layout != "split" && layout != "packed" {
+            throw ValidationError("--ring and --compare-ring take split or packed")
+        }
+        let firstPacked = ring == "packed"
+        let secondPacked = (compareRing ?? ring) == "packed"
+        let compare = self.compare ?? (compareRing != nil ? ours : nil)
+        let firstName = ours + (firstPacked ? " (packed)" : "")
+        let secondName = compare.map { $0 + (secondPacked ? " (packed)" : "") }
         let fixtureDir = try makeFixtureDirectory()
         defer { try? FileManager.default.removeItem(atPath: fixtureDir) }
 
@@ -91,17 +105,17 @@ struct Bench: ParsableCommand {
         for round in 1...rounds {
             if rounds > 1 { FileHandle.standardError.write("round \(round) of \(rounds)\n".data(using: .utf8)!) }
             for (q, count) in queueCounts.enumerated() {
-                firstRounds[q].append(try measure(command: ours, queues: count, plan: plan, directory: fixtureDir, host: host))
+                firstRounds[q].append(try measure(command: ours, queues: count, plan: plan, directory: fixtureDir, host: host, packed: firstPacked))
                 if let compare {
-                    secondRounds[q].append(try measure(command: compare, queues: count, plan: plan, directory: fixtureDir, host: host))
+                    secondRounds[q].append(try measure(command: compare, queues: count, plan: plan, directory: fixtureDir, host: host, packed: secondPacked))
                 }
             }
         }
         for (q, count) in queueCounts.enumerated() {
             let label = queueCounts.count > 1 ? " with \(count) request queue(s)" : ""
-            printTable(ours + label, firstRounds[q])
-            if let compare {
-                printTable(compare + label, secondRounds[q])
+            printTable(firstName + label, firstRounds[q])
+            if let secondName {
+                printTable(secondName + label, secondRounds[q])
                 print("| operation | ops/s, first / second | back-end CPU per op, second / first |")
                 print("|---|---|---|")
                 for (i, op) in plan.enumerated() {
@@ -114,7 +128,7 @@ struct Bench: ParsableCommand {
             }
         }
         if queueCounts.count > 1 {
-            for (name, results) in [(ours, firstRounds)] + (compare.map { [($0, secondRounds)] } ?? []) {
+            for (name, results) in [(firstName, firstRounds)] + (secondName.map { [($0, secondRounds)] } ?? []) {
                 printScaling(name, queueCounts, results)
             }
         }
@@ -174,12 +188,12 @@ struct Bench: ParsableCommand {
     func cpuOf(_ pid: Int32) -> Double { cpuTime(pid: pid) }
     func userCPUOf(_ pid: Int32) -> Double { userCPUTime(pid: pid) }
 
-    func measure(command: String, queues: Int, plan: [Operation], directory: String, host: HostBaseline) throws -> [Result] {
+    func measure(command: String, queues: Int, plan: [Operation], directory: String, host: HostBaseline, packed: Bool) throws -> [Result] {
         let (process, socket) = try launch(command: command, directory: directory)
         defer { stop(process, socket: socket) }
         let frontend = try Frontend(
             socketPath: socket, requestQueues: queues, queueSize: queueSize,
-            memoryPerQueue: depth * (QueueLoad.requestCapacity + QueueLoad.replyCapacity) + (16 << 20))
+            memoryPerQueue: depth * (QueueLoad.requestCapacity + QueueLoad.replyCapacity) + (16 << 20), packed: packed)
         let loads = (1...queues).map { q in
             QueueLoad(driver: frontend.drivers[q], kick: frontend.kicks[q], call: frontend.calls[q], queue: q, depth: depth, eventIndex: frontend.eventIndex)
         }

@@ -12,6 +12,7 @@ let targets: [String: (UnsafeRawBufferPointer) -> Void] = [
     "fuse": FUSEFuzz.answeringFileSystem,
     "passthrough": FUSEFuzz.passthroughFileSystem,
     "chain": ChainFuzz.run,
+    "packed": PackedChainFuzz.run,
     "vhost-user": VhostUserFuzz.run,
     "state": StateFuzz.run,
 ]
@@ -21,7 +22,7 @@ nonisolated(unsafe) var current: ((UnsafeRawBufferPointer) -> Void)? = nil
 // `seeds DIR`: writes the seed corpus, DIR/TARGET/NAME for each target.
 if CommandLine.arguments.count == 3 && CommandLine.arguments[1] == "seeds" {
     let root = CommandLine.arguments[2]
-    for (target, seeds) in [("fuse", Seeds.fuse), ("passthrough", Seeds.fuse), ("chain", Seeds.chain), ("vhost-user", Seeds.vhostUser), ("state", Seeds.state)] {
+    for (target, seeds) in [("fuse", Seeds.fuse), ("passthrough", Seeds.fuse), ("chain", Seeds.chain), ("packed", Seeds.packed), ("vhost-user", Seeds.vhostUser), ("state", Seeds.state)] {
         FileManagerless.makeDirectory(root)
         FileManagerless.makeDirectory("\(root)/\(target)")
         for (name, data) in seeds { FileManagerless.write(data, to: "\(root)/\(target)/seed-\(name)") }

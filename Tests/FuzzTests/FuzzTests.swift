@@ -25,7 +25,7 @@ func run(_ arguments: [String]) throws -> (status: Int32, output: String) {
     return (process.terminationStatus, (try? String(contentsOfFile: log, encoding: .utf8)) ?? "")
 }
 
-let targets = ["fuse", "passthrough", "chain", "vhost-user", "state"]
+let targets = ["fuse", "passthrough", "chain", "packed", "vhost-user", "state"]
 
 @Suite("Fuzzing: the corpus, and a short libFuzzer run of every target", .serialized)
 struct FuzzTests {

@@ -17,37 +17,10 @@ import VirtqueueDriver
 /// where they were.
 @Suite("Malformed rings and messages", .serialized)
 struct RingAttackTests {
-    /// Runs `attack` against a fresh session and checks the daemon afterwards.
-    func survive(_ what: String, logLines: Int = 1, _ attack: (Session, DaemonUnderTest) throws -> Void) throws {
-        let daemon = try DaemonUnderTest()
-        let session = try Session(daemon)
-        let threads = daemon.threadCount
-        let descriptors = daemon.settledDescriptorCount
-        try attack(session, daemon)
-        #expect(daemon.isRunning, "\(what): the daemon died: \(daemon.log)")
-        #expect(daemon.threadCount == threads, "\(what): \(daemon.threadCount) threads, \(threads) before")
-        #expect(daemon.descriptorCount <= descriptors, "\(what): \(daemon.descriptorCount) descriptors, \(descriptors) before")
-        #expect(daemon.problemLines.count == logLines, "\(what): \(daemon.log)")
-    }
-
-    /// Publishes a chain built by hand from raw descriptors and waits for it to come back.
-    func raw(_ session: Session, _ build: (VirtqueueDriver) -> UInt16) -> VirtqueueDriver.Completion? {
-        let driver = session.requests.driver
-        let head = build(driver)
-        driver.publish(head)
-        session.requests.kick.signal()
-        let deadline = Date().addingTimeInterval(3)
-        while Date() < deadline {
-            if let done = driver.takeUsed().first(where: { $0.head == head }) { return done }
-            usleep(5_000)
-        }
-        return nil
-    }
-
     @Test("a descriptor chain that loops back on itself is returned empty")
     func loop() throws {
         try survive("loop") { session, _ in
-            let done = raw(session) { d in
+            let done = publishRaw(session) { d in
                 let request = d.write(frame(.getattr, unique: 1, bytes(fuse_getattr_in())))
                 d.setDescriptor(index: 200, address: request.rawValue, length: 56, flags: 1, next: 201)
                 d.setDescriptor(index: 201, address: request.rawValue, length: 56, flags: 1, next: 200)
@@ -60,7 +33,7 @@ struct RingAttackTests {
     @Test("an indirect table inside an indirect table is returned empty")
     func nestedIndirect() throws {
         try survive("nested indirect") { session, _ in
-            let done = raw(session) { d in
+            let done = publishRaw(session) { d in
                 let inner = d.allocate(16, alignment: 16)
                 let outer = d.allocate(16, alignment: 16)
                 d.setDescriptor(table: inner.rawValue, index: 0, address: outer.rawValue, length: 16, flags: 4, next: 0)
@@ -75,7 +48,7 @@ struct RingAttackTests {
     @Test("descriptor lengths whose sum overflows, and buffers past the end of memory, are returned empty")
     func overflowingLengths() throws {
         try survive("overflowing lengths") { session, _ in
-            let sum = raw(session) { d in
+            let sum = publishRaw(session) { d in
                 let request = d.write(frame(.getattr, unique: 1, bytes(fuse_getattr_in())))
                 for i in 0..<4 {
                     d.setDescriptor(index: UInt16(220 + i), address: request.rawValue, length: UInt32.max - 8, flags: i < 3 ? 1 : 0, next: UInt16(221 + i))
@@ -83,7 +56,7 @@ struct RingAttackTests {
                 return 220
             }
             #expect(sum?.length == 0)
-            let outside = raw(session) { d in
+            let outside = publishRaw(session) { d in
                 d.setDescriptor(index: 230, address: UInt64.max - 10, length: 100, flags: 0, next: 0)
                 return 230
             }

@@ -137,7 +137,7 @@ final class GuestQueue {
     @discardableResult
     func submit(_ request: [UInt8], replyLength: Int, kick doKick: Bool = true) -> UInt16 {
         // With nothing in flight, the buffer space starts over (a long test would run out of it).
-        if replies.isEmpty && pending.isEmpty && driver.usedIndex == driver.availableIndex { driver.resetBuffers() }
+        if replies.isEmpty && pending.isEmpty && driver.allReturned { driver.resetBuffers() }
         let requestAddress = driver.write(request)
         var buffers = [VirtqueueDriver.Buffer(address: requestAddress, length: UInt32(request.count), writable: false)]
         var reply: GuestAddress? = nil
@@ -190,8 +190,9 @@ final class Session {
     let requests: GuestQueue
     private var nextUnique: UInt64 = 100
 
-    init(_ daemon: DaemonUnderTest, queueSize: UInt16 = 256, initFlags: UInt64 = 0xffff_ffff, minor: UInt32 = 38) throws {
-        frontend = try Frontend(socketPath: daemon.socketPath, requestQueues: 1, queueSize: queueSize, memoryPerQueue: 32 << 20)
+    init(_ daemon: DaemonUnderTest, queueSize: UInt16 = 256, initFlags: UInt64 = 0xffff_ffff, minor: UInt32 = 38, packed: Bool = false) throws {
+        frontend = try Frontend(
+            socketPath: daemon.socketPath, requestQueues: 1, queueSize: queueSize, memoryPerQueue: 32 << 20, packed: packed)
         hiprio = GuestQueue(frontend, 0)
         requests = GuestQueue(frontend, 1)
         var input = fuse_init_in()
@@ -259,4 +260,36 @@ func eventually(seconds: Double = 5, _ condition: () -> Bool) -> Bool {
         usleep(10_000)
     }
     return condition()
+}
+
+/// Runs `attack` against a fresh daemon and session (split or packed rings), then checks that the daemon still
+/// runs with the threads and descriptors it had, and logged `logLines` problems.
+func survive(
+    _ what: String, logLines: Int = 1, packed: Bool = false, queueSize: UInt16 = 256,
+    _ attack: (Session, DaemonUnderTest) throws -> Void
+) throws {
+    let daemon = try DaemonUnderTest()
+    let session = try Session(daemon, queueSize: queueSize, packed: packed)
+    let threads = daemon.threadCount
+    let descriptors = daemon.settledDescriptorCount
+    try attack(session, daemon)
+    #expect(daemon.isRunning, "\(what): the daemon died: \(daemon.log)")
+    #expect(daemon.threadCount == threads, "\(what): \(daemon.threadCount) threads, \(threads) before")
+    #expect(daemon.descriptorCount <= descriptors, "\(what): \(daemon.descriptorCount) descriptors, \(descriptors) before")
+    #expect(daemon.problemLines.count == logLines, "\(what): \(daemon.log)")
+}
+
+/// Publishes a chain built by hand from raw descriptors (`build` returns its head, or its id on a packed ring)
+/// and waits for it to come back.
+func publishRaw(_ session: Session, _ build: (VirtqueueDriver) -> UInt16) -> VirtqueueDriver.Completion? {
+    let driver = session.requests.driver
+    let head = build(driver)
+    driver.publish(head)
+    session.requests.kick.signal()
+    let deadline = Date().addingTimeInterval(3)
+    while Date() < deadline {
+        if let done = driver.takeUsed().first(where: { $0.head == head }) { return done }
+        usleep(5_000)
+    }
+    return nil
 }

@@ -31,10 +31,13 @@ struct ConformanceTests {
         ["--kernel", "6.12", "--xattrmap=:map::user.virtiofs.:"],
         // QEMU 10 as the front-end (qemu/prepare-peers).
         ["--kernel", "6.12", "--qemu", "10"],
+        // Packed virtqueues: every case through VIRTIO_F_RING_PACKED.
+        ["--kernel", "6.12", "--qemu", "10", "--packed"],
     ])
     func suiteMatchesLocal(options: [String]) throws {
         let result = try run(["\(repositoryRoot)/qemu/conformance/run", "--backend", backend] + options)
         #expect(result.status == 0, "\(result.output)\n\(result.errors.suffix(3000))")
+        if options.contains("--packed") { #expect(result.errors.contains(", ring packed,"), "not a packed ring: \(result.errors.suffix(500))") }
         var expected = options.contains { $0.hasPrefix("--translate-") } ? conformanceCases.filter { $0 != "acl" } : conformanceCases
         if options.contains(where: { $0.contains("no_flock") }) { expected.removeAll { $0 == "host_lock" } }
         if options.contains(where: { $0.hasPrefix("--xattrmap") }) { expected.removeAll { $0 == "acl" } }

@@ -199,6 +199,8 @@ struct GuestMountTests {
         ["--kernel", "6.1", "--queues", "1", "--cpus", "1"],
         // QEMU 10 (Debian 13's; qemu/prepare-peers): memory by ADD_MEM_REG, and the rest of its start-up.
         ["--kernel", "6.12", "--queues", "2", "--qemu", "10"],
+        // Packed virtqueues (VIRTIO_F_RING_PACKED): QEMU 10 offers them with packed=on, the guest takes them.
+        ["--kernel", "6.12", "--queues", "2", "--qemu", "10", "--packed"],
     ])
     func treeMatchesHost(options: [String]) throws {
         let tree = try SampleTree()
@@ -208,6 +210,8 @@ struct GuestMountTests {
         let guest = try runGuest(tree.path, options, "cd /mnt && \(manifestScript)")
         #expect(guest.status == 0, "run-guest failed: \(guest.errors)")
         if options.contains("--qemu") { #expect(guest.errors.contains(", QEMU 10."), "not QEMU 10: \(guest.errors)") }
+        let ring = options.contains("--packed") ? "packed" : "split"
+        #expect(guest.errors.contains(", ring \(ring),"), "not a \(ring) ring: \(guest.errors)")
         let hostLines = host.output.split(separator: "\n")
         let guestLines = guest.output.split(separator: "\n")
         #expect(hostLines.count > 2000)

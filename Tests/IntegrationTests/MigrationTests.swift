@@ -66,4 +66,17 @@ struct MigrationTests {
         #expect(run.guest("doomed:") == "doomed: doomed content", "\(run.whole)")
         #expect(run.whole.contains("in order"), "\(run.whole)")
     }
+
+    @Test("packed virtqueues (packed=on on both sides): the migration completes and the guest goes on as with split rings")
+    func packedRings() throws {
+        let run = try migrate(["--packed", "--host-action", "rename"])
+        #expect(run.result.status == 0, "\(run.whole)")
+        #expect(run.status == "completed", "\(run.whole)")
+        #expect(run.whole.contains(" ring packed"), "\(run.whole)")
+        #expect(run.whole.contains("guest finished on the destination with status 0"), "\(run.whole)")
+        #expect(run.whole.contains("in order"), "\(run.whole)")
+        #expect(run.guest("write-failures") == "write-failures 0", "\(run.whole)")
+        #expect(run.guest("checksums")?.hasPrefix("checksums 0 bad") == true, "\(run.whole)")
+        #expect(run.guest("keep:") == "keep: kept content" && run.guest("moved:") == "moved: moved content", "\(run.whole)")
+    }
 }

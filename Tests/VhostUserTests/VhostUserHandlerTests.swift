@@ -102,7 +102,7 @@ final class TestFrontend {
     }
 
     /// Negotiates features and protocol features as QEMU does.
-    func negotiate(eventIndex: Bool = true) throws {
+    func negotiate(eventIndex: Bool = true, packed: Bool = false) throws {
         let features = try u64(.getFeatures)
         #expect(features & VirtioFeatures.version1 != 0)
         #expect(features & VirtioFeatures.protocolFeatures != 0)
@@ -114,6 +114,10 @@ final class TestFrontend {
         try send(.setOwner)
         var wanted = VirtioFeatures.version1 | VirtioFeatures.protocolFeatures | VirtioFeatures.ringIndirectDescriptors
         if eventIndex { wanted |= VirtioFeatures.ringEventIndex }
+        if packed {
+            #expect(features & VirtioFeatures.ringPacked != 0)
+            wanted |= VirtioFeatures.ringPacked
+        }
         try send(.setFeatures, payload: payloadBytes(of: wanted))
     }
 
@@ -126,7 +130,8 @@ final class TestFrontend {
         try send(.setMemTable, payload: Array(payloadBytes(of: table).prefix(8 + 32)), fds: [driver.memoryFile.rawValue], needReply: true)
         #expect(try reply(to: .setMemTable) == payloadBytes(of: UInt64(0)))
         try send(.setVringNum, payload: payloadBytes(of: cvfs_vhost_vring_state(index: index, num: UInt32(driver.size))))
-        try send(.setVringBase, payload: payloadBytes(of: cvfs_vhost_vring_state(index: index, num: UInt32(driver.availableIndex))))
+        let base = driver.packed ? driver.packedState : UInt32(driver.availableIndex)
+        try send(.setVringBase, payload: payloadBytes(of: cvfs_vhost_vring_state(index: index, num: base)))
         try send(.setVringAddr, payload: payloadBytes(of: cvfs_vhost_vring_addr(
             index: index, flags: 0, descriptor: driver.userAddress(driver.descriptorsAddress),
             used: driver.userAddress(driver.usedAddress), available: driver.userAddress(driver.availableAddress), log: 0)))
@@ -178,6 +183,64 @@ struct VhostUserHandlerTests {
         let state = try frontend.reply(to: .getVringBase).withUnsafeBytes { $0.loadUnaligned(as: cvfs_vhost_vring_state.self) }
         #expect(state.index == 1 && state.num == 1)
         #expect(frontend.finish() == .some(nil))
+    }
+
+    @Test("packed rings: a queue of any size serves requests; GET_VRING_BASE gives both positions and wrap counters, a restart continues from them")
+    func packedRing() throws {
+        let frontend = try TestFrontend()
+        try frontend.negotiate(packed: true)
+        let driver = try VirtqueueDriver(size: 5, packed: true)
+        let kick = try EventFD()
+        let call = try EventFD()
+        try frontend.startQueue(1, driver: driver, kick: kick, call: call)
+        func roundTrip(_ text: String) {
+            let request = driver.write(Array(text.utf8))
+            let reply = driver.allocate(64)
+            let id = driver.makeChain([
+                .init(address: request, length: UInt32(text.utf8.count), writable: false),
+                .init(address: reply, length: 64, writable: true),
+            ])
+            driver.publish(id)
+            kick.signal()
+            do { let called = waitForCall(call); #expect(called) }
+            call.drain()
+            #expect(driver.takeUsed() == [.init(head: id, length: UInt32(text.utf8.count))])
+            #expect(driver.read(reply, length: text.utf8.count) == Array(String(text.reversed()).utf8))
+        }
+        // Three requests of two positions each on a ring of five: the third wraps.
+        for text in ["one", "two", "three"] { roundTrip(text) }
+        try frontend.send(.getVringBase, payload: payloadBytes(of: cvfs_vhost_vring_state(index: 1, num: 0)))
+        let state = try frontend.reply(to: .getVringBase).withUnsafeBytes { $0.loadUnaligned(as: cvfs_vhost_vring_state.self) }
+        #expect(state.index == 1 && state.num == 0x0001_0001)  // position 1 of the second lap (wrap counters 0), both
+        #expect(state.num == driver.packedState)
+        try frontend.send(.setVringBase, payload: payloadBytes(of: cvfs_vhost_vring_state(index: 1, num: state.num)))
+        try frontend.send(.setVringCall, payload: payloadBytes(of: UInt64(1)), fds: [call.fd.rawValue])
+        try frontend.send(.setVringKick, payload: payloadBytes(of: UInt64(1)), fds: [kick.fd.rawValue])
+        try frontend.send(.setVringEnable, payload: payloadBytes(of: cvfs_vhost_vring_state(index: 1, num: 1)))
+        roundTrip("four")
+        #expect(frontend.finish() == .some(nil))
+    }
+
+    @Test("a split ring's size must be a power of two, a packed ring's not; a packed ring's event structures are on 4 bytes")
+    func packedSizesAndAlignment() throws {
+        func outcome(packed: Bool, _ send: (TestFrontend) throws -> Void) throws -> VhostUserError?? {
+            let frontend = try TestFrontend()
+            try frontend.negotiate(packed: packed)
+            try send(frontend)
+            _ = try? frontend.u64(.getFeatures)
+            return frontend.finish()
+        }
+        let num = { (f: TestFrontend) in
+            try f.send(.setVringNum, payload: payloadBytes(of: cvfs_vhost_vring_state(index: 1, num: 100)))
+        }
+        #expect(try outcome(packed: true, num) == .some(nil))
+        #expect(try outcome(packed: false, num) != .some(nil))
+        let address = { (f: TestFrontend) in
+            try f.send(.setVringAddr, payload: payloadBytes(of: cvfs_vhost_vring_addr(
+                index: 1, flags: 0, descriptor: 0x1000, used: 0x2000, available: 0x3002, log: 0)))
+        }
+        #expect(try outcome(packed: false, address) == .some(nil))
+        #expect(try outcome(packed: true, address) != .some(nil))
     }
 
     @Test("a long batch signals the guest along the way, every 16 requests, and with EVENT_IDX only as used_event asks",

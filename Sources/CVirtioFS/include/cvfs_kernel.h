@@ -5,6 +5,15 @@
 
 #include <linux/fuse.h>
 #include <linux/virtio_ring.h>
+#include <stddef.h>
+
+// The packed-ring layout PackedQueue reads and writes at fixed offsets (virtio 1.2 §2.8.13).
+_Static_assert(sizeof(struct vring_packed_desc) == 16, "a packed descriptor is 16 bytes");
+_Static_assert(offsetof(struct vring_packed_desc, len) == 8, "len at 8");
+_Static_assert(offsetof(struct vring_packed_desc, id) == 12, "id at 12");
+_Static_assert(offsetof(struct vring_packed_desc, flags) == 14, "flags at 14");
+_Static_assert(sizeof(struct vring_packed_desc_event) == 4, "an event suppression structure is 4 bytes");
+_Static_assert(offsetof(struct vring_packed_desc_event, flags) == 2, "its flags at 2");
 #include <linux/virtio_fs.h>
 #include <linux/virtio_config.h>
 

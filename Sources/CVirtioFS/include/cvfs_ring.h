@@ -25,6 +25,18 @@ static inline void cvfs_store_relaxed_u16(void *p, uint16_t v) {
     __atomic_store_n((uint16_t *)p, v, __ATOMIC_RELAXED);
 }
 
+/// A relaxed 32-bit load: a packed ring's event suppression structure (offset and wrap, flags) read whole, as
+/// the driver writes it.
+static inline uint32_t cvfs_load_relaxed_u32(const void *p) {
+    return __atomic_load_n((const uint32_t *)p, __ATOMIC_RELAXED);
+}
+
+/// A relaxed 32-bit store: a packed ring's event suppression structure written whole, so that the driver never
+/// sees a new offset with old flags.
+static inline void cvfs_store_relaxed_u32(void *p, uint32_t v) {
+    __atomic_store_n((uint32_t *)p, v, __ATOMIC_RELAXED);
+}
+
 /// A full barrier: orders an earlier store (avail_event) before a later load (avail->idx), and the
 /// used->idx store before the used_event load (virtio 1.2 §2.7.10, §2.7.14).
 static inline void cvfs_fence_seq_cst(void) {
