@@ -205,7 +205,7 @@ final class VringWorker: @unchecked Sendable {
         }
     }
 
-    private static func start<Queue: DeviceQueue>(
+    private static func start<Queue: DeviceQueue & SendableMetatype>(
         index: Int, queue: Queue, addresses: VringAddresses, kick: consuming OwnedFD, stop: SharedEventFD,
         wake: SharedEventFD, shared: VringShared, handler: any VringRequestHandler, completions: DeferredCompletions,
         logger: Logger

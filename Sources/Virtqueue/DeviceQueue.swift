@@ -39,3 +39,14 @@ extension SplitQueue: DeviceQueue {
     /// The next available index; bits 16-31 are zero.
     public var ringState: UInt32 { UInt32(nextAvailable) }
 }
+
+extension GuestMemoryMap {
+    /// A ring part of `length` bytes at a front-end virtual address (SET_VRING_ADDR), or at a guest address
+    /// (tests, fuzzing): translated whole, bounds-checked; nil when it is not inside one region.
+    func ringPart(at address: UInt64, length: UInt64, userAddresses: Bool) -> UnsafeMutableRawPointer? {
+        // SAFETY: both translations are bounds-checked over the whole part, into memory this map holds.
+        unsafe userAddresses
+            ? translate(userAddress: address, length: length)
+            : translate(GuestAddress(address), length: length)
+    }
+}

@@ -99,10 +99,7 @@ public struct PackedQueue {
         guard size > 0, size <= 32768 else { throw .ringNotInMemory }
         let sizes = Self.ringSizes(size: size)
         func translate(_ address: UInt64, _ length: UInt64) -> UnsafeMutableRawPointer? {
-            // SAFETY: each part is translated whole, bounds-checked, into memory the queue holds.
-            unsafe userAddresses
-                ? memory.translate(userAddress: address, length: length)
-                : memory.translate(GuestAddress(address), length: length)
+            unsafe memory.ringPart(at: address, length: length, userAddresses: userAddresses)
         }
         guard let ring = unsafe translate(descriptorsAt, sizes.descriptors),
               let driverEvent = unsafe translate(driverEventAt, sizes.event),
@@ -243,13 +240,13 @@ public struct PackedQueue {
         // SAFETY: the table is translated whole before its entries are read.
         // §2.8.8: an indirect descriptor is a chain of its own: neither NEXT with it nor after others.
         if descriptor.flags & Self.descriptorNext != 0 || !first { return .indirectWithNext }
-        guard let table = indirectTable(descriptor) else {
+        guard let table = unsafe indirectTable(descriptor) else {
             return descriptor.length % UInt32(Self.descriptorSize) == 0 && descriptor.length > 0
                 ? .bufferNotInMemory : .badIndirectLength
         }
         // In the table only WRITE counts; NEXT, INDIRECT and the ids are ignored (§2.8.8): the entries follow
         // one another to the table's end.
-        for index in 0..<table.count {
+        for index in unsafe 0..<table.count {
             let entry = unsafe Descriptor(ring: table.base, position: UInt16(truncatingIfNeeded: index))
             if let fault = append(entry, to: chain, seenWritable: &seenWritable) { return fault }
         }
@@ -264,7 +261,7 @@ public struct PackedQueue {
         guard length > 0, length % UInt64(Self.descriptorSize) == 0, length / UInt64(Self.descriptorSize) <= 32768,
               let table = unsafe memory.translate(GuestAddress(descriptor.address), length: length)
         else { return nil }
-        return unsafe (UnsafeRawPointer(table), Int(length) / Self.descriptorSize)
+        return (UnsafeRawPointer(table), Int(length) / Self.descriptorSize)
     }
 
     /// Records one buffer (WRITE decides its side); returns a fault or nil.
@@ -337,8 +334,8 @@ public struct PackedQueue {
         for _ in 0..<count {
             let descriptor = unsafe Descriptor(ring: chains.shadow, position: position)
             if descriptor.flags & Self.descriptorIndirect != 0 {
-                guard let table = indirectTable(descriptor) else { return }
-                for index in 0..<table.count where remaining > 0 {
+                guard let table = unsafe indirectTable(descriptor) else { return }
+                for index in unsafe 0..<table.count where remaining > 0 {
                     let entry = unsafe Descriptor(ring: table.base, position: UInt16(truncatingIfNeeded: index))
                     mark(entry, writable: entry.flags & Self.descriptorWrite != 0)
                 }

@@ -64,10 +64,7 @@ public struct SplitQueue {
         guard size > 0, size & (size &- 1) == 0 else { throw .ringNotInMemory }
         let sizes = Self.ringSizes(size: size)
         func translate(_ address: UInt64, _ length: UInt64) -> UnsafeMutableRawPointer? {
-            // SAFETY: each ring part is translated whole, bounds-checked, into memory the queue holds.
-            unsafe userAddresses
-                ? memory.translate(userAddress: address, length: length)
-                : memory.translate(GuestAddress(address), length: length)
+            unsafe memory.ringPart(at: address, length: length, userAddresses: userAddresses)
         }
         guard let descriptors = unsafe translate(descriptorsAt, sizes.descriptors),
               let available = unsafe translate(availableAt, sizes.available),
