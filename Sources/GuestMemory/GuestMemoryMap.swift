@@ -119,15 +119,7 @@ public final class GuestMemoryMap: Sendable {
         return nil
     }
 
-    /// The front-end virtual address of a guest address (a packed ring given by guest address, in tests).
-    public func userAddress(ofGuestAddress address: UInt64) -> UInt64? {
-        for region in regions where address >= region.guestAddress && address &- region.guestAddress < region.size {
-            return region.userAddress &+ (address &- region.guestAddress)
-        }
-        return nil
-    }
-
-    /// The guest address of a front-end virtual address (for tests and the load generator).
+    /// The guest address of a front-end virtual address (a packed ring's, for the dirty log; tests; the load generator).
     public func guestAddress(ofUserAddress address: UInt64) -> GuestAddress? {
         for region in regions where address >= region.userAddress && address &- region.userAddress < region.size {
             return GuestAddress(region.guestAddress &+ (address &- region.userAddress))

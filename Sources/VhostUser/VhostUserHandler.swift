@@ -190,14 +190,8 @@ public final class VhostUserHandler {
             try expectNoDescriptors(message, request)
             let (index, size) = try vringState(message, request)
             // A packed ring may have any size (virtio 1.2 §2.8: up to 2^15); a split one a power of two.
-            if isPacked {
-                guard size > 0, size <= UInt32(backend.maxQueueSize) else {
-                    throw .invalid(request, "queue \(index): size \(size) is not 1 to \(backend.maxQueueSize)")
-                }
-            } else {
-                guard size > 0, size <= UInt32(backend.maxQueueSize), size & (size - 1) == 0 else {
-                    throw .invalid(request, "queue \(index): size \(size) is not a power of two up to \(backend.maxQueueSize)")
-                }
+            guard size > 0, size <= UInt32(backend.maxQueueSize), isPacked || size & (size - 1) == 0 else {
+                throw .invalid(request, "queue \(index): size \(size) is not \(isPacked ? "1" : "a power of two") up to \(backend.maxQueueSize)")
             }
             vrings[index].size = UInt16(truncatingIfNeeded: size == 32768 ? 32768 : size)
             return nil

@@ -49,10 +49,10 @@ public struct PackedQueue {
     /// The driver's event suppression structure (read) and ours (written).
     let driverEvent: UnsafeMutableRawPointer
     let deviceEvent: UnsafeMutableRawPointer
-    /// Front-end virtual addresses of the ring and of our event structure, for their guest addresses when
-    /// logging.
-    let ringUserAddress: UInt64
-    let deviceEventUserAddress: UInt64
+    /// Guest addresses of the ring and of our event structure, where the dirty log marks what we write there
+    /// (nil if not inside one region, as only a broken front-end gives).
+    let ringGuestAddress: UInt64?
+    let deviceEventGuestAddress: UInt64?
 
     /// The next position to look at for an available chain, and the wrap counter it must carry.
     public private(set) var nextAvailable: UInt16
@@ -67,9 +67,8 @@ public struct PackedQueue {
     let chains: PackedChains
 
     public private(set) var log: DirtyLog?
-    /// Guest addresses of the ring and of our event structure while they are logged.
-    var ringLogAddress: UInt64?
-    var deviceEventLogAddress: UInt64?
+    /// Whether the ring and our event structure are logged too (VHOST_VRING_F_LOG).
+    var logsRing = false
     var isLogging = false
 
     /// Byte sizes of the descriptor ring and of each event suppression structure.
@@ -114,8 +113,11 @@ public struct PackedQueue {
         unsafe self.ring = unsafe ring
         unsafe self.driverEvent = unsafe driverEvent
         unsafe self.deviceEvent = unsafe deviceEvent
-        ringUserAddress = userAddresses ? descriptorsAt : (memory.userAddress(ofGuestAddress: descriptorsAt) ?? 0)
-        deviceEventUserAddress = userAddresses ? deviceEventAt : (memory.userAddress(ofGuestAddress: deviceEventAt) ?? 0)
+        func guestAddress(_ address: UInt64) -> UInt64? {
+            userAddresses ? memory.guestAddress(ofUserAddress: address)?.rawValue : address
+        }
+        ringGuestAddress = guestAddress(descriptorsAt)
+        deviceEventGuestAddress = guestAddress(deviceEventAt)
         nextAvailable = available
         availableWrap = state & UInt32(Self.wrapBit) != 0
         nextUsed = used
@@ -311,8 +313,8 @@ public struct PackedQueue {
             nextUsed = UInt16(next)
         }
         usedCount &+= count
-        if isLogging, let ringLogAddress {
-            log?.mark(ringLogAddress &+ UInt64(slot) &* 16, length: 16)
+        if isLogging && logsRing, let ringGuestAddress {
+            log?.mark(ringGuestAddress &+ UInt64(slot) &* 16, length: 16)
         }
     }
 
@@ -378,7 +380,7 @@ public struct PackedQueue {
             ? UInt32(nextAvailable | (availableWrap ? Self.wrapBit : 0)) | Self.eventDescriptor << 16
             : Self.eventEnable << 16
         unsafe cvfs_store_relaxed_u32(deviceEvent, value.littleEndian)
-        if isLogging, let deviceEventLogAddress { log?.mark(deviceEventLogAddress, length: 4) }
+        if isLogging && logsRing, let deviceEventGuestAddress { log?.mark(deviceEventGuestAddress, length: 4) }
         cvfs_fence_seq_cst()
         return hasAvailable
     }
@@ -387,17 +389,11 @@ public struct PackedQueue {
 
     /// Starts or stops logging: `log` for the reply buffers, and the ring and our event structure when `usedAt`
     /// is given (VHOST_VRING_F_LOG). For a packed ring the device writes its used descriptors into the
-    /// descriptor ring, so their guest addresses are those of the ring, found from its front-end address.
+    /// descriptor ring, so they are logged at the ring's own guest address: `usedAt` only says whether.
     public mutating func setLogging(_ log: DirtyLog?, usedAt: UInt64?) {
         self.log = log
         isLogging = log != nil
-        if log != nil, usedAt != nil {
-            ringLogAddress = memory.guestAddress(ofUserAddress: ringUserAddress)?.rawValue
-            deviceEventLogAddress = memory.guestAddress(ofUserAddress: deviceEventUserAddress)?.rawValue
-        } else {
-            ringLogAddress = nil
-            deviceEventLogAddress = nil
-        }
+        logsRing = log != nil && usedAt != nil
     }
 
     /// Replaces the memory map keeping the ring position and the chains in flight.
@@ -409,8 +405,9 @@ public struct PackedQueue {
             eventIndex: eventIndex, state: ringState, userAddresses: true, chains: chains)
         next.usedCount = usedCount
         next.signalledCount = signalledCount
-        // The address given only says whether the ring is logged; a packed ring finds its own.
-        next.setLogging(log, usedAt: ringLogAddress == nil ? nil : 0)
+        next.log = log
+        next.isLogging = isLogging
+        next.logsRing = logsRing
         self = next
     }
 }
