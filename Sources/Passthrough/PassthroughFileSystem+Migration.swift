@@ -56,6 +56,8 @@ extension PassthroughFileSystem: MigratableFileSystem {
     /// The smallest records (a lost node, a handle), for checking counts against the bytes left.
     static var nodeRecordMinimum: Int { 34 }
     static var handleRecordMinimum: Int { 20 }
+    /// What `/proc/self/fd` adds to the path of a file with no name left.
+    static let deletedSuffix = Array(" (deleted)".utf8)
 
     public func saveState(into writer: inout StateWriter) throws(MigrationError) {
         let rootPath = procSelf.path(of: inodes.root.fd())
@@ -145,9 +147,10 @@ extension PassthroughFileSystem: MigratableFileSystem {
         let found: Result<[UInt8]?, Errno> = Result { () throws(Errno) -> [UInt8]? in
             try withPath(node) { (fd) throws(Errno) -> [UInt8]? in
                 guard let path = procSelf.path(of: fd) else { return nil }
-                // A file whose last name is gone reads "PATH (deleted)".
-                if try unsafe fd.statx("").linkCount == 0 && node.fileType != .directory { return nil }
-                return path
+                // A file whose last name is gone has no links and reads "PATH (deleted)"; a removed directory
+                // too (checked by both, as some file systems do not count a directory's links).
+                guard try unsafe fd.statx("").linkCount == 0 else { return path }
+                return node.fileType != .directory || path.suffix(Self.deletedSuffix.count).elementsEqual(Self.deletedSuffix) ? nil : path
             }
         }
         guard case .success(let path?) = found else {
@@ -251,8 +254,13 @@ extension PassthroughFileSystem: MigratableFileSystem {
                 }
             }
             if restored == nil {
-                guard options.migration.onError == .guestError else { throw MigrationError("node \(id): \(failure)") }
-                logger.warning("migration: node \(id) is lost (its requests fail with EIO): \(failure)")
+                // A node the source sent as lost was its call (under abort, only a file nothing can reach again
+                // but a FORGET): only a failure here is ours to judge.
+                guard options.migration.onError == .guestError || found == 0 else {
+                    throw MigrationError("node \(id): \(failure)")
+                }
+                logger.log(level: found == 0 ? .debug : .warning,
+                    "migration: node \(id) is lost (its requests fail with EIO): \(failure)")
                 lost += 1
             }
             do throws(Errno) {

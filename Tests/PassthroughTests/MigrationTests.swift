@@ -85,9 +85,18 @@ struct MigrationTests {
         let doomed = try abort.lookup(fuseRootID, "doomed")
         let opened = try abort.open(context, node: doomed.nodeID, flags: UInt32(O_RDONLY))
         // Looked up, not open, then deleted: nothing can reach it but a FORGET, so it never fails a migration.
-        _ = try abort.lookup(fuseRootID, "forgotten")
+        let forgotten = try abort.lookup(fuseRootID, "forgotten")
         #expect(unlink("\(tree.path)/forgotten") == 0)
-        _ = try abort.savedState()
+        // As is a directory removed while a guest process has it as its working directory.
+        tree.mkdir("removed")
+        let removed = try abort.lookup(fuseRootID, "removed")
+        #expect(rmdir("\(tree.path)/removed") == 0)
+        // ...and a destination under abort takes it up as lost (the source's call, not a failure of its own).
+        let strict = try makeMigratingFileSystem(tree, MigrationOptions(onError: .abort))
+        try strict.load(try abort.savedState())
+        #expect(throws: Errno.ioError) { try strict.getattr(context, node: forgotten.nodeID, handle: nil) }
+        #expect(throws: Errno.ioError) { try strict.getattr(context, node: removed.nodeID, handle: nil) }
+        #expect(try strict.readText(doomed.nodeID, handle: opened.handle) == "gone soon")
         #expect(unlink("\(tree.path)/doomed") == 0)
         #expect(throws: MigrationError.self) { try abort.savedState() }
 
