@@ -24,7 +24,7 @@ func migrate(_ arguments: [String]) throws -> MigrationRun {
 /// processes, each with its own back-end on the same shared directory.
 @Suite("Live migration with QEMU 10", .serialized)
 struct MigrationTests {
-    @Test("find-paths: the migration completes, the writer goes on without an error, every line is on the host, handles opened before still read, a file renamed on the host meanwhile is found")
+    @Test("find-paths: the migration completes, the writer goes on without an error, every line is on the host, handles opened before still read, a file renamed on the host meanwhile is found, a removed directory the guest holds goes as lost")
     func findPaths() throws {
         let run = try migrate(["--host-action", "rename"])
         #expect(run.result.status == 0, "\(run.whole)")
@@ -36,6 +36,9 @@ struct MigrationTests {
         #expect(run.guest("checksums")?.hasPrefix("checksums 0 bad") == true, "\(run.whole)")
         #expect(run.guest("keep:") == "keep: kept content" && run.guest("moved:") == "moved: moved content", "\(run.whole)")
         #expect(run.guest("after:") == "after: new file", "\(run.whole)")
+        // The guest's removed working directory went as lost, under abort, and the destination took it up.
+        #expect(run.whole.contains(" lost) and ") && !run.whole.contains("saved 0 nodes") && !run.whole.contains("(0 lost)"),
+                "\(run.whole)")
     }
 
     @Test("a file the guest holds open is deleted on the host: --migration-on-error abort keeps the guest on the source, guest-error moves it and that file's reads fail")
