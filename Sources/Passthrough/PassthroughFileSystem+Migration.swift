@@ -86,7 +86,7 @@ extension PassthroughFileSystem: MigratableFileSystem {
                     writer.data(path)
                 }
             case .fileHandles:
-                location = fileHandle(of: node, rootMount: rootMount).map { handle in
+                location = fileHandle(of: node, rootMount: rootMount, open: open.contains(node.nodeID)).map { handle in
                     writer.u8(1)
                     writer.i32(handle.handleType)
                     writer.u64(node.key.mountID)
@@ -146,11 +146,8 @@ extension PassthroughFileSystem: MigratableFileSystem {
         guard let rootPath else { return .failure(MigrationError("the shared directory's own path is unknown")) }
         let found: Result<[UInt8]?, Errno> = Result { () throws(Errno) -> [UInt8]? in
             try withPath(node) { (fd) throws(Errno) -> [UInt8]? in
-                guard let path = procSelf.path(of: fd) else { return nil }
-                // A file whose last name is gone has no links and reads "PATH (deleted)"; a removed directory
-                // too (checked by both, as some file systems do not count a directory's links).
-                guard try unsafe fd.statx("").linkCount == 0 else { return path }
-                return node.fileType != .directory || path.suffix(Self.deletedSuffix.count).elementsEqual(Self.deletedSuffix) ? nil : path
+                guard let path = procSelf.path(of: fd), try !hasNoName(node, fd, path: path) else { return nil }
+                return path
             }
         }
         guard case .success(let path?) = found else {
@@ -174,10 +171,23 @@ extension PassthroughFileSystem: MigratableFileSystem {
         return .success(relative)
     }
 
-    /// The node's file handle.
-    func fileHandle(of node: InodeData, rootMount: UInt64) -> Result<KernelFileHandle, MigrationError> {
+    /// Whether the node's file has no name left: no links and, for a directory, "PATH (deleted)" in
+    /// `/proc/self/fd` as well (some file systems do not count a directory's links).
+    func hasNoName(_ node: InodeData, _ fd: FileDescriptor, path: [UInt8]?) throws(Errno) -> Bool {
+        guard try unsafe fd.statx("").linkCount == 0 else { return false }
+        guard node.fileType == .directory else { return true }
+        guard let path = path ?? procSelf.path(of: fd) else { return false }
+        return path.suffix(Self.deletedSuffix.count).elementsEqual(Self.deletedSuffix)
+    }
+
+    /// The node's file handle; a deleted file nothing has open (`open` false) goes as lost, as in
+    /// find-paths mode: another host's kernel would not open its handle (ESTALE) once the source lets it go.
+    func fileHandle(of node: InodeData, rootMount: UInt64, open: Bool) -> Result<KernelFileHandle, MigrationError> {
         guard node.key.mountID == rootMount else {
             return .failure(MigrationError("it is on another mount than the shared directory (file handles name files of one mount)"))
+        }
+        if !open, (try? withPath(node) { (fd) throws(Errno) -> Bool in try hasNoName(node, fd, path: nil) }) == true {
+            return .failure(MigrationError("its file has no name left under the shared directory", deleted: true))
         }
         if let held = node.handle { return .success(held) }
         return Result { () throws(Errno) -> KernelFileHandle in

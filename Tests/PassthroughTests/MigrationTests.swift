@@ -115,6 +115,26 @@ struct MigrationTests {
         _ = opened
     }
 
+    @Test("file handles: a deleted file or removed directory nothing has open goes as lost, an open deleted file by its handle")
+    func deletedByHandle() throws {
+        let tree = TemporaryTree()
+        tree.write("forgotten", "replaced")
+        tree.mkdir("removed")
+        tree.write("doomed", "still open")
+        let source = try makeMigratingFileSystem(tree, MigrationOptions(mode: .fileHandles))
+        let forgotten = try source.lookup(fuseRootID, "forgotten")
+        let removed = try source.lookup(fuseRootID, "removed")
+        let doomed = try source.lookup(fuseRootID, "doomed")
+        let opened = try source.open(context, node: doomed.nodeID, flags: UInt32(O_RDONLY))
+        #expect(unlink("\(tree.path)/forgotten") == 0 && rmdir("\(tree.path)/removed") == 0)
+        #expect(unlink("\(tree.path)/doomed") == 0)
+        let destination = try makeMigratingFileSystem(tree, MigrationOptions(mode: .fileHandles, verifyHandles: true))
+        try destination.load(try source.savedState())
+        #expect(throws: Errno.ioError) { try destination.getattr(context, node: forgotten.nodeID, handle: nil) }
+        #expect(throws: Errno.ioError) { try destination.getattr(context, node: removed.nodeID, handle: nil) }
+        #expect(try destination.readText(doomed.nodeID, handle: opened.handle) == "still open")
+    }
+
     @Test("the destination refuses a state whose file is not the source's with --migration-verify-handles")
     func verifyHandles() throws {
         let tree = TemporaryTree()
