@@ -67,7 +67,7 @@ public struct PackedQueue {
     let chains: PackedChains
 
     public private(set) var log: DirtyLog?
-    /// Whether the ring and our event structure are logged too (VHOST_VRING_F_LOG).
+    /// Whether the ring and our event structure are logged too (VHOST_VRING_F_LOG; only while `log` is set).
     var logsRing = false
     var isLogging = false
 
@@ -313,9 +313,7 @@ public struct PackedQueue {
             nextUsed = UInt16(next)
         }
         usedCount &+= count
-        if isLogging && logsRing, let ringGuestAddress {
-            log?.mark(ringGuestAddress &+ UInt64(slot) &* 16, length: 16)
-        }
+        if logsRing, let log, let ringGuestAddress { log.mark(ringGuestAddress &+ UInt64(slot) &* 16, length: 16) }
     }
 
     /// Marks in the log the guest pages of the first `length` bytes of the chain's writable buffers, from the
@@ -380,7 +378,7 @@ public struct PackedQueue {
             ? UInt32(nextAvailable | (availableWrap ? Self.wrapBit : 0)) | Self.eventDescriptor << 16
             : Self.eventEnable << 16
         unsafe cvfs_store_relaxed_u32(deviceEvent, value.littleEndian)
-        if isLogging && logsRing, let deviceEventGuestAddress { log?.mark(deviceEventGuestAddress, length: 4) }
+        if logsRing, let log, let deviceEventGuestAddress { log.mark(deviceEventGuestAddress, length: 4) }
         cvfs_fence_seq_cst()
         return hasAvailable
     }
