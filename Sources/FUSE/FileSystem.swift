@@ -55,7 +55,7 @@ public struct RequestContext: Sendable, Equatable {
 }
 
 /// A cache timeout sent to the guest.
-public struct Timeout: Sendable, Equatable {
+public struct Timeout: Sendable, Comparable {
     public var seconds: UInt64
     public var nanoseconds: UInt32
     public init(seconds: UInt64, nanoseconds: UInt32 = 0) {
@@ -63,6 +63,10 @@ public struct Timeout: Sendable, Equatable {
         self.nanoseconds = nanoseconds
     }
     public static let zero = Timeout(seconds: 0)
+
+    public static func < (a: Timeout, b: Timeout) -> Bool {
+        (a.seconds, a.nanoseconds) < (b.seconds, b.nanoseconds)
+    }
 }
 
 /// The answer to LOOKUP (and each READDIRPLUS entry): a node whose lookup count went up by one.

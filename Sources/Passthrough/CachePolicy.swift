@@ -2,16 +2,19 @@
 
 import FUSE
 
-/// How much the guest may cache, with virtiofsd's semantics for each mode.
+/// How much the guest may cache: virtiofsd's modes, with an `auto` whose timeouts follow who changes what.
 ///
 /// | mode | entry and attribute timeout | files | directories |
 /// |---|---|---|---|
 /// | never | 0 s, no READDIRPLUS | DIRECT_IO | - |
 /// | metadata | 86400 s | DIRECT_IO | KEEP_CACHE, CACHE_DIR |
-/// | auto | 1 s | close-to-open: no flags | - |
+/// | auto | 1 s for nodes others changed in the last minute, else 10 s (`AutoTimeouts`) | close-to-open | KEEP_CACHE, CACHE_DIR |
 /// | always | 86400 s | KEEP_CACHE | KEEP_CACHE, CACHE_DIR |
 ///
-/// With KEEP_CACHE and CACHE_DIR on directories, the guest does not open them at all (`opensDirectories`).
+/// With KEEP_CACHE and CACHE_DIR on directories, the guest does not open them at all (`opensDirectories`). Its
+/// copy of a listing then lives as long as the directory's mtime: the guest's kernel (with AUTO_INVAL_DATA, which
+/// the server always offers) checks it against the directory's attributes each time it reads the listing from the
+/// start, so in `auto` a listing is as fresh as the directory's attributes.
 public enum CachePolicy: String, Sendable, CaseIterable {
     case never
     case metadata
@@ -27,12 +30,13 @@ public enum CachePolicy: String, Sendable, CaseIterable {
         }
     }
 
-    /// How long the guest may trust a name lookup or the attributes it got.
+    /// How long the guest may trust a name lookup or the attributes it got; in `auto`, the longest it may
+    /// (`AutoTimeouts` decides node by node).
     public var timeout: Timeout {
         switch self {
         case .never: .zero
         case .metadata, .always: Timeout(seconds: 86400)
-        case .auto: Timeout(seconds: 1)
+        case .auto: AutoTimeouts().long
         }
     }
 
@@ -48,8 +52,8 @@ public enum CachePolicy: String, Sendable, CaseIterable {
     /// Open flags for a directory.
     public var directoryOpenFlags: FUSEOpenFlags {
         switch self {
-        case .never, .auto: []
-        case .metadata, .always: [.keepCache, .cacheDirectory]
+        case .never: []
+        case .metadata, .auto, .always: [.keepCache, .cacheDirectory]
         }
     }
 

@@ -48,6 +48,14 @@ public final class InodeData: Sendable {
     /// guest that does not open files (PassthroughFileSystem.opensFiles) may still be reading one it unlinked,
     /// and the host frees an inode with no name and no open descriptor: its handle would then be stale.
     let pinned = Atomic<CInt>(-1)
+    /// `--cache auto`: when this daemon last changed the node's file (`WallClock` ns; 0: not known to have). See
+    /// ChangeTracking.swift.
+    let ownChange = Atomic<Int64>(0)
+    /// `--cache auto`: the ctime (ns) of the latest change seen that this daemon did not make; 0: none seen.
+    let othersChange = Atomic<Int64>(0)
+    /// `--cache auto`: a digest of the size, mtime and ctime last sent to the guest; 0 when the guest holds none
+    /// that we know of, or dropped them itself (after a change made through this daemon).
+    let told = Atomic<UInt64>(0)
 
     init(nodeID: UInt64, key: InodeKey, fileType: FileType, fd: consuming OwnedFD) {
         self.nodeID = nodeID
@@ -162,6 +170,9 @@ public final class InodeStore: Sendable {
         var byID = IDTable<Node>()
         var byKey = KeyIndex()
         var nextCounter: UInt64 = 1
+        /// `--cache auto`: when this daemon last changed files whose nodes the guest forgot, for those it changed
+        /// lately (see `forget`); taken back by the node when the guest looks the file up again.
+        var recentOwnChanges: [InodeKey: Int64] = [:]
 
         /// The id of the node for `key`, if this shard holds it.
         func find(_ key: InodeKey) -> UInt64? {
@@ -229,6 +240,9 @@ public final class InodeStore: Sendable {
                 data = InodeData(nodeID: id, key: key, fileType: fileType, handle: handle, mount: mount)
             }
             shard.nextCounter += 1
+            if !shard.recentOwnChanges.isEmpty, let own = shard.recentOwnChanges.removeValue(forKey: key) {
+                data.ownChange.store(own, ordering: .relaxed)
+            }
             shard.byID[id] = Node(data: data, lookups: 1)
             shard.byKey.insert(key, id: id) { shard.byID[$0]?.data.key }
             return .success(data)
@@ -257,10 +271,16 @@ public final class InodeStore: Sendable {
     static let trimEvery = 1 << 14
     static let trimEmptied = 256
 
+    /// Files this daemon changed lately whose nodes are gone, kept per shard (`rememberingOwnChangesSince`).
+    static let recentOwnChangesPerShard = 1024
+
     /// Subtracts `count` lookups; the node goes away (and its fd is closed once unused) at zero.
+    /// - Parameter since: `--cache auto`: a node that goes keeps, for its file's next node, when this daemon last
+    ///   changed it, if that was at `since` or later: a guest that drops its caches and looks again at files it has
+    ///   just written still finds them its own (see ChangeTracking.swift).
     /// - Returns: whether the node went away.
     @discardableResult
-    public func forget(_ nodeID: UInt64, count: UInt64) -> Bool {
+    public func forget(_ nodeID: UInt64, count: UInt64, rememberingOwnChangesSince since: Int64? = nil) -> Bool {
         guard nodeID != fuseRootID else { return false }
         var emptied = false
         let gone = shards.withLock(Int(nodeID & Self.shardMask)) { shard -> Bool in
@@ -274,6 +294,18 @@ public final class InodeStore: Sendable {
             shard.byKey.remove(node.data.key, id: nodeID) { shard.byID[$0]?.data.key }
             shard.byID[nodeID] = nil
             emptied = shard.byID.count == 0
+            if let since {
+                let own = node.data.ownChange.load(ordering: .relaxed)
+                if own >= since && !node.data.isLost {
+                    if shard.recentOwnChanges.count >= Self.recentOwnChangesPerShard {
+                        // Full: what is too old to matter goes; if that is not enough, everything (the files' next
+                        // nodes then get the short timeout of a file changed by others lately, once).
+                        shard.recentOwnChanges = shard.recentOwnChanges.filter { $0.value >= since }
+                        if shard.recentOwnChanges.count >= Self.recentOwnChangesPerShard { shard.recentOwnChanges = [:] }
+                    }
+                    shard.recentOwnChanges[node.data.key] = own
+                }
+            }
             return true
         }
         if gone && aliasCount.load(ordering: .relaxed) > 0 { removeAlias(nodeID) }
@@ -296,6 +328,7 @@ public final class InodeStore: Sendable {
             shards.withLock(i) { shard in
                 shard.byID.removeAll()
                 shard.byKey.removeAll()
+                shard.recentOwnChanges = [:]
             }
         }
     }

@@ -113,10 +113,10 @@ extension PassthroughFileSystem {
         let data = try node(for: path, stat)
         if !opensFiles {
             if flags & CVFS_O_TMPFILE == CVFS_O_TMPFILE, !data.holdsDescriptor { _ = data.pin(try pathDescriptor(of: fd)) }
-            return (entry(data, stat, parent: parent), OpenReply(handle: 0, flags: fileOpenFlags))
+            return (entry(data, stat, parent: parent, created: true), OpenReply(handle: 0, flags: fileOpenFlags))
         }
-        let handle = handles.insert(fd, writer: options.cache == .auto ? data : nil, appending: flags & O_APPEND != 0)
-        return (entry(data, stat, parent: parent), OpenReply(handle: handle, flags: fileOpenFlags))
+        let handle = handles.insert(fd, writer: tracksChanges ? data : nil, appending: flags & O_APPEND != 0)
+        return (entry(data, stat, parent: parent, created: true), OpenReply(handle: handle, flags: fileOpenFlags))
     }
 
     public func mknod(_ context: RequestContext, parent: UInt64, name: FUSEName, mode: UInt32, device: UInt32, umask: UInt32) throws(Errno) -> Entry {
@@ -128,7 +128,8 @@ extension PassthroughFileSystem {
                 try unsafe fd.makeNode(name.cString, mode: m | (mode & 0o170000), device: dev_t(device))
             }
         }
-        return try unsafe labelled(lookupEntry(dir, name.cString, isDotDot: false, isDot: false), context)
+        noteOwnChange(dir)
+        return try unsafe labelled(lookupEntry(dir, name.cString, isDotDot: false, isDot: false, created: true), context)
     }
 
     public func mkdir(_ context: RequestContext, parent: UInt64, name: FUSEName, mode: UInt32, umask: UInt32) throws(Errno) -> Entry {
@@ -137,7 +138,8 @@ extension PassthroughFileSystem {
         try withPath(dir) { (fd) throws(Errno) in
             try creating(context, mode: mode, umask: umask) { (m) throws(Errno) in try unsafe fd.makeDirectory(name.cString, mode: m) }
         }
-        return try unsafe labelled(lookupEntry(dir, name.cString, isDotDot: false, isDot: false), context)
+        noteOwnChange(dir)
+        return try unsafe labelled(lookupEntry(dir, name.cString, isDotDot: false, isDot: false, created: true), context)
     }
 
     public func symlink(_ context: RequestContext, parent: UInt64, name: FUSEName, target: FUSEName) throws(Errno) -> Entry {
@@ -147,7 +149,8 @@ extension PassthroughFileSystem {
         try withPath(dir) { (fd) throws(Errno) in
             try asGuestUser(context) { () throws(Errno) in try unsafe fd.makeSymbolicLink(name.cString, target: target.cString) }
         }
-        return try unsafe lookupEntry(dir, name.cString, isDotDot: false, isDot: false)
+        noteOwnChange(dir)
+        return try unsafe lookupEntry(dir, name.cString, isDotDot: false, isDot: false, created: true)
     }
 
     public func link(_ context: RequestContext, node: UInt64, newParent: UInt64, newName: FUSEName) throws(Errno) -> Entry {
@@ -158,7 +161,8 @@ extension PassthroughFileSystem {
         try unsafe withProcPath(of: existing) { (path) throws(Errno) in
             try withPath(dir) { (fd) throws(Errno) in try unsafe PathCalls.link(path, in: fd, as: newName.cString) }
         }
-        return try unsafe lookupEntry(dir, newName.cString, isDotDot: false, isDot: false)
+        noteOwnChange(dir)
+        return try unsafe lookupEntry(dir, newName.cString, isDotDot: false, isDot: false, created: true)
     }
 
     /// Before a name goes (unlink, rmdir, a rename over it): when the guest does not open files and holds the
@@ -187,6 +191,7 @@ extension PassthroughFileSystem {
             pinVictim(in: fd, name)
             try unsafe fd.unlink(name.cString, directory: false)
         }
+        noteOwnChange(dir)
     }
 
     public func rmdir(_ context: RequestContext, parent: UInt64, name: FUSEName) throws(Errno) {
@@ -196,6 +201,7 @@ extension PassthroughFileSystem {
             pinVictim(in: fd, name)
             try unsafe fd.unlink(name.cString, directory: true)
         }
+        noteOwnChange(dir)
     }
 
     public func rename(_ context: RequestContext, parent: UInt64, name: FUSEName, newParent: UInt64, newName: FUSEName, flags: UInt32) throws(Errno) {
@@ -205,14 +211,19 @@ extension PassthroughFileSystem {
         let known = CVFS_RENAME_NOREPLACE | CVFS_RENAME_EXCHANGE | CVFS_RENAME_WHITEOUT
         guard flags & ~known == 0 else { throw .invalidArgument }
         // WHITEOUT makes a character device: that needs the guest user's creation rights, as mknod.
+        // The file that moves gets a new ctime: found first, so that it is not taken for another party's change.
+        var moved: InodeData? = nil
         try withPath(from) { (source) throws(Errno) in
             try withPath(to) { (target) throws(Errno) in
                 if flags & CVFS_RENAME_EXCHANGE == 0 { pinVictim(in: target, newName) }
+                if tracksChanges, let stat = try? unsafe source.statx(name.cString) { moved = inodes.find(key: InodeKey(stat)) }
                 try asGuestUser(flags & CVFS_RENAME_WHITEOUT != 0 ? context : RequestContext()) { () throws(Errno) in
                     try unsafe source.rename(name.cString, to: target, newName.cString, flags: flags)
                 }
             }
         }
+        noteOwnChange(from, to)
+        noteOwnChange(moved)
     }
 
     public func create(_ context: RequestContext, parent: UInt64, name: FUSEName, flags: UInt32, mode: UInt32, umask: UInt32) throws(Errno) -> (Entry, OpenReply) {
@@ -225,6 +236,7 @@ extension PassthroughFileSystem {
             }
         }
         if hostFlags & O_TRUNC != 0 { try dropRemappedCapability(fd.borrowed) }
+        noteOwnChange(dir)
         return try register(created: fd, flags: hostFlags, parent: dir, context: context)
     }
 
@@ -277,6 +289,15 @@ extension PassthroughFileSystem {
         // it.
         try checkWritable()
         let data = try self.node(node)
+        try apply(changes, to: data, context)
+        return try getattr(context, node: node, handle: nil)
+    }
+
+    /// SETATTR's changes, in order; what it changed is recorded as this daemon's, even when a later one fails.
+    func apply(_ changes: AttributeChanges, to data: InodeData, _ context: RequestContext) throws(Errno) {
+        // SAFETY: the /proc path names a descriptor the node holds for the call; the kernel reads the C strings during
+        // it.
+        defer { noteOwnChange(data) }
         // Handle 0 of a file the guest did not open (an open with O_TRUNC, ftruncate): by the node, as without one.
         let open = try changes.handle.flatMap { (handle) throws(Errno) -> HandleData? in
             isUnopened(handle) ? nil : try self.handle(handle)
@@ -336,7 +357,6 @@ extension PassthroughFileSystem {
             let times = (spec(changes.accessTime), spec(changes.modificationTime))
             try withPath(data) { (fd) throws(Errno) in try fd.setTimes(times) }
         }
-        return try getattr(context, node: node, handle: nil)
     }
 
     /// The mode a file keeps once a caller without CAP_FSETID writes or truncates it, or chowns it: set-user-id
@@ -417,7 +437,12 @@ extension PassthroughFileSystem {
         }
         // One handle lookup per WRITE: with a writeback cache every write comes from the page cache.
         let open = isUnopened(handle) ? nil : try self.handle(handle)
-        if let open, !(fromPageCache && open.appending) { return try open.withDescriptor(write) }
+        if let open, !(fromPageCache && open.appending) {
+            // In auto every handle open for writing names its node (`writer`).
+            defer { noteOwnChange(open.writer) }
+            return try open.withDescriptor(write)
+        }
+        defer { noteOwnChange(node: node) }
         // Handle 0 of a file the guest did not open; or a page the guest writes back from its cache (a shared
         // mapping, say), which belongs at its offset: the kernel picks any handle of the file open for writing,
         // and through one opened with O_APPEND the host would put the page at the end of the file. (The guest's
@@ -439,6 +464,7 @@ extension PassthroughFileSystem {
         try checkWritable()
         guard offset <= UInt64(Int64.max), length <= UInt64(Int64.max) else { throw .invalidArgument }
         try withFile(node: node, handle: handle, writing: true) { (fd) throws(Errno) in
+            defer { noteOwnChange(node: node) }
             try fd.allocate(mode: CInt(bitPattern: mode), offset: Int64(offset), length: Int64(length))
             try dropRemappedCapability(fd)
         }
@@ -466,6 +492,7 @@ extension PassthroughFileSystem {
         guard offset <= UInt64(Int64.max), toOffset <= UInt64(Int64.max), flags <= UInt64(UInt32.max) else { throw .invalidArgument }
         return try withFile(node: node, handle: handle, writing: false) { (from) throws(Errno) -> Int in
             try withFile(node: toNode, handle: toHandle, writing: true) { (to) throws(Errno) -> Int in
+                defer { noteOwnChange(node: toNode) }
                 try dropRemappedCapability(to)
                 return try from.copyRange(
                     offset: Int64(offset), to: to, at: Int64(toOffset), length: Int(min(length, UInt64(Int.max))),
@@ -484,6 +511,7 @@ extension PassthroughFileSystem {
                 try unsafe PathCalls.setExtendedAttribute(path, hostName, value, flags: CInt(bitPattern: flags))
             }
         }
+        noteOwnChange(data)
         // Setting an access ACL: the guest kernel found that the set-group-id bit must go, as it would locally.
         if killSGID {
             let mode = try withPath(data) { (fd) throws(Errno) -> FileStat in try fd.stat() }.mode
@@ -501,6 +529,7 @@ extension PassthroughFileSystem {
                 try unsafe PathCalls.removeExtendedAttribute(path, hostName)
             }
         }
+        noteOwnChange(data)
     }
 
     public func syncfs(_ context: RequestContext, node: UInt64) throws(Errno) {

@@ -4,6 +4,7 @@ import CVirtioFS
 import FUSE
 import Glibc
 import Logging
+import Synchronization
 import VFSSystem
 
 /// How nodes are held (`--inode-file-handles`).
@@ -61,6 +62,8 @@ public struct PassthroughOptions: Sendable {
     public var switchCredentials: Bool?
     /// How the session moves in a live migration (`--migration-*`).
     public var migration = MigrationOptions()
+    /// The timeouts of `--cache auto`.
+    public var autoTimeouts = AutoTimeouts()
 
     public init(
         sharedDirectory: String, cache: CachePolicy = .auto, xattr: Bool = false, readOnly: Bool = false,
@@ -122,6 +125,12 @@ public final class PassthroughFileSystem: FileSystem {
     let remappedCapability: [CChar]?
     /// Whether FUSE_HANDLE_KILLPRIV_V2 is offered (`options.killprivV2`, decided for this shared directory).
     let killprivV2: Bool
+    /// `--cache auto`: timeouts follow who changed each node and when (ChangeTracking.swift).
+    let tracksChanges: Bool
+    /// Added to the wall clock when timeouts are decided: tests move time on with it (`skewClock`).
+    let clockSkew = Atomic<Int64>(0)
+    /// `--cache auto`: the guest threads whose OPEN was refused as stale a moment ago.
+    let staleOpenRefusals = StaleOpenRefusals()
 
     /// File systems where the daemon does not clear set-id bits itself unless told to: NFS, CIFS and SMB2.
     static let networkFileSystems: Set<UInt64> = [0x6969, 0xFF53_4D42, 0xFE53_4D42]
@@ -152,6 +161,7 @@ public final class PassthroughFileSystem: FileSystem {
         try ProcessControl.changeDirectory(to: procSelf.fd.borrowed)
         switchesCredentials = options.switchCredentials ?? (ThreadCredentials.effectiveUID == 0)
         opensFiles = !(options.cache == .always && !options.flockLocks && !options.locks)
+        tracksChanges = options.cache == .auto
         let capability = Array("security.capability".utf8)
         if options.xattr, let map = options.xattrMap, case .name(let host) = map.toHost(capability), host != capability {
             remappedCapability = host.map { CChar(bitPattern: $0) } + [0]
@@ -226,11 +236,22 @@ public final class PassthroughFileSystem: FileSystem {
         options.locks ? options.cache.fileOpenFlags : options.cache.fileOpenFlags.union(.noFlush)
     }
 
-    func entry(_ data: InodeData, _ stat: FileStat, parent: InodeData? = nil) -> Entry {
+    /// The entry for `data`, whose attributes `stat` were just read, named in `parent`; `created` when this
+    /// request has just made the node's file or given it a name.
+    func entry(_ data: InodeData, _ stat: FileStat, parent: InodeData? = nil, created: Bool = false) -> Entry {
         let submount = options.announceSubmounts && stat.fileType == .directory && parent != nil
             && stat.mountID != parent!.key.mountID
-        return Entry(nodeID: data.nodeID, attributes: guestView(stat), entryTimeout: options.cache.timeout,
-                     attributeTimeout: options.cache.timeout, isSubmount: submount)
+        guard tracksChanges else {
+            return Entry(nodeID: data.nodeID, attributes: guestView(stat), entryTimeout: options.cache.timeout,
+                         attributeTimeout: options.cache.timeout, isSubmount: submount)
+        }
+        if created { data.noteOwnChange(at: WallClock.nanoseconds()) }
+        let now = grantClock()
+        let attributes = attributeTimeout(data, stat, now: now)
+        // A name lasts no longer than its directory's listing, nor than what it names.
+        let name = parent.map { min(timeout(of: $0, now: now), attributes) } ?? attributes
+        return Entry(nodeID: data.nodeID, attributes: guestView(stat), entryTimeout: name, attributeTimeout: attributes,
+                     isSubmount: submount)
     }
 
     /// A directory node opened for listing or syncing; ENOTDIR for anything else.
@@ -377,12 +398,13 @@ public final class PassthroughFileSystem: FileSystem {
             return try unsafe lookupEntry(parentData, name.cString, isDotDot: name.isDotDot, isDot: name.isDot)
         } catch .noEntry where options.cache.timeout != .zero {
             // A name that is not there may be trusted as long as one that is: the guest stops asking again.
-            return .negative(timeout: options.cache.timeout)
+            return .negative(timeout: tracksChanges ? timeout(of: parentData, now: grantClock()) : options.cache.timeout)
         }
     }
 
-    /// Looks `name` up in `parent` and adds one lookup to the node found.
-    func lookupEntry(_ parent: InodeData, _ name: UnsafePointer<CChar>, isDotDot: Bool, isDot: Bool) throws(Errno) -> Entry {
+    /// Looks `name` up in `parent` and adds one lookup to the node found; `created` when this request has just
+    /// made the name.
+    func lookupEntry(_ parent: InodeData, _ name: UnsafePointer<CChar>, isDotDot: Bool, isDot: Bool, created: Bool = false) throws(Errno) -> Entry {
         // SAFETY: the name is a view of the request, valid for the call; the kernel reads it up to its NUL.
         guard parent.fileType == .directory else { throw .notDirectory }
         // ".." of the shared directory is the shared directory: the guest cannot climb out of it.
@@ -396,16 +418,17 @@ public final class PassthroughFileSystem: FileSystem {
             // A node the guest holds already is found by its identity: one statx, no descriptor opened.
             let seen = try unsafe dir.statx(name)
             if let known = inodes.lookupExisting(key: InodeKey(seen)) {
-                return entry(known, seen, parent: parent)
+                return entry(known, seen, parent: parent, created: created)
             }
             let fd = try unsafe dir.open(name, flags: [.path, .noFollow])
             let stat = try unsafe fd.borrowed.statx("")
-            return entry(try node(for: fd, stat), stat, parent: parent)
+            return entry(try node(for: fd, stat), stat, parent: parent, created: created)
         }
     }
 
     public func forget(_ context: RequestContext, node: UInt64, count: UInt64) {
-        if inodes.forget(node, count: count) {
+        let since = tracksChanges ? WallClock.nanoseconds() &- options.autoTimeouts.recentWindowNanoseconds : nil
+        if inodes.forget(node, count: count, rememberingOwnChangesSince: since) {
             // Every guest process has closed the file by now: its lock owners' descriptions go with it.
             lockTable.releaseNode(node)
         }
@@ -420,14 +443,15 @@ public final class PassthroughFileSystem: FileSystem {
 
     public func getattr(_ context: RequestContext, node: UInt64, handle: UInt64?) throws(Errno) -> AttributeReply {
         let stat = try withAttributeDescriptor(node: node, handle: handle) { (fd) throws(Errno) in try fd.stat() }
-        return AttributeReply(attributes: guestView(stat), timeout: options.cache.timeout)
+        return AttributeReply(attributes: guestView(stat), timeout: try attributeTimeout(node: node, stat))
     }
 
     public func statx(_ context: RequestContext, node: UInt64, handle: UInt64?, syncFlags: UInt32) throws(Errno) -> StatxReply {
         let sync = CInt(bitPattern: syncFlags)
         var stat = try withAttributeDescriptor(node: node, handle: handle) { (fd) throws(Errno) in try fd.extendedStat(syncFlags: sync) }
+        let timeout = try attributeTimeout(node: node, stat.stat)
         stat.stat = guestView(stat.stat)
-        return StatxReply(attributes: stat, timeout: options.cache.timeout)
+        return StatxReply(attributes: stat, timeout: timeout)
     }
 
     public func readlink(_ context: RequestContext, node: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
@@ -481,17 +505,24 @@ public final class PassthroughFileSystem: FileSystem {
         if hostFlags & O_TRUNC != 0 && data.fileType == .regular { try dropRemappedCapability(fd.borrowed) }
         let writing = accessMode != O_RDONLY
         var openFlags = fileOpenFlags
-        if options.cache == .auto && data.fileType == .regular {
+        if tracksChanges && data.fileType == .regular {
+            let stat = try fd.borrowed.stat()
+            if hostFlags & O_TRUNC != 0 {
+                noteOwnChange(data)
+            } else {
+                data.observe(stat, telling: false)
+                try refuseStaleOpen(data, stat, context)
+            }
             // Close-to-open, without re-reading what did not change: the guest keeps its page cache when the
             // file is as it was at the guest's last open or last write (size, mtime and ctime, to the ns).
-            let now = FileVersion(try fd.borrowed.stat())
+            let now = FileVersion(stat)
             let unchanged = data.lastSeen.withLock { seen in
                 defer { seen = now }
                 return seen == now
             }
             if unchanged { openFlags.insert(.keepCache) }
         }
-        let handle = handles.insert(fd, writer: writing && options.cache == .auto ? data : nil,
+        let handle = handles.insert(fd, writer: writing && tracksChanges ? data : nil,
                                     appending: hostFlags & O_APPEND != 0)
         return OpenReply(handle: handle, flags: openFlags)
     }
@@ -567,6 +598,8 @@ public final class PassthroughFileSystem: FileSystem {
         parent: InodeData, fd: FileDescriptor, offset: UInt64, plus: Bool, into sink: inout Sink
     ) throws(Errno) {
         guard offset <= UInt64(Int64.max) else { throw .invalidArgument }
+        // The directory's own changes decide how long the names listed may be trusted.
+        if plus && tracksChanges { parent.observe(try fd.stat(), telling: false) }
         try fd.seek(to: Int64(offset))
         var added = 0
         try unsafe withUnsafeTemporaryAllocation(byteCount: 16 * 1024, alignment: 8) { (buffer) throws(Errno) in

@@ -146,7 +146,7 @@ struct XattrMapTests {
         // The guest's capability, as the map stores it on the host, and another name of the guest's beside it.
         #expect(setxattr(path, "user.virtiofs.security.capability", "cap", 3, 0) == 0)
         #expect(setxattr(path, "user.virtiofs.user.other", "o", 1, 0) == 0)
-        let handle = try fs.open(context, node: node, flags: UInt32(O_RDWR)).handle
+        let handle = try fs.openAsGuest(node, flags: O_RDWR).handle
         switch operation {
         case "write": _ = try fs.writeText("x", node, handle: handle, at: 0)
         case "fallocate": try fs.fallocate(context, node: node, handle: handle, offset: 0, length: 4096, mode: 0)
@@ -172,7 +172,7 @@ struct XattrMapTests {
     func remappedCapabilityKept() throws {
         let file = try mappedFile("contents")
         #expect(setxattr(file.path, "user.virtiofs.security.capability", "cap", 3, 0) == 0)
-        let handle = try file.fs.open(context, node: file.node, flags: UInt32(O_RDWR)).handle
+        let handle = try file.fs.openAsGuest(file.node, flags: O_RDWR).handle
         #expect(try file.fs.readText(file.node, handle: handle) == "contents")
         _ = try file.fs.setattr(context, node: file.node, changes: AttributeChanges(mode: 0o600))
         var buffer = [UInt8](repeating: 0, count: 16)
@@ -195,7 +195,7 @@ struct XattrMapTests {
             close(fd)
         }
         try #require(set == 0, "the host file system has no append-only flag")
-        let handle = try fs.open(context, node: node, flags: UInt32(O_WRONLY | O_APPEND)).handle
+        let handle = try fs.openAsGuest(node, flags: O_WRONLY | O_APPEND).handle
         #expect(try fs.writeText("+", node, handle: handle, at: 8) == 1)
         #expect(tree.read("f") == "contents+")
     }

@@ -1,0 +1,23 @@
+// SPDX-License-Identifier: Apache-2.0
+
+import Glibc
+
+/// The clock file timestamps are taken from: a file's ctime is set from it by the kernel when the file changes.
+public enum WallClock {
+    /// Nanoseconds since the epoch, as precise as the kernel keeps them: never less than the ctime of a change
+    /// that completed before the call. The corresponding C function is `clock_gettime(CLOCK_REALTIME)` (in the vDSO:
+    /// no system call).
+    @inline(__always)
+    public static func nanoseconds() -> Int64 {
+        // SAFETY: clock_gettime writes the local timespec during the call.
+        var now = timespec()
+        unsafe clock_gettime(CLOCK_REALTIME, &now)
+        return Int64(now.tv_sec) &* 1_000_000_000 &+ Int64(now.tv_nsec)
+    }
+}
+
+extension FileTime {
+    /// The time as nanoseconds since the epoch (wrapping far outside any file's lifetime).
+    @inline(__always)
+    public var nanosecondsSinceEpoch: Int64 { seconds &* 1_000_000_000 &+ Int64(nanoseconds) }
+}

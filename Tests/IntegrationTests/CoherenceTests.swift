@@ -1,0 +1,36 @@
+// SPDX-License-Identifier: Apache-2.0
+
+import Foundation
+import Testing
+
+@Suite("What each cache mode promises about changes made elsewhere", .serialized, .enabled(if: guestsCanRun, "needs qemu-system-x86_64"))
+struct CoherenceTests {
+    /// qemu/staleness/run, short: a guest with warm caches polls files while the host, and then a second guest
+    /// with its own daemon, change them one at a time; every change must be seen within the bound the README
+    /// states for the mode (`--check`). The long runs, with Rust virtiofsd and every mode, are in the README.
+    @Test("a change by the host or another guest is seen within the mode's stated bound", arguments: ["auto", "never"])
+    func staleness(cache: String) throws {
+        let out = NSTemporaryDirectory() + "staleness-" + UUID().uuidString
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let result = try run(["\(repositoryRoot)/qemu/staleness/run", "--configs", "ours-\(cache)", "--sources", "host,guest",
+                              "--settle", "0.3:3", "--patience", "25", "--check", "--ours", backend, "--out", out])
+        #expect(result.status == 0, "\(result.output)\n\(result.errors.suffix(3000))")
+        // Every kind of change was measured, from both sources, on old and new files.
+        let table = result.output.split(separator: "\n").filter { $0.hasPrefix("| ") && !$0.hasPrefix("| change") }
+        #expect(table.count == 48, "\(result.output)")
+    }
+
+    /// qemu/two-guests/run: two guests, each with its own daemon, on one directory: POSIX and flock counters,
+    /// O_EXCL races, O_APPEND, renames over a file being read, close-to-open under a lock. Each mode must keep
+    /// what it claims (the script's table, the README's).
+    @Test("two guests on one tree: locks, exclusive creation, appends, renames and close-to-open", arguments: ["auto", "never", "metadata", "always"])
+    func twoGuests(cache: String) throws {
+        let result = try run(["\(repositoryRoot)/qemu/two-guests/run", "--cache", cache, "--backend", backend])
+        #expect(result.status == 0, "\(result.output)\n\(result.errors.suffix(3000))")
+        #expect(result.output.contains("two-guests: cache \(cache): every claimed check holds"), "\(result.output)")
+        // The checks that hold in every mode with host locks.
+        for line in ["excl: ", "append: ", "rename-read: "] {
+            #expect(result.output.split(separator: "\n").contains { $0.hasPrefix(line) && $0.contains(": holds") }, "\(line)\n\(result.output)")
+        }
+    }
+}
