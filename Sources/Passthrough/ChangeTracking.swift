@@ -38,75 +38,62 @@ extension InodeData {
         told.store(0, ordering: .relaxed)
     }
 
-    /// Records what fresh attributes of the node say: a ctime later than this daemon's last change to it is
-    /// another party's change. With `telling`, the attributes are going to the guest in a reply.
-    @inline(__always)
-    func observe(_ stat: FileStat, telling: Bool) {
-        let changed = stat.changeTime.nanosecondsSinceEpoch
-        if changed > ownChange.load(ordering: .relaxed) && changed > othersChange.load(ordering: .relaxed) {
-            othersChange.store(changed, ordering: .relaxed)
-        }
-        if telling && fileType == .regular { told.store(Self.digest(stat), ordering: .relaxed) }
-    }
-
-    /// Whether another party changed the node at `since` or later, as far as this daemon has seen.
-    @inline(__always)
-    func changedByOthers(since: Int64) -> Bool {
-        let changed = othersChange.load(ordering: .relaxed)
-        return changed != 0 && changed >= since
-    }
-
     /// Whether the attributes the guest holds of this regular file may no longer describe it, as it opens the
     /// file: the file changed since they were sent (another party changed it: the daemon's own changes clear what
     /// was told), or its last name is gone (the guest reached it through a name another party removed or renamed
-    /// over).
+    /// over). Any change to a file moves its ctime on: its data, its size, its other attributes, its names.
     @inline(__always)
     func guestMayHoldStaleAttributes(_ stat: FileStat) -> Bool {
         if stat.linkCount == 0 { return true }
         let known = told.load(ordering: .relaxed)
-        return known != 0 && known != Self.digest(stat)
-    }
-
-    /// A digest of what a guest's page cache and its reads depend on: size, mtime and ctime (never 0).
-    @inline(__always)
-    static func digest(_ stat: FileStat) -> UInt64 {
-        var h = UInt64(bitPattern: stat.size) &* 0x9E37_79B9_7F4A_7C15
-        h ^= UInt64(bitPattern: stat.modificationTime.nanosecondsSinceEpoch) &* 0xC2B2_AE3D_27D4_EB4F
-        h = (h << 29 | h >> 35) ^ UInt64(bitPattern: stat.changeTime.nanosecondsSinceEpoch) &* 0x1656_67B1_9E37_79F9
-        return h == 0 ? 1 : h
+        return known != 0 && known != stat.changeTime.nanosecondsSinceEpoch
     }
 }
 
 extension PassthroughFileSystem {
-    /// The time timeouts are decided at: the wall clock, plus the skew a test set.
+    /// The time timeouts are decided at: the wall clock as of its last tick (a minute's window needs no more),
+    /// plus the skew a test set.
     @inline(__always)
-    func grantClock() -> Int64 { WallClock.nanoseconds() &+ clockSkew.load(ordering: .relaxed) }
+    func grantClock() -> Int64 { WallClock.coarseNanoseconds() &+ clockSkew.load(ordering: .relaxed) }
 
     /// Moves the clock timeouts are decided with `seconds` on, as if that much time had passed (tests).
     public func skewClock(bySeconds seconds: Int64) {
         clockSkew.add(seconds * 1_000_000_000, ordering: .relaxed)
     }
 
+    /// `--cache auto`: records what fresh attributes of `data` say: a ctime later than this daemon's last change
+    /// to it is another party's change, which keeps the node's timeouts short until `recentWindow` after it. With
+    /// `telling`, the attributes are going to the guest in a reply. Reads the clock only for a change not seen
+    /// before.
+    @inline(__always)
+    func observe(_ data: InodeData, _ stat: FileStat, telling: Bool) {
+        let changed = stat.changeTime.nanosecondsSinceEpoch
+        if changed > data.ownChange.load(ordering: .relaxed) && changed > data.othersChange.load(ordering: .relaxed) {
+            data.othersChange.store(changed, ordering: .relaxed)
+            let until = changed &+ recentWindow
+            data.shortUntil.store(until > grantClock() ? until : 0, ordering: .relaxed)
+        }
+        if telling && data.fileType == .regular { data.told.store(changed, ordering: .relaxed) }
+    }
+
+    /// `--cache auto`: whether the guest may trust what it is told of `data` now for the short timeout only (for
+    /// the long one otherwise). Reads the clock only for a node another party changed lately.
+    @inline(__always)
+    func isShortLived(_ data: InodeData) -> Bool {
+        let until = data.shortUntil.load(ordering: .relaxed)
+        return until != 0 && grantClock() < until
+    }
+
     /// `--cache auto`: how long the guest may trust what it is told of `data` now.
     @inline(__always)
-    func timeout(of data: InodeData, now: Int64) -> Timeout {
-        let limits = options.autoTimeouts
-        return data.changedByOthers(since: now &- limits.recentWindowNanoseconds) ? limits.short : limits.long
-    }
+    func timeout(of data: InodeData) -> Timeout { isShortLived(data) ? autoShort : autoLong }
 
     /// `--cache auto`: records the attributes `stat` going to the guest in a reply about `data`, and returns
     /// their timeout.
     @inline(__always)
-    func attributeTimeout(_ data: InodeData, _ stat: FileStat, now: Int64) -> Timeout {
-        data.observe(stat, telling: true)
-        return timeout(of: data, now: now)
-    }
-
-    /// The timeout of the attributes `stat` of node `node`, going to the guest in a reply.
-    @inline(__always)
-    func attributeTimeout(node: UInt64, _ stat: FileStat) throws(Errno) -> Timeout {
-        guard tracksChanges else { return options.cache.timeout }
-        return attributeTimeout(try self.node(node), stat, now: grantClock())
+    func attributeTimeout(_ data: InodeData, _ stat: FileStat) -> Timeout {
+        observe(data, stat, telling: true)
+        return timeout(of: data)
     }
 
     /// `--cache auto`: records that this request has just changed `data` (call after the system call).
@@ -147,7 +134,7 @@ extension PassthroughFileSystem {
     @inline(__always)
     func refuseStaleOpen(_ data: InodeData, _ stat: FileStat, _ context: RequestContext) throws(Errno) {
         let stale = data.guestMayHoldStaleAttributes(stat)
-        if staleOpenRefusals.refuse(thread: context.pid, stale: stale, now: WallClock.nanoseconds()) { throw .stale }
+        if staleOpenRefusals.refuse(thread: context.pid, stale: stale, now: WallClock.coarseNanoseconds()) { throw .stale }
     }
 }
 

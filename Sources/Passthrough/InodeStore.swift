@@ -53,9 +53,11 @@ public final class InodeData: Sendable {
     let ownChange = Atomic<Int64>(0)
     /// `--cache auto`: the ctime (ns) of the latest change seen that this daemon did not make; 0: none seen.
     let othersChange = Atomic<Int64>(0)
-    /// `--cache auto`: a digest of the size, mtime and ctime last sent to the guest; 0 when the guest holds none
-    /// that we know of, or dropped them itself (after a change made through this daemon).
-    let told = Atomic<UInt64>(0)
+    /// `--cache auto`: until when (`WallClock` ns) the node's timeouts are short, for that change; 0: they are not.
+    let shortUntil = Atomic<Int64>(0)
+    /// `--cache auto`: the ctime (ns) of the attributes last sent to the guest; 0 when the guest holds none that we
+    /// know of, or dropped them itself (after a change made through this daemon).
+    let told = Atomic<Int64>(0)
 
     init(nodeID: UInt64, key: InodeKey, fileType: FileType, fd: consuming OwnedFD) {
         self.nodeID = nodeID

@@ -127,6 +127,12 @@ public final class PassthroughFileSystem: FileSystem {
     let killprivV2: Bool
     /// `--cache auto`: timeouts follow who changed each node and when (ChangeTracking.swift).
     let tracksChanges: Bool
+    /// The timeout of every reply in the other modes (`options.cache.timeout`), at hand.
+    let fixedTimeout: Timeout
+    /// `options.autoTimeouts`, at hand.
+    let autoShort: Timeout
+    let autoLong: Timeout
+    let recentWindow: Int64
     /// Added to the wall clock when timeouts are decided: tests move time on with it (`skewClock`).
     let clockSkew = Atomic<Int64>(0)
     /// `--cache auto`: the guest threads whose OPEN was refused as stale a moment ago.
@@ -162,6 +168,10 @@ public final class PassthroughFileSystem: FileSystem {
         switchesCredentials = options.switchCredentials ?? (ThreadCredentials.effectiveUID == 0)
         opensFiles = !(options.cache == .always && !options.flockLocks && !options.locks)
         tracksChanges = options.cache == .auto
+        fixedTimeout = options.cache.timeout
+        autoShort = options.autoTimeouts.short
+        autoLong = options.autoTimeouts.long
+        recentWindow = options.autoTimeouts.recentWindowNanoseconds
         let capability = Array("security.capability".utf8)
         if options.xattr, let map = options.xattrMap, case .name(let host) = map.toHost(capability), host != capability {
             remappedCapability = host.map { CChar(bitPattern: $0) } + [0]
@@ -241,17 +251,18 @@ public final class PassthroughFileSystem: FileSystem {
     func entry(_ data: InodeData, _ stat: FileStat, parent: InodeData? = nil, created: Bool = false) -> Entry {
         let submount = options.announceSubmounts && stat.fileType == .directory && parent != nil
             && stat.mountID != parent!.key.mountID
-        guard tracksChanges else {
-            return Entry(nodeID: data.nodeID, attributes: guestView(stat), entryTimeout: options.cache.timeout,
-                         attributeTimeout: options.cache.timeout, isSubmount: submount)
+        var nameTimeout = fixedTimeout
+        var attributeTimeout = nameTimeout
+        if tracksChanges {
+            if created { data.noteOwnChange(at: WallClock.nanoseconds()) }
+            observe(data, stat, telling: true)
+            let short = isShortLived(data)
+            attributeTimeout = short ? autoShort : autoLong
+            // A name lasts no longer than its directory's listing, nor than what it names.
+            nameTimeout = short || (parent.map { isShortLived($0) } ?? false) ? autoShort : autoLong
         }
-        if created { data.noteOwnChange(at: WallClock.nanoseconds()) }
-        let now = grantClock()
-        let attributes = attributeTimeout(data, stat, now: now)
-        // A name lasts no longer than its directory's listing, nor than what it names.
-        let name = parent.map { min(timeout(of: $0, now: now), attributes) } ?? attributes
-        return Entry(nodeID: data.nodeID, attributes: guestView(stat), entryTimeout: name, attributeTimeout: attributes,
-                     isSubmount: submount)
+        return Entry(nodeID: data.nodeID, attributes: guestView(stat), entryTimeout: nameTimeout,
+                     attributeTimeout: attributeTimeout, isSubmount: submount)
     }
 
     /// A directory node opened for listing or syncing; ENOTDIR for anything else.
@@ -396,9 +407,9 @@ public final class PassthroughFileSystem: FileSystem {
         guard name.isValidComponent else { throw unsafe name.bytes.count > 255 ? .nameTooLong : .invalidArgument }
         do {
             return try unsafe lookupEntry(parentData, name.cString, isDotDot: name.isDotDot, isDot: name.isDot)
-        } catch .noEntry where options.cache.timeout != .zero {
+        } catch .noEntry where fixedTimeout != .zero {
             // A name that is not there may be trusted as long as one that is: the guest stops asking again.
-            return .negative(timeout: tracksChanges ? timeout(of: parentData, now: grantClock()) : options.cache.timeout)
+            return .negative(timeout: tracksChanges ? timeout(of: parentData) : fixedTimeout)
         }
     }
 
@@ -427,7 +438,7 @@ public final class PassthroughFileSystem: FileSystem {
     }
 
     public func forget(_ context: RequestContext, node: UInt64, count: UInt64) {
-        let since = tracksChanges ? WallClock.nanoseconds() &- options.autoTimeouts.recentWindowNanoseconds : nil
+        let since = tracksChanges ? WallClock.coarseNanoseconds() &- options.autoTimeouts.recentWindowNanoseconds : nil
         if inodes.forget(node, count: count, rememberingOwnChangesSince: since) {
             // Every guest process has closed the file by now: its lock owners' descriptions go with it.
             lockTable.releaseNode(node)
@@ -435,21 +446,31 @@ public final class PassthroughFileSystem: FileSystem {
     }
 
     /// Runs `read` on the open handle's descriptor when the guest names one it holds (GETATTR_FH), else on the
-    /// node's: GETATTR and STATX.
-    func withAttributeDescriptor<T>(node: UInt64, handle: UInt64?, _ read: (FileDescriptor) throws(Errno) -> T) throws(Errno) -> T {
-        if let handle, let open = handles.get(handle) { return try open.withDescriptor(read) }
-        return try withPath(try self.node(node), read)
+    /// node's: GETATTR and STATX. Returns what it read and its timeout.
+    @inline(__always)
+    func readAttributes<T>(
+        node: UInt64, handle: UInt64?, _ read: (FileDescriptor) throws(Errno) -> T, stat: (T) -> FileStat
+    ) throws(Errno) -> (T, Timeout) {
+        if let handle, let open = handles.get(handle) {
+            let attributes = try open.withDescriptor(read)
+            guard tracksChanges else { return (attributes, fixedTimeout) }
+            return (attributes, attributeTimeout(try self.node(node), stat(attributes)))
+        }
+        let data = try self.node(node)
+        let attributes = try withPath(data, read)
+        return (attributes, tracksChanges ? attributeTimeout(data, stat(attributes)) : fixedTimeout)
     }
 
     public func getattr(_ context: RequestContext, node: UInt64, handle: UInt64?) throws(Errno) -> AttributeReply {
-        let stat = try withAttributeDescriptor(node: node, handle: handle) { (fd) throws(Errno) in try fd.stat() }
-        return AttributeReply(attributes: guestView(stat), timeout: try attributeTimeout(node: node, stat))
+        let (stat, timeout) = try readAttributes(node: node, handle: handle, { (fd) throws(Errno) in try fd.stat() }, stat: { $0 })
+        return AttributeReply(attributes: guestView(stat), timeout: timeout)
     }
 
     public func statx(_ context: RequestContext, node: UInt64, handle: UInt64?, syncFlags: UInt32) throws(Errno) -> StatxReply {
         let sync = CInt(bitPattern: syncFlags)
-        var stat = try withAttributeDescriptor(node: node, handle: handle) { (fd) throws(Errno) in try fd.extendedStat(syncFlags: sync) }
-        let timeout = try attributeTimeout(node: node, stat.stat)
+        var (stat, timeout) = try readAttributes(node: node, handle: handle, { (fd) throws(Errno) in
+            try fd.extendedStat(syncFlags: sync)
+        }, stat: { $0.stat })
         stat.stat = guestView(stat.stat)
         return StatxReply(attributes: stat, timeout: timeout)
     }
@@ -510,7 +531,7 @@ public final class PassthroughFileSystem: FileSystem {
             if hostFlags & O_TRUNC != 0 {
                 noteOwnChange(data)
             } else {
-                data.observe(stat, telling: false)
+                observe(data, stat, telling: false)
                 try refuseStaleOpen(data, stat, context)
             }
             // Close-to-open, without re-reading what did not change: the guest keeps its page cache when the
@@ -599,7 +620,7 @@ public final class PassthroughFileSystem: FileSystem {
     ) throws(Errno) {
         guard offset <= UInt64(Int64.max) else { throw .invalidArgument }
         // The directory's own changes decide how long the names listed may be trusted.
-        if plus && tracksChanges { parent.observe(try fd.stat(), telling: false) }
+        if plus && tracksChanges { observe(parent, try fd.stat(), telling: false) }
         try fd.seek(to: Int64(offset))
         var added = 0
         try unsafe withUnsafeTemporaryAllocation(byteCount: 16 * 1024, alignment: 8) { (buffer) throws(Errno) in

@@ -273,9 +273,11 @@ struct Bench: ParsableCommand {
             return load.reply(slot: 0, as: fuse_entry_out.self).nodeid
         }
         func open(_ node: UInt64, _ opcode: FUSEOpcode, flags: CInt) throws -> UInt64 {
-            guard load.call(request(opcode, unique: 3, node: node, bytes(fuse_open_in(flags: UInt32(flags), open_flags: 0))), replyLength: 32) == 0 else {
-                throw ValidationError("\(opcode) failed")
-            }
+            let status = load.call(request(opcode, unique: 3, node: node, bytes(fuse_open_in(flags: UInt32(flags), open_flags: 0))), replyLength: 32)
+            // A back-end that keeps directories in the guest's cache answers OPENDIR with ENOSYS, and the guest
+            // kernel then reads every directory through handle 0.
+            if opcode == .opendir && status == -ENOSYS { return 0 }
+            guard status == 0 else { throw ValidationError("\(opcode) failed") }
             return load.reply(slot: 0, as: fuse_open_out.self).fh
         }
         var fixture = Fixture()
