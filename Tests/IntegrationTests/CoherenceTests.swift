@@ -8,16 +8,18 @@ struct CoherenceTests {
     /// qemu/staleness/run, short: a guest with warm caches polls files while the host, and then a second guest
     /// with its own daemon, change them one at a time; every change must be seen within the bound the README
     /// states for the mode (`--check`). The long runs, with Rust virtiofsd and every mode, are in the README.
-    @Test("a change by the host or another guest is seen within the mode's stated bound", arguments: ["auto", "never"])
-    func staleness(cache: String) throws {
+    /// (`never` is checked against the host alone: what it promises does not depend on who made the change.)
+    @Test("a change by the host or another guest is seen within the mode's stated bound",
+          arguments: [("auto", "host,guest"), ("never", "host")])
+    func staleness(cache: String, sources: String) throws {
         let out = NSTemporaryDirectory() + "staleness-" + UUID().uuidString
         defer { try? FileManager.default.removeItem(atPath: out) }
-        let result = try run(["\(repositoryRoot)/qemu/staleness/run", "--configs", "ours-\(cache)", "--sources", "host,guest",
-                              "--settle", "0.3:3", "--patience", "25", "--check", "--ours", backend, "--out", out])
+        let result = try run(["\(repositoryRoot)/qemu/staleness/run", "--configs", "ours-\(cache)", "--sources", sources,
+                              "--settle", "0.2:2", "--patience", "25", "--check", "--ours", backend, "--out", out])
         #expect(result.status == 0, "\(result.output)\n\(result.errors.suffix(3000))")
-        // Every kind of change was measured, from both sources, on old and new files.
+        // Every kind of change was measured, from each source, on old and new files (12 rows a source).
         let table = result.output.split(separator: "\n").filter { $0.hasPrefix("| ") && !$0.hasPrefix("| change") }
-        #expect(table.count == 48, "\(result.output)")
+        #expect(table.count == 12 * sources.split(separator: ",").count, "\(result.output)")
     }
 
     /// qemu/two-guests/run: two guests, each with its own daemon, on one directory: POSIX and flock counters,
