@@ -13,7 +13,7 @@ import VFSSystem
 /// daemon looked, was later than its own last change to them and is less than `recentWindow` old. What the guest
 /// itself changes, through this daemon, keeps the long timeout. Names get the shorter of their directory's
 /// timeout and their node's.
-public struct AutoTimeouts: Sendable, Equatable {
+public struct AutoTimeouts: Sendable, Equatable, CustomStringConvertible {
     /// For a node another party changed within `recentWindowNanoseconds`.
     public var short: Timeout
     /// For every other node: the longest a change by another party can stay unseen.
@@ -25,6 +25,13 @@ public struct AutoTimeouts: Sendable, Equatable {
         self.short = short
         self.long = long
         self.recentWindowNanoseconds = recentWindowSeconds * 1_000_000_000
+    }
+
+    public var description: String {
+        func seconds(_ t: Timeout) -> String {
+            t.nanoseconds == 0 ? "\(t.seconds) s" : "\(Double(t.seconds) + Double(t.nanoseconds) / 1e9) s"
+        }
+        return "\(seconds(short)) for what others changed in the last \(recentWindowNanoseconds / 1_000_000_000) s, else \(seconds(long))"
     }
 }
 

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 
 import ArgumentParser
+import FUSE
 import Logging
 import Passthrough
 import Sandbox
@@ -130,8 +131,9 @@ struct DaemonOptions: ParsableArguments {
         xattr|no_xattr, readdirplus|no_readdirplus, posix_lock|no_posix_lock, flock|no_flock, writeback|no_writeback, \
         allow_direct_io|no_allow_direct_io, posix_acl|no_posix_acl, security_label|no_security_label, \
         killpriv_v2|no_killpriv_v2, announce_submounts|no_announce_submounts, readonly, sandbox=namespace|chroot|none, \
-        modcaps=+cap:-cap, log_level=debug|info|warn|err (or loglevel=), debug, xattrmap=RULES; accepted with no \
-        effect here: timeout=N (the cache mode sets the timeouts), norace (nothing here races a path), max_idle_threads=N, \
+        modcaps=+cap:-cap, log_level=debug|info|warn|err (or loglevel=), debug, xattrmap=RULES, timeout=SECONDS (with \
+        cache=auto, the longest timeout the guest is given: the bound on how long another party's change stays \
+        unseen, 10 by default); accepted with no effect here: norace (nothing here races a path), max_idle_threads=N, \
         allow_root (FUSE's, for a mount on the host).
         """, valueName: "opt[,opt...]"))
     var compat: [String] = []
@@ -151,6 +153,8 @@ struct Configuration {
     var listen: Listen
     var sharedDirectory: String
     var cache: CachePolicy
+    /// The timeouts of `--cache auto` (`-o timeout=` sets the long one).
+    var autoTimeouts: AutoTimeouts
     var xattr: Bool
     var xattrMap: XattrMap?
     /// `--tag`: served from the device's config space (GET_CONFIG).
@@ -201,6 +205,7 @@ struct Configuration {
     init(_ options: DaemonOptions) throws {
         var sharedDirectory = options.sharedDir
         var cacheText = options.cache
+        var autoTimeouts = AutoTimeouts()
         var xattr = options.xattr
         var readdirplus = !options.noReaddirplus
         var logLevelText = options.debug ? "debug" : options.logLevel
@@ -250,10 +255,18 @@ struct Configuration {
                 case ("flock", nil): flockLocks = true
                 case ("no_flock", nil): flockLocks = false
                 case ("sandbox", let mode?): sandboxText = mode
-                // Accepted for compatibility, with no effect here: the C daemon's cache timeout (the cache mode sets
-                // the timeouts), its racy path fallback (nothing here resolves a path that could race), its idle
-                // worker cap, and FUSE's allow_root (for a FUSE mount on the host, which there is none of).
-                case ("timeout", _), ("norace", nil), ("max_idle_threads", _), ("allow_root", nil):
+                // The C daemon's cache timeout: here the longest `auto` grants (1 keeps every timeout at 1 s, as
+                // virtiofsd's auto); the other modes' timeouts are fixed.
+                case ("timeout", let value?):
+                    guard let seconds = Double(value), seconds >= 0, seconds <= 86400 else {
+                        throw Invalid(description: "-o timeout takes seconds from 0 to 86400, not '\(value)'")
+                    }
+                    let long = Timeout(seconds: UInt64(seconds), nanoseconds: UInt32((seconds - seconds.rounded(.down)) * 1e9))
+                    autoTimeouts = AutoTimeouts(short: min(AutoTimeouts().short, long), long: long)
+                // Accepted for compatibility, with no effect here: the C daemon's racy path fallback (nothing here
+                // resolves a path that could race), its idle worker cap, and FUSE's allow_root (for a FUSE mount on
+                // the host, which there is none of).
+                case ("norace", nil), ("max_idle_threads", _), ("allow_root", nil):
                     break
                 default:
                     throw Invalid(description: "unknown -o option '\(item)'")
@@ -367,6 +380,7 @@ struct Configuration {
         self.securityLabel = securityLabel
         self.sharedDirectory = sharedDirectory
         self.cache = cache
+        self.autoTimeouts = autoTimeouts
         if let xattrmapText {
             do {
                 xattrMap = try XattrMap(parsing: xattrmapText)

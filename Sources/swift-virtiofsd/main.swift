@@ -141,18 +141,18 @@ struct Daemon {
         }
         let fileSystem: PassthroughFileSystem
         do {
-            fileSystem = try PassthroughFileSystem(
-                options: PassthroughOptions(
-                    sharedDirectory: sandbox.sharedDirectory, cache: config.cache, xattr: config.xattr,
-                    readOnly: config.readOnly, locks: config.locks, flockLocks: config.flockLocks, allowDirectIO: config.allowDirectIO,
-                    preserveNoatime: config.preserveNoatime, announceSubmounts: config.announceSubmounts,
-                    killprivV2: config.killprivV2, writeback: config.writeback,
-                    inodeFileHandles: config.inodeFileHandles, posixACL: config.posixACL,
-                    securityLabel: config.securityLabel, uidMap: config.uidTranslation, gidMap: config.gidTranslation,
-                    xattrMap: config.xattrMap,
-                    procSelf: sandbox.procSelf, switchCredentials: sandbox.canSwitchCredentials,
-                    migration: config.migration),
-                logger: logger)
+            var options = PassthroughOptions(
+                sharedDirectory: sandbox.sharedDirectory, cache: config.cache, xattr: config.xattr,
+                readOnly: config.readOnly, locks: config.locks, flockLocks: config.flockLocks, allowDirectIO: config.allowDirectIO,
+                preserveNoatime: config.preserveNoatime, announceSubmounts: config.announceSubmounts,
+                killprivV2: config.killprivV2, writeback: config.writeback,
+                inodeFileHandles: config.inodeFileHandles, posixACL: config.posixACL,
+                securityLabel: config.securityLabel, uidMap: config.uidTranslation, gidMap: config.gidTranslation,
+                xattrMap: config.xattrMap,
+                procSelf: sandbox.procSelf, switchCredentials: sandbox.canSwitchCredentials,
+                migration: config.migration)
+            options.autoTimeouts = config.autoTimeouts
+            fileSystem = try PassthroughFileSystem(options: options, logger: logger)
         } catch {
             logger.error("cannot open shared directory \(config.sharedDirectory): \(error)")
             return 1
@@ -187,7 +187,7 @@ struct Daemon {
             logger: logger)
 
         // Logged once sandbox, capabilities and filter are in place (a front-end may connect earlier: it waits).
-        logger.info("waiting for the front-end on \(place) (sandbox \(config.sandbox.rawValue), seccomp \(config.seccomp.rawValue))")
+        logger.info("waiting for the front-end on \(place) (sandbox \(config.sandbox.rawValue), seccomp \(config.seccomp.rawValue), cache \(config.cache.rawValue)\(config.cache == .auto ? ": timeouts \(config.autoTimeouts)" : ""))")
         let connection: VhostUserConnection
         do {
             guard try stopSignals.waitReadable(listener.borrowed) else {

@@ -64,12 +64,23 @@ struct CommandLineTests {
         (["--shared-dir=SHARE", "--daemonize"], "--daemonize"),
         (["--shared-dir=SHARE", "--log-level=loud"], "--log-level"),
         (["-o", "source=SHARE,nonsense"], "nonsense"),
+        (["-o", "source=SHARE,timeout=soon"], "timeout"),
     ])
     func refused(arguments: [String], option: String) throws {
         let (status, log) = try start(arguments)
         #expect(status == 64, "\(arguments): \(log)")
         let lines = log.split(separator: "\n").filter { !$0.isEmpty && !$0.hasPrefix("Usage") && !$0.hasPrefix("  See") }
         #expect(lines.count == 1 && lines[0].contains(option), "\(log)")
+    }
+
+    @Test("-o timeout=SECONDS sets auto's longest timeout (10 s by default), and the log says which apply")
+    func autoTimeouts() throws {
+        let (status, log) = try start(["--shared-dir=SHARE"])
+        #expect(status == 0 && log.contains("cache auto: timeouts 1 s for what others changed in the last 60 s, else 10 s"), "\(log)")
+        let (shorter, shorterLog) = try start(["-o", "source=SHARE,timeout=0.5"])
+        #expect(shorter == 0 && shorterLog.contains("timeouts 0.5 s for what others changed in the last 60 s, else 0.5 s"), "\(shorterLog)")
+        let (fixed, fixedLog) = try start(["--shared-dir=SHARE", "--cache=always", "-o", "timeout=3"])
+        #expect(fixed == 0 && fixedLog.contains("cache always)"), "\(fixedLog)")
     }
 
     @Test("--syslog: each line is one datagram to the system log, <14>swift-virtiofsd[PID]: ..., none on standard error")
