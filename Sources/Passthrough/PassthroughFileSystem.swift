@@ -438,7 +438,7 @@ public final class PassthroughFileSystem: FileSystem {
     }
 
     public func forget(_ context: RequestContext, node: UInt64, count: UInt64) {
-        let since = tracksChanges ? WallClock.coarseNanoseconds() &- options.autoTimeouts.recentWindowNanoseconds : nil
+        let since = tracksChanges ? WallClock.coarseNanoseconds() &- recentWindow : nil
         if inodes.forget(node, count: count, rememberingOwnChangesSince: since) {
             // Every guest process has closed the file by now: its lock owners' descriptions go with it.
             lockTable.releaseNode(node)
