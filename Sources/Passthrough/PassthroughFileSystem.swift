@@ -657,11 +657,11 @@ public final class PassthroughFileSystem: FileSystem {
                                 position += recordLength
                                 continue
                             }
-                            // Any other failure (out of descriptors, say) is the guest's to see, never an entry
-                            // left out: end this reply before the entry, so the next READDIRPLUS starts at it and
-                            // answers the error.
-                            if added == 0 { throw error }
-                            return
+                            // Any other failure (out of descriptors, say): listed without attributes (node 0,
+                            // which the guest takes as a plain entry), never left out, and never an error for the
+                            // whole listing, which a guest's readdir may take as its end (busybox does). The
+                            // guest's own LOOKUP of the name then gets the error.
+                            entry = nil
                         }
                     }
                     guard unsafe sink.add(name: name, inode: inode, type: UInt32(type), offset: next, entry: entry) else {
