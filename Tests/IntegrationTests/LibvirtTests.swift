@@ -38,7 +38,7 @@ struct LibvirtTests {
         defer { try? FileManager.default.removeItem(atPath: share) }
         #expect(result.errors.contains("-o source=\(share),cache=always,sandbox=chroot,xattr,no_flock,no_posix_lock --thread-pool-size=4"),
                 "\(result.errors)")
-        #expect(result.errors.contains("(sandbox chroot, seccomp kill)"), "\(result.errors)")
+        #expect(result.errors.contains("(sandbox chroot, seccomp kill, cache always)"), "\(result.errors)")
         #expect(result.errors.contains("with cache=always"), "\(result.errors)")
     }
 
