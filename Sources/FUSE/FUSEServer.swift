@@ -29,6 +29,8 @@ public final class FUSEServer<FS: FileSystem>: Sendable {
     public let fileSystem: FS
     public let options: FUSEServerOptions
     let logger: Logger
+    /// Requests that failed with EIO or ENOTCONN, reported at most once per 10 s (`FUSESession.reportStorageError`).
+    let storageErrors = IntervalReport(intervalNanoseconds: 10_000_000_000)
     /// The minor version agreed in INIT; 0 before INIT.
     let negotiatedMinor = Atomic<UInt32>(0)
     /// The INIT flags agreed.

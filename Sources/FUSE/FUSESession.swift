@@ -148,8 +148,16 @@ public final class FUSESession<FS: FileSystem> {
         } catch {
             // The daemon's own descriptor table being full is not the guest process's EMFILE.
             status = error == .tooManyOpenFiles ? .tooManyOpenFilesInSystem : error
+            if error == .ioError || error == .notConnected { reportStorageError(opcode, error) }
         }
         return unsafe finish(unique: header.unique, error: status, payload: status == nil ? reply.bytes : UnsafeRawBufferPointer(start: nil, count: 0), into: writable)
+    }
+
+    /// A request that failed with EIO or ENOTCONN: what a failing disk or a network file system whose servers are
+    /// gone answers (a GlusterFS client without its bricks). One warning line per 10 s for the whole daemon.
+    func reportStorageError(_ opcode: FUSEOpcode?, _ error: Errno) {
+        guard let unreported = server.storageErrors.occurrence(now: WallClock.coarseNanoseconds()) else { return }
+        server.logger.warning("\(label): \(opcode.map { "\($0)".uppercased() } ?? "a request") failed with \(error): is the storage under the shared directory failing? (one such line per 10 s; \(unreported) more since the last)")
     }
 
     /// One warning line per session for requests that cannot be answered at all.

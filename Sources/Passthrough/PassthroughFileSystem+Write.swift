@@ -463,6 +463,7 @@ extension PassthroughFileSystem {
     public func fallocate(_ context: RequestContext, node: UInt64, handle: UInt64, offset: UInt64, length: UInt64, mode: UInt32) throws(Errno) {
         try checkWritable()
         guard offset <= UInt64(Int64.max), length <= UInt64(Int64.max) else { throw .invalidArgument }
+        if distrustsServer && CInt(bitPattern: mode) & CVFS_FALLOC_FL_ZERO_RANGE != 0 { throw .notSupported }
         try withFile(node: node, handle: handle, writing: true) { (fd) throws(Errno) in
             defer { noteOwnChange(node: node) }
             try fd.allocate(mode: CInt(bitPattern: mode), offset: Int64(offset), length: Int64(length))
@@ -479,7 +480,7 @@ extension PassthroughFileSystem {
         // file can be shorter than the guest's, and SEEK_DATA there would answer ENXIO inside data the guest
         // wrote (a sparse-aware copy would then skip it). ENOSYS makes the guest answer from its own size for
         // good: the whole file is data, which POSIX allows.
-        if options.writeback { throw .noFunction }
+        if options.writeback || distrustsServer { throw .noFunction }
         // The guest's loff_t as it is: the host decides what a negative offset means (ENXIO for SEEK_DATA and
         // SEEK_HOLE, as on a local file system).
         return try withFile(node: node, handle: handle, writing: false) { (fd) throws(Errno) -> UInt64 in

@@ -125,6 +125,12 @@ public final class PassthroughFileSystem: FileSystem {
     let remappedCapability: [CChar]?
     /// Whether FUSE_HANDLE_KILLPRIV_V2 is offered (`options.killprivV2`, decided for this shared directory).
     let killprivV2: Bool
+    /// Whether the shared directory is on a FUSE file system (a GlusterFS or CephFS client, sshfs): its server's
+    /// answers to SEEK_DATA/SEEK_HOLE and to a ZERO_RANGE fallocate are not trusted (GlusterFS 10.3 answered
+    /// SEEK_HOLE on one unchanged file with 4096, 4 and -1, and reads after ZERO_RANGE returned old bytes).
+    /// LSEEK then answers ENOSYS (the guest's kernel takes the whole file as data, which POSIX allows) and
+    /// ZERO_RANGE EOPNOTSUPP (callers write zeros instead).
+    let distrustsServer: Bool
     /// `--cache auto`: timeouts follow who changed each node and when (ChangeTracking.swift).
     let tracksChanges: Bool
     /// The timeout of every reply in the other modes (`options.cache.timeout`), at hand.
@@ -140,6 +146,8 @@ public final class PassthroughFileSystem: FileSystem {
 
     /// File systems where the daemon does not clear set-id bits itself unless told to: NFS, CIFS and SMB2.
     static let networkFileSystems: Set<UInt64> = [0x6969, 0xFF53_4D42, 0xFE53_4D42]
+    /// FUSE_SUPER_MAGIC: a file system served by a user-space process.
+    static let fuseFileSystem: UInt64 = 0x6573_5546
 
     /// Whether to offer FUSE_HANDLE_KILLPRIV_V2: as `setting` says, or when it says nothing, unless the shared
     /// directory's file system (`fileSystemType`, fstatfs's magic; nil when unknown) is a network one.
@@ -150,21 +158,51 @@ public final class PassthroughFileSystem: FileSystem {
     /// Opens the shared directory and `/proc/self/fd`.
     public init(options: PassthroughOptions, logger: Logger) throws(Errno) {
         // SAFETY: the shared directory's C string lives for the open call.
-        self.options = options
         self.logger = logger
         let root = try FileDescriptor.open(options.sharedDirectory, flags: [.path, .directory])
         let stat = try unsafe root.borrowed.statx("")
-        killprivV2 = Self.offersKillprivV2(options.killprivV2, fileSystemType: try? root.borrowed.fileSystemType())
-        if options.killprivV2 == nil && !killprivV2 {
-            logger.info("--killpriv-v2 is off: the shared directory is on a network file system (--killpriv-v2 turns it on)")
-        }
-        inodes = InodeStore(root: root, stat: stat)
         if let given = options.procSelf {
             procSelf = given
         } else {
             procSelf = try ProcSelfDirectory()
         }
         try ProcessControl.changeDirectory(to: procSelf.fd.borrowed)
+        var options = options
+        if options.posixACL && options.xattrMap == nil && !Self.hasPOSIXACLs(root.borrowed) {
+            // A guest told of ACLs asks for one at every permission check, and takes EOPNOTSUPP as the check's
+            // answer: every open of a file another user owns would fail so. Without the flag the guest checks
+            // the mode alone and setfacl gets EOPNOTSUPP, as on the host (a GlusterFS client mounted without
+            // -o acl, say).
+            logger.notice("--posix-acl is off: the shared directory's file system has no POSIX ACLs (system.posix_acl_access: EOPNOTSUPP); extended attributes stay on")
+            options.posixACL = false
+        }
+        let fileSystemType = try? root.borrowed.fileSystemType()
+        distrustsServer = fileSystemType == Self.fuseFileSystem
+        if distrustsServer {
+            logger.notice("the shared directory is on a FUSE file system: SEEK_DATA/SEEK_HOLE are answered by the guest (the whole file is data) and ZERO_RANGE fallocate with EOPNOTSUPP")
+            // A FUSE file system's handle names the server's node, and the host kernel can open it again only
+            // while it keeps that inode, unless the server exports (GlusterFS 10.3 does not: ESTALE once the
+            // inode is dropped, and always on another client mount).
+            if options.migration.mode == .fileHandles {
+                logger.error("--migration-mode file-handles needs file handles that outlive the host's inode cache and cross hosts, and the shared directory is on a FUSE file system, whose handles do neither; use --migration-mode find-paths")
+                throw .notSupported
+            }
+            switch options.inodeFileHandles {
+            case .never: break
+            case .prefer:
+                logger.notice("--inode-file-handles=prefer: the shared directory is on a FUSE file system, whose handles go stale when the host drops the inode; every node holds a descriptor")
+                options.inodeFileHandles = .never
+            case .mandatory:
+                logger.error("--inode-file-handles=mandatory: the shared directory is on a FUSE file system, whose handles go stale when the host drops the inode; use prefer or never")
+                throw .notSupported
+            }
+        }
+        self.options = options
+        killprivV2 = Self.offersKillprivV2(options.killprivV2, fileSystemType: fileSystemType)
+        if options.killprivV2 == nil && !killprivV2 {
+            logger.info("--killpriv-v2 is off: the shared directory is on a network file system (--killpriv-v2 turns it on)")
+        }
+        inodes = InodeStore(root: root, stat: stat)
         switchesCredentials = options.switchCredentials ?? (ThreadCredentials.effectiveUID == 0)
         opensFiles = !(options.cache == .always && !options.flockLocks && !options.locks)
         tracksChanges = options.cache == .auto
@@ -182,6 +220,21 @@ public final class PassthroughFileSystem: FileSystem {
         if options.inodeFileHandles != .never {
             // The shared directory's mount, so that its files can be held by handle from the first lookup.
             _ = try? holding(inodes.root.fd(), stat)
+        }
+    }
+
+    /// Whether the file system of `root` keeps POSIX ACLs: asked of the root's access ACL by its /proc name
+    /// (relative to /proc/self/fd, the working directory), where only EOPNOTSUPP says no.
+    static func hasPOSIXACLs(_ root: FileDescriptor) -> Bool {
+        // SAFETY: both C strings live for the call; an empty buffer asks only for the size.
+        do throws(Errno) {
+            _ = try unsafe Array(String(root.rawValue).utf8CString).withUnsafeBufferPointer { (path) throws(Errno) -> Int in
+                try unsafe ExtendedAttributes.get(
+                    path: path.baseAddress!, name: "system.posix_acl_access", into: UnsafeMutableRawBufferPointer(start: nil, count: 0))
+            }
+            return true
+        } catch {
+            return error != .notSupported
         }
     }
 

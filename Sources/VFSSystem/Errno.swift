@@ -24,6 +24,7 @@ public struct Errno: RawRepresentable, Error, Hashable, Sendable, CustomStringCo
     public static let noEntry = Errno(rawValue: ENOENT)
     public static let interrupted = Errno(rawValue: EINTR)
     public static let ioError = Errno(rawValue: EIO)
+    public static let notConnected = Errno(rawValue: ENOTCONN)
     public static let badFileDescriptor = Errno(rawValue: EBADF)
     public static let noLocksAvailable = Errno(rawValue: ENOLCK)
     public static let wouldBlock = Errno(rawValue: EAGAIN)

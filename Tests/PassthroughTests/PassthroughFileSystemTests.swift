@@ -515,6 +515,18 @@ struct PassthroughFileSystemTests {
         #expect(fs.inodes.count == 1 + 5)
     }
 
+    @Test("--posix-acl is kept where the shared directory's file system has ACLs, and turned off where it answers EOPNOTSUPP (the guest then checks modes alone)")
+    func posixACLNeedsTheFileSystem() throws {
+        let tree = TemporaryTree()
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let local = try PassthroughFileSystem(options: PassthroughOptions(sharedDirectory: tree.path, posixACL: true), logger: logger)
+        #expect(local.options.posixACL && local.options.xattr)
+        // sysfs keeps no ACLs: getxattr of system.posix_acl_access answers EOPNOTSUPP.
+        let without = try PassthroughFileSystem(options: PassthroughOptions(sharedDirectory: "/sys", posixACL: true), logger: logger)
+        #expect(!without.options.posixACL && without.options.xattr)
+    }
+
     @Test("READDIRPLUS never leaves out an entry whose lookup fails (but for ENOENT), nor fails the listing: the entry comes without attributes")
     func readdirplusFailedLookup() throws {
         // An entry the daemon cannot look up while the ones around it can: with --inode-file-handles=mandatory,

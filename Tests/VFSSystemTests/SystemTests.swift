@@ -109,3 +109,18 @@ struct SystemTests {
         #expect(try link.borrowed.stat().fileType == .symbolicLink)
     }
 }
+
+@Suite("Interval reports")
+struct IntervalReportTests {
+    @Test("an occurrence is reported at most once per interval, with the count of those that were not")
+    func oncePerInterval() {
+        let second: Int64 = 1_000_000_000
+        let report = IntervalReport(intervalNanoseconds: 10 * second)
+        #expect(report.occurrence(now: 100 * second) == 0)
+        #expect(report.occurrence(now: 101 * second) == nil)
+        #expect(report.occurrence(now: 109 * second) == nil)
+        #expect(report.occurrence(now: 110 * second) == 2)
+        #expect(report.occurrence(now: 111 * second) == nil)
+        #expect(report.occurrence(now: 125 * second) == 1)
+    }
+}

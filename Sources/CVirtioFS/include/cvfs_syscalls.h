@@ -62,6 +62,7 @@ extern const unsigned int CVFS_MFD_CLOEXEC;
 
 /// fallocate(2), copy_file_range(2), syncfs(2): GNU extensions.
 int cvfs_fallocate(int fd, int mode, int64_t offset, int64_t length);
+extern const int CVFS_FALLOC_FL_ZERO_RANGE;
 ssize_t cvfs_copy_file_range(int fd_in, int64_t *off_in, int fd_out, int64_t *off_out, size_t length, unsigned int flags);
 int cvfs_syncfs(int fd);
 /// flock(2) (Swift sees only `struct flock` under that name).
