@@ -332,8 +332,11 @@ static int cmd_hold(const char *file) {
     sigprocmask(SIG_UNBLOCK, &all, NULL);  // whatever mask we inherited, a TERM must end us
     int fd = open(file, O_CREAT | O_RDWR, 0644);
     struct flock wr = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 10};
-    if (fcntl(fd, F_SETLK, &wr) || flock(fd, LOCK_EX | LOCK_NB)) { perror("hold"); return 1; }
-    printf("holding\n");
+    if (fcntl(fd, F_SETLK, &wr)) { perror("hold"); return 1; }
+    // Where flock and POSIX locks are one lock space (GlusterFS keeps a flock as a POSIX lock of the whole
+    // file), the flock conflicts with our own fcntl lock: then the fcntl lock alone, which conflicts with both.
+    if (flock(fd, LOCK_EX | LOCK_NB)) printf("holding (fcntl only: %s)\n", name(errno));
+    else printf("holding\n");
     fflush(stdout);
     pause();
     return 0;

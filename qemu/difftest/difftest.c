@@ -4,10 +4,12 @@
 // local reference, both in the same guest), comparing every result, errno and the state of both trees after
 // each step. At the first divergence it prints the seed, the step and the last operations, and exits 1.
 //
-// Usage: difftest [-s SEED] [-n OPS] [-x] [-M] [-G] [-v] TREE_A TREE_B
+// Usage: difftest [-s SEED] [-n OPS] [-x] [-M] [-G] [-F] [-R] [-v] TREE_A TREE_B
 //   TREE_A and TREE_B are empty directories at the same depth (symlinks resolve alike). Runs as root.
 //   -x: also extended attributes (user.*); -M: no mappings (a FUSE file opened with DIRECT_IO cannot be mapped
 //   shared by a 6.1 guest); -G: no set-group-id bit left by a write (see compare_state; for --killpriv-v2);
+//   -F: no flock (where flock and POSIX locks are one lock space, as on GlusterFS); -R: renames without flags
+//   (where renameat2's flags are EINVAL, as on GlusterFS);
 //   -v: how often each call ran and succeeded. Exit status 0: no divergence; 1: a divergence; 2: set-up error.
 //
 // Compared after every step, for each name of a fixed pool: whether it exists (lstat's errno), its type,
@@ -64,7 +66,7 @@ static const char *roots[SIDES];
 static int rootfd[SIDES];
 static uint64_t seed, state;
 static long step;
-static bool with_xattr, without_mmap, strict_setgid;
+static bool with_xattr, without_mmap, strict_setgid, without_flock, without_rename_flags;
 // The file-system user of the current step: 0, or 1000 for a step done as an ordinary user (setfsuid and
 // setfsgid, which also drop root's file capabilities), on both sides alike.
 static int acting_user;
@@ -421,6 +423,7 @@ static void op_rename(void) {
     const char *from = PICK(pool), *to = PICK(pool);
     static const unsigned flag_choices[] = { 0, 0, 0, RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT };
     unsigned flags = flag_choices[below(6)];
+    if (without_rename_flags) flags = 0;
     record("rename %s %s flags %u", from, to, flags);
     struct result r[SIDES];
     ON_BOTH(r, syscall(SYS_renameat2, rootfd[i], from, rootfd[i], to, flags));
@@ -601,6 +604,7 @@ static void op_lock(void) {
     if (s < 0) return;
     struct result r[SIDES];
     if (chance(30)) {
+        if (without_flock) return;
         static const int operations[] = { LOCK_SH, LOCK_EX, LOCK_UN };
         int operation = operations[below(3)] | LOCK_NB;
         record("flock slot %d (%s) %d", s, slots[s].what, operation);
@@ -917,7 +921,7 @@ int main(int argc, char **argv) {
     bool verbose = false;
     seed = 1;
     int opt;
-    while ((opt = getopt(argc, argv, "s:n:xMGv")) != -1) {
+    while ((opt = getopt(argc, argv, "s:n:xMGFRv")) != -1) {
         switch (opt) {
         case 's': seed = strtoull(optarg, NULL, 0); break;
         case 'n': count = strtol(optarg, NULL, 0); break;
@@ -925,6 +929,8 @@ int main(int argc, char **argv) {
         case 'v': verbose = true; break;
         case 'M': without_mmap = true; break;
         case 'G': strict_setgid = true; break;
+        case 'F': without_flock = true; break;
+        case 'R': without_rename_flags = true; break;
         default: fprintf(stderr, "usage: difftest [-s SEED] [-n OPS] [-x] [-M] [-G] [-v] TREE_A TREE_B\n"); return 2;
         }
     }
