@@ -489,8 +489,22 @@ int cvfs_stop_signalfd(void) {
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGUSR1);
     if (pthread_sigmask(SIG_BLOCK, &set, NULL) != 0) return -1;
     return signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+}
+
+ssize_t cvfs_read_within(int fd, void *buffer, size_t count, int milliseconds) {
+    struct pollfd p = { .fd = fd, .events = POLLIN };
+    int n;
+    do { n = poll(&p, 1, milliseconds); } while (n < 0 && errno == EINTR);
+    if (n <= 0) return n;
+    return read(fd, buffer, count);
+}
+
+const char *cvfs_errno_name(int e) {
+    const char *name = strerrorname_np(e);
+    return name ? name : "";
 }
 
 int cvfs_stop_signal_read(int fd) {
@@ -527,10 +541,12 @@ void cvfs_forward_stop_signals(pid_t child) {
     sigemptyset(&action.sa_mask);
     sigaction(SIGTERM, &action, NULL);
     sigaction(SIGINT, &action, NULL);
+    sigaction(SIGUSR1, &action, NULL);
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGUSR1);
     pthread_sigmask(SIG_UNBLOCK, &set, NULL);
 }
 

@@ -11,9 +11,12 @@ public struct FUSEServerOptions: Sendable {
     public var maxWrite: UInt32 = 1 << 20
     /// Offer READDIRPLUS to the guest.
     public var readdirplus: Bool = true
-    public init(maxWrite: UInt32 = 1 << 20, readdirplus: Bool = true) {
+    /// Count what is served (`FUSEStatistics`, `--metrics-socket`); off, a request pays one test of a nil.
+    public var statistics: Bool = false
+    public init(maxWrite: UInt32 = 1 << 20, readdirplus: Bool = true, statistics: Bool = false) {
         self.maxWrite = maxWrite
         self.readdirplus = readdirplus
+        self.statistics = statistics
     }
 }
 
@@ -38,10 +41,19 @@ public final class FUSEServer<FS: FileSystem>: Sendable {
     /// SETLKW requests waiting, over every queue (`FUSELimits.lockWaits`), by request id for INTERRUPT.
     let lockWaits = LockWaits(limit: FUSELimits.lockWaits)
 
+    /// What has been served, when `options.statistics` is on.
+    public let statistics: FUSEStatistics?
+
     public init(fileSystem: FS, options: FUSEServerOptions = FUSEServerOptions(), logger: Logger) {
         self.fileSystem = fileSystem
         self.options = options
         self.logger = logger
+        statistics = options.statistics ? FUSEStatistics() : nil
+    }
+
+    /// The statistics in the Prometheus text format, with the file system's census; nil when they are off.
+    public func metrics(descriptors: Int?) -> String? {
+        statistics?.exposition(census: fileSystem.census, descriptors: descriptors, errnoName: Errno.symbolicName)
     }
 
     /// Whether INIT has completed.
@@ -52,7 +64,10 @@ public final class FUSEServer<FS: FileSystem>: Sendable {
 
     /// The front-end went away or reset the device, or the guest sent DESTROY: forget the session.
     public func reset() {
-        if isInitialized { endSession(because: "ended") }
+        if isInitialized {
+            endSession(because: "ended")
+            statistics?.note(.sessionEnded)
+        }
         negotiatedMinor.store(0, ordering: .releasing)
         negotiatedFlags.store(0, ordering: .relaxed)
     }
@@ -95,7 +110,10 @@ public final class FUSEServer<FS: FileSystem>: Sendable {
         }
         // An INIT while a session is open: the guest rebooted, or its driver was reset, without a DESTROY (QEMU
         // stops the rings at a reset, and the new kernel mounts again). Nothing of the old session may stay.
-        if isInitialized { endSession(because: "replaced by a new INIT (the guest rebooted or reset its device)") }
+        if isInitialized {
+            endSession(because: "replaced by a new INIT (the guest rebooted or reset its device)")
+            statistics?.note(.sessionReplaced)
+        }
         let request = InitRequest(major: input.major, minor: input.minor, maxReadahead: input.max_readahead, flags: offered)
         var wanted = Self.serverFlags.union(try fileSystem.initialize(request))
         if options.readdirplus {
@@ -119,6 +137,7 @@ public final class FUSEServer<FS: FileSystem>: Sendable {
 
         negotiatedFlags.store(agreed.rawValue, ordering: .relaxed)
         negotiatedMinor.store(minor, ordering: .releasing)
+        statistics?.note(.sessionStarted)
         logger.info("FUSE session: guest 7.\(input.minor), agreed 7.\(minor), flags 0x\(String(agreed.rawValue, radix: 16))\(fileSystem.census.map { "; \($0)" } ?? "")")
     }
 }

@@ -30,17 +30,21 @@ public final class FUSESession<FS: FileSystem> {
     let opcodeCounts: UnsafeMutableBufferPointer<UInt64>
     /// One warning for malformed requests per session, not one per request.
     let malformedReported = OneTimeFlag()
+    /// This session's statistics (nil when they are off): written by this session's thread only.
+    let counters: FUSEStatistics.Block?
 
     /// - Parameters:
     ///   - deferred: shared by every session of one queue, which `DeferredWork.cancelAll` ends when it stops.
     ///   - complete: called, from another thread, when a request that `handle` deferred is finished.
     // SAFETY: allocates the scratch storage this session owns, freed in deinit.
+    ///   - queue: the queue the session serves (0: the high-priority queue), for the statistics.
     public init(
-        server: FUSEServer<FS>, label: String = "FUSE session", deferred: DeferredWork = DeferredWork(),
+        server: FUSEServer<FS>, label: String = "FUSE session", queue: Int = 0, deferred: DeferredWork = DeferredWork(),
         complete: @escaping @Sendable (UInt64, UInt32) -> Void = { _, _ in }
     ) {
         self.server = server
         self.label = label
+        counters = server.statistics?.block(queue: queue, label: label)
         self.deferred = deferred
         self.completeDeferred = complete
         unsafe requestStorage = .allocate(byteCount: Self.requestCapacity, alignment: 16)
@@ -88,6 +92,7 @@ public final class FUSESession<FS: FileSystem> {
         readable: UnsafeBufferPointer<iovec>, writable: UnsafeMutableBufferPointer<iovec>, token: UInt64 = 0,
         owner: Unmanaged<AnyObject>? = nil
     ) -> UInt32? {
+        let started = counters == nil ? 0 : MonotonicClock.nanoseconds()
         // The header alone first: a WRITE's data is not copied, it goes from the guest's buffers to the file.
         var (gathered, total) = unsafe gather(readable, upTo: MemoryLayout<fuse_in_header>.size)
         var writableLength = 0
@@ -98,7 +103,8 @@ public final class FUSESession<FS: FileSystem> {
         }
         let header = unsafe requestStorage.loadUnaligned(as: fuse_in_header.self)
         let opcode = FUSEOpcode(rawValue: header.opcode)
-        unsafe opcodeCounts[opcode == nil || header.opcode >= 64 ? 0 : Int(header.opcode)] &+= 1
+        let slot = opcode == nil || header.opcode >= 64 ? 0 : Int(header.opcode)
+        unsafe opcodeCounts[slot] &+= 1
         let hasReply = opcode?.hasReply ?? true
         guard !hasReply || writableLength >= Self.headerSize else {
             reportMalformed("request \(header.unique): no room for a reply; dropped")
@@ -117,6 +123,7 @@ public final class FUSESession<FS: FileSystem> {
         var reader = unsafe ByteReader(UnsafeRawBufferPointer(rebasing: requestStorage[layout.argumentsStart..<layout.readerEnd]))
         if let opcode, !hasReply {
             serveNoReply(opcode, header: header, reader: &reader)
+            counters?.record(opcode: slot, error: nil, bytesIn: total, bytesOut: 0, nanoseconds: MonotonicClock.nanoseconds() &- started)
             return 0
         }
         var context = RequestContext(unique: header.unique, nodeID: header.nodeid, uid: header.uid, gid: header.gid, pid: header.pid)
@@ -135,11 +142,14 @@ public final class FUSESession<FS: FileSystem> {
             guard reply.limit >= opcode.fixedReplySize else { throw .invalidArgument }
             switch opcode {
             case .read:
-                return unsafe try read(context, &reader, writable: writable, writableLength: writableLength)
+                let written = unsafe try read(context, &reader, writable: writable, writableLength: writableLength)
+                counters?.record(opcode: slot, error: nil, bytesIn: total, bytesOut: Int(written), nanoseconds: MonotonicClock.nanoseconds() &- started)
+                return written
             case .write:
                 try unsafe write(context, &reader, readable: readable, argumentsEnd: layout.argumentsEnd, into: &reply)
             case .setlkw:
                 try unsafe deferLockWait(context, &reader, writable: writable, token: token, owner: owner)
+                counters?.recordDeferred(opcode: slot, bytesIn: total)
                 return nil
             default:
                 try serve(opcode, context, header: header, reader: &reader, into: &reply)
@@ -150,7 +160,9 @@ public final class FUSESession<FS: FileSystem> {
             status = error == .tooManyOpenFiles ? .tooManyOpenFilesInSystem : error
             if error == .ioError || error == .notConnected { reportStorageError(opcode, error) }
         }
-        return unsafe finish(unique: header.unique, error: status, payload: status == nil ? reply.bytes : UnsafeRawBufferPointer(start: nil, count: 0), into: writable)
+        let written = unsafe finish(unique: header.unique, error: status, payload: status == nil ? reply.bytes : UnsafeRawBufferPointer(start: nil, count: 0), into: writable)
+        counters?.record(opcode: slot, error: status, bytesIn: total, bytesOut: Int(written), nanoseconds: MonotonicClock.nanoseconds() &- started)
+        return written
     }
 
     /// A request that failed with EIO or ENOTCONN: what a failing disk or a network file system whose servers are
@@ -162,6 +174,7 @@ public final class FUSESession<FS: FileSystem> {
 
     /// One warning line per session for requests that cannot be answered at all.
     func reportMalformed(_ message: @autoclosure () -> String) {
+        server.statistics?.noteMalformed()
         if malformedReported.first() {
             server.logger.warning("\(label): \(message()) (further malformed requests are not logged)")
         }

@@ -76,3 +76,12 @@ func valueOrErrno<T: FixedWidthInteger>(
 func nothingOrErrno<T: FixedWidthInteger>(retryOnInterrupt: Bool = true, _ body: () -> T) throws(Errno) {
     _ = try valueOrErrno(retryOnInterrupt: retryOnInterrupt, body)
 }
+
+extension Errno {
+    /// The symbolic name of an errno value ("ENOENT"), or "E" and the number where glibc knows none.
+    public static func symbolicName(_ value: Int32) -> String {
+        // SAFETY: glibc returns a static string.
+        let name = unsafe String(cString: cvfs_errno_name(value))
+        return name.isEmpty ? "E\(value)" : name
+    }
+}

@@ -31,6 +31,32 @@ public final class ProcSelfDirectory: Sendable {
         return nil
     }
 
+    /// How many descriptors the process has open (the entries of `/proc/self/fd`, less the one that lists
+    /// them); nil if it cannot be read.
+    public var openDescriptorCount: Int? {
+        // SAFETY: getdents64 fills at most the local buffer; each record's length is checked before it is read.
+        guard let listing = try? unsafe fd.borrowed.open(".", flags: [.readOnly, .directory]) else { return nil }
+        let directory = listing.borrowed
+        var count = 0
+        var buffer = [UInt8](repeating: 0, count: 32768)
+        while true {
+            guard let n = try? unsafe buffer.withUnsafeMutableBytes({ (bytes) throws(Errno) -> Int in
+                try unsafe directory.directoryEntries(into: bytes)
+            }) else { return nil }
+            if n <= 0 { break }
+            var offset = 0
+            while offset + 19 <= n {
+                // struct linux_dirent64: u64 ino, s64 off, u16 reclen, u8 type, then the name.
+                let length = Int(buffer[offset + 16]) | Int(buffer[offset + 17]) << 8
+                guard length > 0, offset + length <= n else { break }
+                if buffer[offset + 19] != UInt8(ascii: ".") { count += 1 }
+                offset += length
+            }
+        }
+        _ = consume listing
+        return count - 1
+    }
+
     /// What `/proc/self/fd/N` says descriptor N is ("anon_inode:[eventfd]", "pipe:[123]", a path), or nil.
     public func linkTarget(of descriptor: FileDescriptor) -> String? {
         path(of: descriptor).map { String(decoding: $0, as: UTF8.self) }

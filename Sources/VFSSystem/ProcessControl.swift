@@ -2,6 +2,7 @@
 
 import CVirtioFS
 import Glibc
+import Synchronization
 
 /// The process-level calls of sandbox set-up: namespaces, mounts, a new root, child processes.
 public enum ProcessControl {
@@ -138,8 +139,8 @@ public struct SyncPipe: ~Copyable {
     }
 }
 
-/// SIGTERM and SIGINT as something to wait for: blocked in every thread (those started after `init` inherit
-/// the mask), and readable on a signalfd, so that the thread that waits for the front-end sees them between
+/// SIGTERM and SIGINT as something to wait for, and SIGUSR1 as a request for a statistics dump: blocked in every
+/// thread (those started after `init` inherit the mask), and readable on a signalfd, so that the thread that waits for the front-end sees them between
 /// messages and the daemon stops in order instead of dying where it stands.
 public final class StopSignals: Sendable {
     public let fd: OwnedFD
@@ -150,18 +151,35 @@ public final class StopSignals: Sendable {
         fd = OwnedFD(taking: try valueOrErrno { cvfs_stop_signalfd() })
     }
 
-    /// Waits until `other` is readable (true) or a stop signal is pending (false).
-    public func waitReadable(_ other: FileDescriptor) throws(Errno) -> Bool {
-        try valueOrErrno { cvfs_wait_readable(other.rawValue, fd.rawValue) } == 1
+    /// The stop signal that `waitReadable` consumed, for `take`.
+    private let stopping = Atomic<Int32>(0)
+
+    /// Waits until `other` is readable (true) or a stop signal is pending (false). A SIGUSR1 on the way calls
+    /// `dump` and the wait goes on.
+    public func waitReadable(_ other: FileDescriptor, dump: () -> Void = {}) throws(Errno) -> Bool {
+        while true {
+            if try valueOrErrno({ cvfs_wait_readable(other.rawValue, fd.rawValue) }) == 1 { return true }
+            switch cvfs_stop_signal_read(fd.rawValue) {
+            case SIGUSR1: dump()
+            case 0: continue
+            case let signal:
+                stopping.store(signal, ordering: .relaxed)
+                return false
+            }
+        }
     }
 
-    /// The pending stop signal's name, consuming it ("SIGTERM", "SIGINT"), or nil.
+    /// The stop signal's name ("SIGTERM", "SIGINT"), the one `waitReadable` saw or else a pending one, or nil.
     public func take() -> String? {
-        switch cvfs_stop_signal_read(fd.rawValue) {
-        case SIGTERM: "SIGTERM"
-        case SIGINT: "SIGINT"
-        case 0: nil
-        case let other: "signal \(other)"
+        var signal = stopping.exchange(0, ordering: .relaxed)
+        while signal == 0 || signal == SIGUSR1 {
+            signal = cvfs_stop_signal_read(fd.rawValue)
+            if signal == 0 { return nil }
+        }
+        switch signal {
+        case SIGTERM: return "SIGTERM"
+        case SIGINT: return "SIGINT"
+        default: return "signal \(signal)"
         }
     }
 }

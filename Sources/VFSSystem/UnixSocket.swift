@@ -150,6 +150,13 @@ public enum UnixSocket {
         return true
     }
 
+    /// Reads what the peer sends within `milliseconds` (a request that needs no parsing), at most 4 KiB.
+    public static func drain(_ socket: FileDescriptor, milliseconds: CInt) {
+        // SAFETY: read writes at most the local buffer's size into it.
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        _ = unsafe buffer.withUnsafeMutableBytes { unsafe cvfs_read_within(socket.rawValue, $0.baseAddress, $0.count, milliseconds) }
+    }
+
     /// Shuts both directions of a socket down, waking a thread blocked on it.
     public static func shutdown(_ socket: FileDescriptor) {
         _ = Glibc.shutdown(socket.rawValue, CInt(SHUT_RDWR))

@@ -85,7 +85,7 @@ final class RequestPool<FS: FileSystem>: @unchecked Sendable {
         for i in 0..<size {
             threads.append(try SystemThread(name: "pool-\(queue)-\(i)") {
                 // Each pool thread has a session, and so scratch memory, of its own.
-                core.serve(FUSESession(server: server, label: "queue \(queue) pool thread \(i)", deferred: deferred) { token, length in
+                core.serve(FUSESession(server: server, label: "queue \(queue) pool thread \(i)", queue: queue, deferred: deferred) { token, length in
                     completions.complete(head: UInt16(truncatingIfNeeded: token), length: length)
                 })
             })

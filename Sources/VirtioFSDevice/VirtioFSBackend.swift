@@ -50,7 +50,7 @@ public final class VirtioFSBackend<FS: FileSystem>: VhostUserBackend {
 
     public func makeRequestHandler(queue index: Int, completions: DeferredCompletions) -> any VringRequestHandler {
         let deferred = DeferredWork()
-        let session = FUSESession(server: server, label: "queue \(index)", deferred: deferred) { token, length in
+        let session = FUSESession(server: server, label: "queue \(index)", queue: index, deferred: deferred) { token, length in
             completions.complete(head: UInt16(truncatingIfNeeded: token), length: length)
         }
         // The hiprio queue (0) carries only FORGETs: it never needs a pool.
@@ -68,6 +68,7 @@ public final class VirtioFSBackend<FS: FileSystem>: VhostUserBackend {
     }
 
     public func reset() {
+        server.statistics?.note(.deviceReset)
         server.reset()
     }
 
@@ -109,10 +110,17 @@ public final class SessionTransfer<FS: MigratableFileSystem>: DeviceStateTransfe
     public init(server: FUSEServer<FS>) { self.server = server }
 
     public func saveState() throws(DeviceStateError) -> [UInt8] {
-        do { return try server.saveState() } catch { throw DeviceStateError(error.description) }
+        do {
+            let state = try server.saveState()
+            server.statistics?.note(.migrationSaved)
+            return state
+        } catch { throw DeviceStateError(error.description) }
     }
 
     public func loadState(_ state: [UInt8]) throws(DeviceStateError) {
-        do { try server.loadState(state) } catch { throw DeviceStateError(error.description) }
+        do {
+            try server.loadState(state)
+            server.statistics?.note(.migrationLoaded)
+        } catch { throw DeviceStateError(error.description) }
     }
 }

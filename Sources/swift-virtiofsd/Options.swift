@@ -105,6 +105,9 @@ struct DaemonOptions: ParsableArguments {
     @Flag(name: .customLong("syslog"), help: "Log to the system log (/dev/log, facility user) instead of standard error.")
     var syslog = false
 
+    @Option(name: .customLong("metrics-socket"), help: ArgumentHelp("Serve statistics in the Prometheus text format on this Unix socket (each connection gets one HTTP/1.0 answer: curl --unix-socket PATH http://localhost/metrics); SIGUSR1 logs them once. Off by default.", valueName: "PATH"))
+    var metricsSocket: String?
+
     @Option(name: .customLong("syslog-socket"), help: .hidden)
     var syslogSocket: String = "/dev/log"
 
@@ -151,6 +154,8 @@ struct DaemonOptions: ParsableArguments {
 /// The options after the compat forms are folded in and checked.
 struct Configuration {
     var listen: Listen
+    /// `--metrics-socket`: where the statistics are served (nil: they are off).
+    var metricsSocket: String?
     var sharedDirectory: String
     var cache: CachePolicy
     /// The timeouts of `--cache auto` (`-o timeout=` sets the long one).
@@ -392,6 +397,7 @@ struct Configuration {
         }
         self.xattr = xattr || xattrMap != nil
         self.readdirplus = readdirplus && cache.allowsReaddirplus
+        self.metricsSocket = options.metricsSocket
         self.threadPoolSize = options.threadPoolSize
         self.openFileLimit = options.rlimitNofile ?? 1_000_000
         self.exactOpenFileLimit = options.rlimitNofile != nil

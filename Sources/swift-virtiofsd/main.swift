@@ -130,6 +130,15 @@ struct Daemon {
             logger.error("cannot listen for the front-end: \(error)")
             return 1
         }
+        var metricsListener: OwnedFD?
+        if let path = config.metricsSocket {
+            do {
+                metricsListener = try UnixSocket.listen(path: path, backlog: 8)
+            } catch {
+                logger.error("--metrics-socket \(path): \(error)")
+                return 1
+            }
+        }
         let sandbox: SandboxResult
         do {
             sandbox = try Sandbox.enter(
@@ -181,7 +190,17 @@ struct Daemon {
             return 0
         }
         let server = FUSEServer(
-            fileSystem: fileSystem, options: FUSEServerOptions(readdirplus: config.readdirplus), logger: logger)
+            fileSystem: fileSystem, options: FUSEServerOptions(readdirplus: config.readdirplus, statistics: metricsListener != nil),
+            logger: logger)
+        if let listener = metricsListener.take() {
+            do {
+                try MetricsServer.start(listener: listener, server: server, procSelf: fileSystem.procSelf, logger: logger)
+            } catch {
+                logger.error("--metrics-socket: \(error)")
+                return 1
+            }
+        }
+        let dump = { for line in MetricsServer.dumpLines(server: server, procSelf: fileSystem.procSelf) { logger.info("\(line)") } }
         let backend = VirtioFSBackend(
             server: server, threadPoolSize: config.threadPoolSize, tag: config.tag, deviceState: SessionTransfer(server: server),
             logger: logger)
@@ -190,7 +209,7 @@ struct Daemon {
         logger.info("waiting for the front-end on \(place) (sandbox \(config.sandbox.rawValue), seccomp \(config.seccomp.rawValue), cache \(config.cache.rawValue)\(config.cache == .auto ? ": timeouts \(config.autoTimeouts)" : ""))")
         let connection: VhostUserConnection
         do {
-            guard try stopSignals.waitReadable(listener.borrowed) else {
+            guard try stopSignals.waitReadable(listener.borrowed, dump: dump) else {
                 logger.info("\(stopSignals.take() ?? "a stop signal") before a front-end connected; exiting")
                 return 0
             }
@@ -203,7 +222,7 @@ struct Daemon {
         let handler = VhostUserHandler(backend: backend, logger: logger, procSelf: fileSystem.procSelf)
         let stopped: Bool
         do {
-            stopped = try handler.serve(connection) { socket in (try? stopSignals.waitReadable(socket)) ?? false }
+            stopped = try handler.serve(connection) { socket in (try? stopSignals.waitReadable(socket, dump: dump)) ?? false }
         } catch {
             logger.error("vhost-user: \(error); disconnecting")
             backend.reset()

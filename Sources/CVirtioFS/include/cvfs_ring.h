@@ -49,4 +49,14 @@ static inline void cvfs_atomic_or_u8(void *p, uint8_t bits) {
     __atomic_fetch_or((uint8_t *)p, bits, __ATOMIC_RELAXED);
 }
 
+/// A counter that one thread adds to and others read (the statistics): a relaxed load and a relaxed store, so
+/// readers never see a torn value and the writer pays no locked instruction.
+static inline void cvfs_counter_add_u64(uint64_t *p, uint64_t v) {
+    __atomic_store_n(p, __atomic_load_n(p, __ATOMIC_RELAXED) + v, __ATOMIC_RELAXED);
+}
+
+static inline uint64_t cvfs_counter_load_u64(const uint64_t *p) {
+    return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+
 #endif

@@ -145,16 +145,21 @@ extern const int CVFS_AT_STATX_SYNC_TYPE;
 /// (socketpair, a helper process) that the filter forbids. `program` prefixes the line.
 void cvfs_install_crash_handlers(const char *program);
 
-/// Blocks SIGTERM and SIGINT in the calling thread (threads started later inherit the mask) and returns a
-/// signalfd that becomes readable when either arrives (close-on-exec, non-blocking), or -1 with errno.
+/// Blocks SIGTERM, SIGINT and SIGUSR1 (the statistics dump) in the calling thread (threads started later inherit
+/// the mask) and returns a signalfd that becomes readable when one arrives (close-on-exec, non-blocking), or -1
+/// with errno.
 int cvfs_stop_signalfd(void);
 /// Reads one pending signal from `fd` (a cvfs_stop_signalfd): its number, or 0 when none is pending.
 int cvfs_stop_signal_read(int fd);
 /// Waits until `fd` or `stop_fd` is readable: 1 for fd, 0 for stop_fd (stop_fd wins a tie), -1 with errno.
 int cvfs_wait_readable(int fd, int stop_fd);
-/// In a parent that only waits for `child`: SIGTERM and SIGINT are passed on to the child (whose exit the
-/// parent then reports), not taken by the parent.
+/// In a parent that only waits for `child`: SIGTERM, SIGINT and SIGUSR1 are passed on to the child (whose exit
+/// the parent then reports), not taken by the parent.
 void cvfs_forward_stop_signals(pid_t child);
+/// Reads what `fd` has within `milliseconds`: the bytes read, 0 when nothing came, -1 with errno.
+ssize_t cvfs_read_within(int fd, void *buffer, size_t count, int milliseconds);
+/// errno's symbolic name ("ENOENT"), or "" for a value glibc does not know (strerrorname_np).
+const char *cvfs_errno_name(int e);
 /// Gives the calling thread an alternate signal stack, so that a stack overflow can still be reported.
 /// Returns the stack, to be passed to `cvfs_free_alternate_signal_stack` when the thread ends.
 void *cvfs_alternate_signal_stack(void);
