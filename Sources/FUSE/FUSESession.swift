@@ -123,7 +123,7 @@ public final class FUSESession<FS: FileSystem> {
         var reader = unsafe ByteReader(UnsafeRawBufferPointer(rebasing: requestStorage[layout.argumentsStart..<layout.readerEnd]))
         if let opcode, !hasReply {
             serveNoReply(opcode, header: header, reader: &reader)
-            counters?.record(opcode: slot, error: nil, bytesIn: total, bytesOut: 0, nanoseconds: MonotonicClock.nanoseconds() &- started)
+            count(slot, nil, bytesIn: total, bytesOut: 0, since: started)
             return 0
         }
         var context = RequestContext(unique: header.unique, nodeID: header.nodeid, uid: header.uid, gid: header.gid, pid: header.pid)
@@ -143,7 +143,7 @@ public final class FUSESession<FS: FileSystem> {
             switch opcode {
             case .read:
                 let written = unsafe try read(context, &reader, writable: writable, writableLength: writableLength)
-                counters?.record(opcode: slot, error: nil, bytesIn: total, bytesOut: Int(written), nanoseconds: MonotonicClock.nanoseconds() &- started)
+                count(slot, nil, bytesIn: total, bytesOut: Int(written), since: started)
                 return written
             case .write:
                 try unsafe write(context, &reader, readable: readable, argumentsEnd: layout.argumentsEnd, into: &reply)
@@ -161,8 +161,14 @@ public final class FUSESession<FS: FileSystem> {
             if error == .ioError || error == .notConnected { reportStorageError(opcode, error) }
         }
         let written = unsafe finish(unique: header.unique, error: status, payload: status == nil ? reply.bytes : UnsafeRawBufferPointer(start: nil, count: 0), into: writable)
-        counters?.record(opcode: slot, error: status, bytesIn: total, bytesOut: Int(written), nanoseconds: MonotonicClock.nanoseconds() &- started)
+        count(slot, status, bytesIn: total, bytesOut: Int(written), since: started)
         return written
+    }
+
+    /// Counts a request that has its reply (statistics on), timed from `started`.
+    @inline(__always)
+    func count(_ slot: Int, _ error: Errno?, bytesIn: Int, bytesOut: Int, since started: Int64) {
+        counters?.record(opcode: slot, error: error, bytesIn: bytesIn, bytesOut: bytesOut, nanoseconds: MonotonicClock.nanoseconds() &- started)
     }
 
     /// A request that failed with EIO or ENOTCONN: what a failing disk or a network file system whose servers are

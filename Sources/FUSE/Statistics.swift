@@ -20,8 +20,11 @@ public final class FUSEStatistics: @unchecked Sendable {
     static let errnos = 134
     /// Histogram buckets: upper bounds of 1 µs times 2^0 ... 2^20 (about 1 s), then +Inf.
     static let buckets = 22
-    /// Per opcode: requests, errors, bytes in, bytes out, nanoseconds, the buckets, then the errno counts.
-    static let perOpcode = 5 + buckets + errnos
+    /// Where each counter of an opcode lies in its run: requests, errors, bytes in, bytes out, nanoseconds, the
+    /// buckets, then the errno counts.
+    static let requestsAt = 0, errorsAt = 1, bytesInAt = 2, bytesOutAt = 3, nanosecondsAt = 4, bucketsAt = 5
+    static let errnosAt = bucketsAt + buckets
+    static let perOpcode = errnosAt + errnos
 
     /// One session's counters.
     // SAFETY: owns its allocation (freed in deinit); every index is within it.
@@ -55,26 +58,27 @@ public final class FUSEStatistics: @unchecked Sendable {
         /// One request: its opcode slot, its error (nil: it succeeded), its bytes and how long it took.
         @inline(__always)
         func record(opcode: Int, error: Errno?, bytesIn: Int, bytesOut: Int, nanoseconds: Int64) {
-            let base = opcode * FUSEStatistics.perOpcode
-            add(base, 1)
-            add(base + 2, UInt64(bytesIn))
-            add(base + 3, UInt64(bytesOut))
-            add(base + 4, UInt64(max(nanoseconds, 0)))
+            typealias S = FUSEStatistics
+            let base = opcode * S.perOpcode
+            add(base + S.requestsAt, 1)
+            add(base + S.bytesInAt, UInt64(bytesIn))
+            add(base + S.bytesOutAt, UInt64(bytesOut))
+            add(base + S.nanosecondsAt, UInt64(max(nanoseconds, 0)))
             // Bucket b holds what took at most 2^b µs.
             let micros = UInt64(max(nanoseconds, 0) + 999) / 1000
-            let bucket = micros <= 1 ? 0 : min(64 - (micros - 1).leadingZeroBitCount, FUSEStatistics.buckets - 1)
-            add(base + 5 + bucket, 1)
+            let bucket = micros <= 1 ? 0 : min(64 - (micros - 1).leadingZeroBitCount, S.buckets - 1)
+            add(base + S.bucketsAt + bucket, 1)
             if let error {
-                add(base + 1, 1)
-                add(base + 5 + FUSEStatistics.buckets + min(Int(error.rawValue), FUSEStatistics.errnos - 1), 1)
+                add(base + S.errorsAt, 1)
+                add(base + S.errnosAt + min(Int(error.rawValue), S.errnos - 1), 1)
             }
         }
 
         /// A request deferred (a lock wait): counted, not timed.
         func recordDeferred(opcode: Int, bytesIn: Int) {
             let base = opcode * FUSEStatistics.perOpcode
-            add(base, 1)
-            add(base + 2, UInt64(bytesIn))
+            add(base + FUSEStatistics.requestsAt, 1)
+            add(base + FUSEStatistics.bytesInAt, UInt64(bytesIn))
         }
     }
 
@@ -121,7 +125,7 @@ public final class FUSEStatistics: @unchecked Sendable {
     /// Requests served on `queue` with opcode slot `opcode`, summed over its sessions (for tests).
     public func requests(queue: Int, opcode: UInt32) -> UInt64 {
         let all = blocks.withLock { Array($0.values) }
-        return all.filter { $0.queue == queue }.reduce(0) { $0 + $1.load(Int(opcode) * Self.perOpcode) }
+        return all.filter { $0.queue == queue }.reduce(0) { $0 + $1.load(Int(opcode) * Self.perOpcode + Self.requestsAt) }
     }
 
     /// The Prometheus text exposition (format 0.0.4) of every counter, with `census` and `descriptors` as gauges.
@@ -147,36 +151,36 @@ public final class FUSEStatistics: @unchecked Sendable {
         func each(_ body: (Int, Int, [UInt64], Int) -> Void) {
             for queue in queues {
                 let sum = sums[queue]!
-                for slot in 0..<Self.opcodes where sum[slot * Self.perOpcode] > 0 {
+                for slot in 0..<Self.opcodes where sum[slot * Self.perOpcode + Self.requestsAt] > 0 {
                     body(queue, slot, sum, slot * Self.perOpcode)
                 }
             }
         }
         family("virtiofs_requests_total", "counter", "FUSE requests served, by request queue (0: the high-priority queue) and opcode.")
-        each { queue, slot, sum, base in out += "virtiofs_requests_total{queue=\"\(queue)\",opcode=\"\(name(slot))\"} \(sum[base])\n" }
+        each { queue, slot, sum, base in out += "virtiofs_requests_total{queue=\"\(queue)\",opcode=\"\(name(slot))\"} \(sum[base + Self.requestsAt])\n" }
         family("virtiofs_request_errors_total", "counter", "FUSE requests answered with an error, by queue, opcode and errno.")
         each { queue, slot, sum, base in
-            for e in 0..<Self.errnos where sum[base + 5 + Self.buckets + e] > 0 {
+            for e in 0..<Self.errnos where sum[base + Self.errnosAt + e] > 0 {
                 let label = e == Self.errnos - 1 ? "other" : errnoName(Int32(e))
-                out += "virtiofs_request_errors_total{queue=\"\(queue)\",opcode=\"\(name(slot))\",errno=\"\(label)\"} \(sum[base + 5 + Self.buckets + e])\n"
+                out += "virtiofs_request_errors_total{queue=\"\(queue)\",opcode=\"\(name(slot))\",errno=\"\(label)\"} \(sum[base + Self.errnosAt + e])\n"
             }
         }
         family("virtiofs_request_bytes_total", "counter", "Bytes of FUSE requests (in: from the guest, the data of WRITE included) and of their replies (out: READ's data included).")
         each { queue, slot, sum, base in
-            out += "virtiofs_request_bytes_total{queue=\"\(queue)\",opcode=\"\(name(slot))\",direction=\"in\"} \(sum[base + 2])\n"
-            out += "virtiofs_request_bytes_total{queue=\"\(queue)\",opcode=\"\(name(slot))\",direction=\"out\"} \(sum[base + 3])\n"
+            out += "virtiofs_request_bytes_total{queue=\"\(queue)\",opcode=\"\(name(slot))\",direction=\"in\"} \(sum[base + Self.bytesInAt])\n"
+            out += "virtiofs_request_bytes_total{queue=\"\(queue)\",opcode=\"\(name(slot))\",direction=\"out\"} \(sum[base + Self.bytesOutAt])\n"
         }
         family("virtiofs_request_duration_seconds", "histogram", "Time from a request's decoding to its reply being written, by queue and opcode (a lock wait that is deferred is not timed).")
         each { queue, slot, sum, base in
             var cumulative: UInt64 = 0
             var timed: UInt64 = 0
-            for b in 0..<Self.buckets { timed &+= sum[base + 5 + b] }
+            for b in 0..<Self.buckets { timed &+= sum[base + Self.bucketsAt + b] }
             for b in 0..<Self.buckets {
-                cumulative &+= sum[base + 5 + b]
+                cumulative &+= sum[base + Self.bucketsAt + b]
                 let bound = b == Self.buckets - 1 ? "+Inf" : Self.seconds(microseconds: 1 << b)
                 out += "virtiofs_request_duration_seconds_bucket{queue=\"\(queue)\",opcode=\"\(name(slot))\",le=\"\(bound)\"} \(cumulative)\n"
             }
-            out += "virtiofs_request_duration_seconds_sum{queue=\"\(queue)\",opcode=\"\(name(slot))\"} \(Self.seconds(nanoseconds: sum[base + 4]))\n"
+            out += "virtiofs_request_duration_seconds_sum{queue=\"\(queue)\",opcode=\"\(name(slot))\"} \(Self.seconds(nanoseconds: sum[base + Self.nanosecondsAt]))\n"
             out += "virtiofs_request_duration_seconds_count{queue=\"\(queue)\",opcode=\"\(name(slot))\"} \(timed)\n"
         }
         family("virtiofs_malformed_requests_total", "counter", "Requests that could not be answered at all and were dropped.")

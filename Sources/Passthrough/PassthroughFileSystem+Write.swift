@@ -58,7 +58,7 @@ extension PassthroughFileSystem {
     /// A file's `O_PATH` descriptor, from an open descriptor of it (same inode, through the magic link).
     func pathDescriptor(of fd: borrowing OwnedFD) throws(Errno) -> OwnedFD {
         // SAFETY: the decimal name is a temporary C string, valid for the call.
-        try unsafe withDecimal(fd.rawValue) { (name) throws(Errno) -> OwnedFD in
+        try unsafe Self.withDecimal(fd.rawValue) { (name) throws(Errno) -> OwnedFD in
             try unsafe procSelf.fd.borrowed.open(name, flags: [.path])
         }
     }

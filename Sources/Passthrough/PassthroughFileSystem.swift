@@ -228,9 +228,8 @@ public final class PassthroughFileSystem: FileSystem {
     static func hasPOSIXACLs(_ root: FileDescriptor) -> Bool {
         // SAFETY: both C strings live for the call; an empty buffer asks only for the size.
         do throws(Errno) {
-            _ = try unsafe Array(String(root.rawValue).utf8CString).withUnsafeBufferPointer { (path) throws(Errno) -> Int in
-                try unsafe ExtendedAttributes.get(
-                    path: path.baseAddress!, name: "system.posix_acl_access", into: UnsafeMutableRawBufferPointer(start: nil, count: 0))
+            _ = try unsafe withDecimal(root.rawValue) { (path) throws(Errno) -> Int in
+                try unsafe ExtendedAttributes.get(path: path, name: "system.posix_acl_access", into: UnsafeMutableRawBufferPointer(start: nil, count: 0))
             }
             return true
         } catch {
@@ -344,7 +343,7 @@ public final class PassthroughFileSystem: FileSystem {
     /// looked up again. The caller has checked that it is a regular file or a directory.
     func reopen(path fd: FileDescriptor, flags: CInt) throws(Errno) -> OwnedFD {
         // SAFETY: the decimal name is a temporary C string, valid for the call.
-        try unsafe withDecimal(fd.rawValue) { (name) throws(Errno) -> OwnedFD in
+        try unsafe Self.withDecimal(fd.rawValue) { (name) throws(Errno) -> OwnedFD in
             try unsafe procSelf.fd.borrowed.open(name, flags: OpenFlags(rawValue: flags & ~CVFS_O_NOFOLLOW))
         }
     }
@@ -373,7 +372,7 @@ public final class PassthroughFileSystem: FileSystem {
             let handle = try fd.fileHandle()
             let mount = try mounts.descriptor(for: handle.mountID) { () throws(Errno) -> OwnedFD in
                 guard stat.fileType == .directory else { throw .notSupported }
-                return try unsafe withDecimal(fd.rawValue) { (name) throws(Errno) -> OwnedFD in
+                return try unsafe Self.withDecimal(fd.rawValue) { (name) throws(Errno) -> OwnedFD in
                     try unsafe procSelf.fd.borrowed.open(name, flags: [.directory])
                 }
             }
@@ -397,11 +396,11 @@ public final class PassthroughFileSystem: FileSystem {
     /// Threads that unshare their file-system state later copy that directory with it.
     func withProcPath<T>(_ fd: CInt, _ body: (UnsafePointer<CChar>) throws(Errno) -> T) throws(Errno) -> T {
         // SAFETY: the path is valid while body runs; the caller holds the descriptor it names.
-        try unsafe withDecimal(fd) { (name) throws(Errno) -> T in try unsafe body(name) }
+        try unsafe Self.withDecimal(fd) { (name) throws(Errno) -> T in try unsafe body(name) }
     }
 
     /// Runs `body` with the decimal digits of `value` as a C string.
-    func withDecimal<T: ~Copyable>(_ value: CInt, _ body: (UnsafePointer<CChar>) throws(Errno) -> T) throws(Errno) -> T {
+    static func withDecimal<T: ~Copyable>(_ value: CInt, _ body: (UnsafePointer<CChar>) throws(Errno) -> T) throws(Errno) -> T {
         // SAFETY: 16 bytes hold any CInt's digits and the NUL; the C string is valid only while body runs.
         try unsafe withUnsafeTemporaryAllocation(of: CChar.self, capacity: 16) { (buffer) throws(Errno) -> T in
             unsafe writeDecimal(value, into: buffer.baseAddress!)

@@ -45,10 +45,10 @@ public final class ProcSelfDirectory: Sendable {
             }) else { return nil }
             if n <= 0 { break }
             var offset = 0
-            while offset + 19 <= n {
+            while offset + 19 < n {
                 // struct linux_dirent64: u64 ino, s64 off, u16 reclen, u8 type, then the name.
                 let length = Int(buffer[offset + 16]) | Int(buffer[offset + 17]) << 8
-                guard length > 0, offset + length <= n else { break }
+                guard length > 19, offset + length <= n else { break }
                 if buffer[offset + 19] != UInt8(ascii: ".") { count += 1 }
                 offset += length
             }
