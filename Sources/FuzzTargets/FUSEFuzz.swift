@@ -141,7 +141,9 @@ public enum FUSEFuzz {
         return logger
     }()
 
-    static let answering = FUSEServer(fileSystem: AnsweringFileSystem(), logger: logger)
+    /// With statistics on: every request's opcode, lengths and error go through the counting too.
+    static let answering = FUSEServer(fileSystem: AnsweringFileSystem(), options: FUSEServerOptions(statistics: true), logger: logger)
+    nonisolated(unsafe) static var answeringInputs = 0
 
     /// One input against a session over a file system that answers everything.
     public static func answeringFileSystem(_ data: UnsafeRawBufferPointer) {
@@ -150,6 +152,9 @@ public enum FUSEFuzz {
         answering.reset()
         run(data, session)
         deferred.cancelAll()
+        // Now and then, the exposition of what the inputs so far were counted as.
+        answeringInputs += 1
+        if answeringInputs % 64 == 0 { _ = answering.metrics(descriptors: nil) }
     }
 
     /// The passthrough file system on a scratch directory (`confinedScratch` made it the only writable place).

@@ -45,6 +45,21 @@ struct StatisticsTests {
         #expect(after.contains("virtiofs_requests_total{queue=\"2\",opcode=\"LOOKUP\"} 6\n"))
     }
 
+    @Test("what a hostile guest sends is counted without leaving the block: opcodes unknown or past the table as UNKNOWN, a request shorter than its header as malformed")
+    func hostileRequests() throws {
+        let (session, server) = session(statistics: true)
+        for opcode in [UInt32(63), 200, UInt32.max] {
+            var request = frame(.lookup, Array("present\0".utf8))
+            withUnsafeBytes(of: opcode.littleEndian) { request.replaceSubrange(4..<8, with: $0) }
+            _ = Frame(request: request, replySegments: [144]).run(session)
+        }
+        _ = Frame(request: Array(frame(.getattr).prefix(20)), replySegments: [144]).run(session)
+        let text = try #require(server.metrics(descriptors: nil))
+        #expect(text.contains("virtiofs_requests_total{queue=\"1\",opcode=\"UNKNOWN\"} 3\n"), "\(text)")
+        #expect(text.contains("virtiofs_request_errors_total{queue=\"1\",opcode=\"UNKNOWN\",errno=\"ENOSYS\"} 3\n"), "\(text)")
+        #expect(text.contains("virtiofs_malformed_requests_total 1\n"), "\(text)")
+    }
+
     @Test("off, nothing is counted and there is nothing to show")
     func off() {
         let (session, server) = session(statistics: false)
