@@ -8,7 +8,7 @@ import Testing
 @Suite("Benchmark scripts' configurations")
 struct BenchmarkScriptTests {
     @Test("bench-cache and bench-build take every configuration they document and stop at an unknown one", arguments: [
-        ("bench-cache", "ours-never ours-metadata ours-auto ours-always ours-always+nolocks rust-always rust-auto c-always c-never 9p tmpfs"),
+        ("bench-cache", "ours-never ours-metadata ours-auto ours-always ours-always+nolocks rust-always rust-auto c-always c-never 9p ext4 tmpfs"),
         ("bench-build", "ours-always ours-auto ours-always+writeback+killpriv-v2 ours-always+nolocks rust-always rust-auto c-always c-auto 9p ext4 tmpfs"),
     ])
     func configurations(script: String, known: String) throws {
