@@ -15,7 +15,6 @@ struct ConformanceTests {
     @Test("every case observes on the mount what it observes on local ext4", arguments: [
         ["--kernel", "6.12"],
         ["--kernel", "6.1", "--cpus", "1"],
-        ["--kernel", "6.12", "--inode-file-handles=prefer"],
         // With a writeback cache: times of writes through a mapping change at the fault, as locally (mapped_mtime).
         ["--kernel", "6.12", "--queues", "2", "--thread-pool-size=2", "--writeback"],
         ["--kernel", "6.12", "--cache", "always"],
@@ -23,10 +22,11 @@ struct ConformanceTests {
         // with nodes held by file handle, so that an unlinked file the guest still reads must be pinned.
         ["--kernel", "6.12", "--cache", "always", "-o=no_posix_lock,no_flock", "--inode-file-handles=prefer"],
         // Everything on: the namespace sandbox, seccomp killing on any call outside the allowlist (so every
-        // operation of the suite checks the list), capabilities dropped, and an id map that keeps every id but
+        // operation of the suite checks the list), capabilities dropped, nodes held by file handle (so
+        // open_by_handle_at and the capability it needs are checked too), and an id map that keeps every id but
         // runs the translation on every request and attribute. (No POSIX ACLs with a map: no acl case.)
-        ["--kernel", "6.12", "--sandbox=namespace", "--seccomp=kill", "--translate-uid=map:0:0:4294967295",
-         "--translate-gid=map:0:0:4294967295"],
+        ["--kernel", "6.12", "--sandbox=namespace", "--seccomp=kill", "--inode-file-handles=prefer",
+         "--translate-uid=map:0:0:4294967295", "--translate-gid=map:0:0:4294967295"],
         // Every xattr name kept under user.virtiofs. on the host: the guest sees its own names as before.
         ["--kernel", "6.12", "--xattrmap=:map::user.virtiofs.:"],
         // QEMU 10 as the front-end (qemu/prepare-peers), with packed virtqueues: every case through

@@ -36,6 +36,8 @@ struct RunResult {
 /// Not Foundation's Process: on Linux it learns of a child's exit from a socket the child inherits, so a
 /// daemon the child leaves running (libvirt-run's libvirtd, say) keeps it waiting for ever. This waits for
 /// the pid, and stops reading the output once the child has exited even if a descendant still holds it.
+/// With $TEST_TIMINGS set, each command's wall time and arguments go to that file, a line each: what the test
+/// command's long runs spend, command by command (other tests run alongside, so under load).
 func run(_ arguments: [String], environment: [String: String] = [:], timeout: Double = 1800) throws -> RunResult {
     var env = ProcessInfo.processInfo.environment
     env.merge(environment) { $1 }
@@ -79,7 +81,8 @@ func run(_ arguments: [String], environment: [String: String] = [:], timeout: Do
     var buffer = [UInt8](repeating: 0, count: 65536)
     var status: Int32 = 0
     var exited = false, timedOut = false
-    let deadline = Date().addingTimeInterval(timeout)
+    let started = Date()
+    let deadline = started.addingTimeInterval(timeout)
     /// One read: what it got (0 at end of file, -1 with errno on failure).
     func readOnce() -> Int {
         let n = read(pipeFDs[0], &buffer, buffer.count)
@@ -116,6 +119,10 @@ func run(_ arguments: [String], environment: [String: String] = [:], timeout: Do
         open = false
     }
     let errors = (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? ""
+    if let timings = env["TEST_TIMINGS"], let file = fopen(timings, "a") {
+        fputs(String(format: "%.1f\t", Date().timeIntervalSince(started)) + arguments.joined(separator: " ") + "\n", file)
+        fclose(file)
+    }
     let code: Int32 = timedOut ? 124 : (status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f))
     return RunResult(
         status: code, output: String(decoding: output, as: UTF8.self),

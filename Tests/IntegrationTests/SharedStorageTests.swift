@@ -42,7 +42,7 @@ final class SharedStorageTests {
 
     @Test("difftest: each seed's random operations end in the guest as on the host on the volume, or later")
     func difftest() throws {
-        let seeds = (1...10).map(String.init).joined(separator: " ")
+        let seeds = (1...5).map(String.init).joined(separator: " ")
         let result = try run(["\(repositoryRoot)/qemu/difftest/run", "--backend", backend, "--on", a, "--seeds", seeds,
                               "--ops", "1500", "--flags", "-F -R"])
         #expect(result.status == 0, "\(result.output)\n\(result.errors.suffix(2000))")
