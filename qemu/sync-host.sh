@@ -6,9 +6,13 @@
 # of the daemon's statistics, say) sees the back-end between two steps of the guest's work, with nothing in flight.
 # The wait costs about 25 ms a sync under TCG.
 
+# The guest's side of the port that sync_qemu_args gives QEMU (the third -serial), for the job's SYNC_PORT.
+sync_guest_port=/dev/ttyS2
+
 # sync_host_start WORK OUTPUT-LOG CMD: starts the follower of OUTPUT-LOG (followed by name: a boot that starts
-# again writes a new one) and sets sync_qemu_args, the serial port to give QEMU, and sync_host_pids, what to kill
-# at the end. CMD's output goes to WORK/sync.log.
+# again writes a new one) and sets sync_qemu_args, the serial port to give QEMU. CMD's output goes to
+# WORK/sync.log. The guest writes the tags: CMD runs only for one of letters, digits, spaces, '_', '.' and '-'
+# (not starting with '.'), which is safe as a file name; any other is answered without running CMD, and said.
 sync_host_start() {
     local work=$1 output=$2 cmd=$3
     mkfifo "$work/sync.in" "$work/sync.out" "$work/sync.lines"
@@ -20,10 +24,22 @@ sync_host_start() {
         line=${line%$'\r'}
         case "$line" in
             "@@SYNC "*)
-                # shellcheck disable=SC2086 # CMD may carry its own arguments
-                $cmd "${line#@@SYNC }" >> "$work/sync.log" 2>&1 || echo "sync: the command failed for ${line#@@SYNC }" >&2
+                tag=${line#@@SYNC }
+                if [[ "$tag" =~ ^[A-Za-z0-9_\ -][A-Za-z0-9_.\ -]{0,99}$ ]]; then
+                    # shellcheck disable=SC2086 # CMD may carry its own arguments
+                    $cmd "$tag" >> "$work/sync.log" 2>&1 || echo "sync: the command failed for $tag" >&2
+                else
+                    echo "sync: a tag that is not a plain name, not run: $(printf '%q' "$tag" | head -c 200)" >&2
+                fi
                 echo go > "$work/sync.in" ;;
         esac
     done < "$work/sync.lines" &
     sync_host_pids="$sync_host_pids $!"
+}
+
+# sync_host_stop: ends the follower (from the booting script's clean-up; nothing when it never started).
+sync_host_stop() {
+    # shellcheck disable=SC2086
+    [ -n "${sync_host_pids:-}" ] && kill $sync_host_pids 2>/dev/null
+    return 0
 }
